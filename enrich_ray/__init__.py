@@ -1,0 +1,1 @@
+"""enrich_ray: rank medical images by how much new information each adds."""

@@ -1,0 +1,288 @@
+"""Typed, validated configuration: YAML files in configs/, `--set section.key=value` overrides.
+
+Every section is a dataclass; loading walks the YAML against the dataclass fields, so an
+unknown key or a wrong type stops the run before any work, with a message naming the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the offending key."""
+
+
+@dataclass
+class RuntimeConfig:
+    """Where and how Ray runs."""
+
+    address: str | None = None  # None: RAY_ADDRESS, else start a local Ray
+    num_cpus: int | None = None  # for a local Ray only; None: all cores
+    no_progress_timeout_s: float = 600.0  # a stuck Ray Data job fails after this
+    read_parallelism: int | None = None
+
+
+@dataclass
+class StorageConfig:
+    """Object-store access; credentials fall back to the standard AWS environment variables."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    session_token: str | None = None
+
+
+@dataclass
+class PackConfig:
+    """How sources become Parquet archive shards."""
+
+    shard_max_bytes: int = 256 * 1024 * 1024
+    row_group_bytes: int = 32 * 1024 * 1024
+    patient_key_env: str = "ENRICH_RAY_PATIENT_KEY"  # the HMAC key's environment variable
+
+
+@dataclass
+class DecodeConfig:
+    """Decoding and preprocessing of every image and frame to size x size float32 in [0, 1]."""
+
+    size: int = 64
+    crop: Literal["none", "center", "trim"] = "trim"
+    trim_tolerance: float = 0.04  # a border row/column whose spread is below this is trimmed
+    percentile_low: float = 0.5  # robust scaling when DICOM has no window
+    percentile_high: float = 99.5
+    reduced_resolution: bool = True  # JPEG 2000 / JPEG decode at reduced size where faithful
+    max_image_pixels: int = 200_000_000  # decompression-bomb limit
+    batch_size: int = 64
+
+
+@dataclass
+class VAEConfig:
+    """The β-VAE (Burgess et al. 2018) and its training."""
+
+    latent_dim: int = 128
+    loss: Literal["beta", "capacity"] = "beta"
+    beta: float = 0.1
+    gamma: float = 100.0
+    capacity_max: float = 25.0
+    capacity_iters: int = 10_000
+    lr: float = 1e-3
+    batch_size: int = 64
+    max_epochs: int = 30
+    patience: int = 4
+    sample_size: int = 5000
+    val_fraction: float = 0.1
+    seed: int = 0
+
+
+@dataclass
+class EmbedConfig:
+    """The embedding stage: which embedder, and its actor pool."""
+
+    embedder: Literal["vae", "pixels", "precomputed"] = "vae"
+    model: str | None = None  # a trained model folder; None: train one in the run
+    precomputed_column: str = "embedding"
+    pixel_size: int = 16  # side of the raw-pixel baseline
+    pixel_center: bool = True  # subtract the mean image before normalising
+    num_actors: int = 1
+    num_gpus: float = 0.0
+    batch_size: int = 256
+    amp: bool = True  # mixed precision on GPU (bfloat16 autocast)
+    fail_after_batches: int | None = None  # fault injection for tests: an actor dies once
+
+
+@dataclass
+class IndexConfig:
+    """The sharded similarity index and the kNN graph."""
+
+    kind: Literal["auto", "flat", "ivf", "hnsw"] = "auto"
+    k: int = 10
+    shard_size: int = 1_000_000
+    nlist: int | None = None  # None: about 4*sqrt(N)
+    nprobe: int = 16
+    hnsw_m: int = 32
+    train_sample: int = 100_000
+
+
+@dataclass
+class AnalysisConfig:
+    """Redundancy, near-duplicates and outliers."""
+
+    near_duplicate_threshold: float = 0.98
+    outlier_mad_k: float = 3.5
+    outlier_top: int = 50
+
+
+@dataclass
+class SelectionConfig:
+    """The ranker and its seed set."""
+
+    ranker: Literal["enrich", "random", "examine", "smi"] = "enrich"
+    k: int | None = None  # None: rank every frame
+    seed_count: int | None = 1
+    seed_fraction: float | None = None
+    seed_manifest: str | None = None  # image ids already labeled
+    random_seed: int = 0
+    examine_exact: bool = True
+    examine_exponential: bool = False
+    examine_most_valuable_first: bool = True
+    smi_function: Literal["flvmi", "gcmi", "flqmi", "logdetmi"] = "flvmi"
+    smi_query: str | None = None  # image ids (a file) or a folder of exemplar images
+    smi_eta: float = 1.0
+    smi_lambda: float = 1.0
+    smi_pool: int = 2000
+    seconds_per_image: float = 3.0  # classification label time; the paper used 3 s
+    seconds_per_segmentation: float = 300.0
+
+
+@dataclass
+class ReportConfig:
+    """The human-readable report."""
+
+    thumbnails: bool = True  # burned-in text can carry patient data: switch off to omit images
+    gallery_size: int = 24
+
+
+@dataclass
+class Config:
+    """The whole configuration of a job."""
+
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    pack: PackConfig = field(default_factory=PackConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+
+SECRET_WORDS = ("secret", "token", "password", "access_key", "credential", "key_id")
+
+
+def _check_value(path: str, value: Any, hint: Any) -> Any:
+    """Return value coerced to hint, or raise ConfigError naming path."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_value(path, value, arg)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{path}: {value!r} fits none of {hint}")
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if value not in allowed:
+            raise ConfigError(f"{path}: {value!r} is not one of {', '.join(map(repr, allowed))}")
+        return value
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping of settings, got {type(value).__name__}")
+        return _build(hint, value, path)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{path}: unsupported setting type {hint}")
+
+
+def _build(cls: type, data: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(
+            f"unknown setting '{where}{unknown[0]}' (known in {prefix or 'the top level'}: {', '.join(sorted(names))})"
+        )
+    kwargs = {k: _check_value(f"{prefix}.{k}" if prefix else k, v, hints[k]) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _parse_scalar(text: str) -> Any:
+    """A --set value as YAML reads it, so numbers, booleans and null work."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply `section.key=value` overrides to a raw config mapping."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected section.key=value")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = data
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {part} is not a section")
+        node[parts[-1]] = _parse_scalar(text)
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or the defaults), apply overrides, validate every key and type."""
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: expected a mapping of sections at the top level")
+    data = apply_overrides(data, overrides or [])
+    return _build(Config, data)
+
+
+def config_dict(cfg: Any, redact: bool = True) -> dict:
+    """The config as plain data; secrets replaced by '***' when redact is true."""
+    out = dataclasses.asdict(cfg)
+    if redact:
+        _redact(out)
+    return out
+
+
+def _redact(node: dict) -> None:
+    for key, value in node.items():
+        if isinstance(value, dict):
+            _redact(value)
+        elif value is not None and any(word in key.lower() for word in SECRET_WORDS):
+            node[key] = "***"
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the effective config, secrets redacted, as YAML."""
+    Path(path).write_text(yaml.safe_dump(config_dict(cfg), sort_keys=False))

@@ -1,0 +1,1 @@
+"""Filesystems (local and object stores) and packing sources into Parquet archives."""

@@ -1,0 +1,124 @@
+"""Column names and Arrow schemas of every table the pipeline writes (DESIGN.md §2).
+
+One home for the data contracts: stages build their outputs from these schemas, so a
+column is named once and the archive, frames, errors, embeddings and manifest agree.
+"""
+from __future__ import annotations
+
+import pyarrow as pa
+
+FRAME_SIZE = 64  # the autoencoder's input side, in pixels
+EMBED_DIM = 128  # default latent size of the β-VAE
+
+# Header fields copied from the DICOM header into the archive and carried by every frame.
+HEADER_FIELDS: list[tuple[str, pa.DataType]] = [
+    ("patient_key", pa.string()),
+    ("study_uid", pa.string()),
+    ("series_uid", pa.string()),
+    ("sop_uid", pa.string()),
+    ("modality", pa.string()),
+    ("n_frames", pa.int32()),
+    ("rows", pa.int32()),
+    ("cols", pa.int32()),
+    ("photometric", pa.string()),
+    ("transfer_syntax", pa.string()),
+]
+HEADER_NAMES = [name for name, _ in HEADER_FIELDS]
+
+# The keys every frame-level table carries.
+FRAME_KEYS = ["image_id", "frame_index"]
+# Grouping keys a person reads (patient/study/series), carried from archive to manifest.
+GROUP_KEYS = ["patient_key", "study_uid", "series_uid", "modality"]
+
+ARCHIVE = pa.schema(
+    [
+        ("image_id", pa.string()),  # hex SHA-256 of the file bytes
+        ("source_uri", pa.string()),  # first path (sorted) with these bytes
+        ("source_uris", pa.list_(pa.string())),  # every path with these bytes
+        ("format", pa.string()),  # dicom | png | jpeg
+        ("size_bytes", pa.int64()),
+        ("data", pa.binary()),
+        *HEADER_FIELDS,
+    ]
+)
+
+
+def pixels_type(size: int = FRAME_SIZE) -> pa.DataType:
+    """Arrow type of one preprocessed frame: size*size float32 values, row-major."""
+    return pa.list_(pa.float32(), size * size)
+
+
+def embedding_type(dim: int = EMBED_DIM) -> pa.DataType:
+    """Arrow type of one embedding: a fixed-size list keeps its shape outside Ray."""
+    return pa.list_(pa.float32(), dim)
+
+
+def frames_schema(size: int = FRAME_SIZE) -> pa.Schema:
+    """Schema of the decode stage's output: one row per image or cine frame."""
+    return pa.schema(
+        [
+            ("image_id", pa.string()),
+            ("frame_index", pa.int32()),
+            ("source_uri", pa.string()),
+            ("format", pa.string()),
+            ("pixels", pixels_type(size)),
+            ("is_constant", pa.bool_()),  # a blank frame: valid, flagged
+            *[(n, t) for n, t in HEADER_FIELDS if n in GROUP_KEYS],
+        ]
+    )
+
+
+ERRORS = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("source_uri", pa.string()),
+        ("frame_index", pa.int32()),
+        ("stage", pa.string()),  # pack | decode | embed
+        ("error_type", pa.string()),
+        ("message", pa.string()),
+    ]
+)
+
+
+def embeddings_schema(dim: int = EMBED_DIM) -> pa.Schema:
+    """Schema of the embed stage's output: the frame keys, the unit embedding, the model hash."""
+    return pa.schema(
+        [
+            ("image_id", pa.string()),
+            ("frame_index", pa.int32()),
+            ("source_uri", pa.string()),
+            ("embedding", embedding_type(dim)),
+            ("model_hash", pa.string()),
+            *[(n, t) for n, t in HEADER_FIELDS if n in GROUP_KEYS],
+        ]
+    )
+
+
+def error_row(
+    stage: str,
+    exc: BaseException | str,
+    *,
+    image_id: str | None = None,
+    source_uri: str | None = None,
+    frame_index: int | None = None,
+    error_type: str | None = None,
+) -> dict:
+    """One row of the errors table, from an exception or a message."""
+    if isinstance(exc, BaseException):
+        error_type = error_type or type(exc).__name__
+        message = str(exc) or type(exc).__name__
+    else:
+        message = exc
+    return {
+        "image_id": image_id,
+        "source_uri": source_uri,
+        "frame_index": frame_index,
+        "stage": stage,
+        "error_type": error_type or "Error",
+        "message": message[:2000],
+    }
+
+
+def empty_errors() -> pa.Table:
+    """An errors table with no rows."""
+    return ERRORS.empty_table()
