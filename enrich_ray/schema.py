@@ -6,6 +6,7 @@ column is named once and the archive, frames, errors, embeddings and manifest ag
 from __future__ import annotations
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 FRAME_SIZE = 64  # the autoencoder's input side, in pixels
 EMBED_DIM = 128  # default latent size of the β-VAE
@@ -122,3 +123,30 @@ def error_row(
 def empty_errors() -> pa.Table:
     """An errors table with no rows."""
     return ERRORS.empty_table()
+
+
+ERROR_COLUMNS = ["stage", "error_type", "message"]
+
+
+def combine(results: pa.Table, errors: pa.Table) -> pa.Table:
+    """One table holding a stage's result rows and its error rows (error columns null on results).
+
+    A Ray Data step has one output; this lets a stage write results and errors in one pass.
+    """
+    return pa.concat_tables([results, errors], promote_options="default")
+
+
+def result_rows(table: pa.Table) -> pa.Table:
+    """The result rows of a combined table, without the error columns."""
+    if "stage" not in table.column_names:
+        return table
+    keep = table.filter(pc.is_null(table["stage"]))
+    return keep.drop_columns([c for c in ERROR_COLUMNS if c in keep.column_names])
+
+
+def error_rows(table: pa.Table) -> pa.Table:
+    """The error rows of a combined table, in the errors schema."""
+    if "stage" not in table.column_names:
+        return empty_errors()
+    errs = table.filter(pc.is_valid(table["stage"]))
+    return pa.table({f.name: errs[f.name].cast(f.type) for f in ERRORS}, schema=ERRORS)

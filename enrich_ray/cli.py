@@ -1,0 +1,206 @@
+"""The `enrich-ray` command line: pack, train-vae, curate, select, nightly, evaluate, demo.
+
+Bad input ends with one line naming the cause (exit 2), never a traceback; a curate run in
+which no frame could be embedded finishes its outputs and exits 3.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from enrich_ray.config import Config, ConfigError, load_config
+
+EXIT_BAD_INPUT = 2
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+
+EXAMPLES = {
+    "pack": """examples:
+  enrich-ray pack ./scans --out ./archive
+  enrich-ray pack s3://hospital/incoming/2026-11-20/ --out s3://curation/archive/2026-11-20
+  ENRICH_RAY_PATIENT_KEY=... enrich-ray pack a/ b/ --out ./archive   # keyed patient_key""",
+    "train-vae": """examples:
+  enrich-ray train-vae --archive ./archive --out ./model
+  enrich-ray train-vae --archive ./archive --out ./model --set vae.max_epochs=10 --set vae.beta=0.1""",
+    "curate": """examples:
+  enrich-ray curate --archive ./archive --out ./runs/first
+  enrich-ray curate --archive s3://bucket/archive --out s3://bucket/runs/x --model s3://bucket/model
+  enrich-ray curate --archive ./archive --out ./runs/first --set selection.k=1000 --set report.thumbnails=false""",
+    "select": """examples:
+  enrich-ray select --embeddings ./runs/first/embeddings --out ./ranked --ranker enrich --seed 1
+  enrich-ray select --embeddings ./emb.parquet --out ./ranked --seed labeled.csv --k 500""",
+    "nightly": """examples:
+  enrich-ray nightly --catalog ./catalog --archive ./archive/2026-11-20 --night 2026-11-20
+  enrich-ray nightly --catalog s3://curation/catalog --archive s3://curation/archive/2026-11-20 --night 2026-11-20""",
+    "evaluate": """examples:
+  enrich-ray evaluate --dataset ../shared/data/pneumoniamnist_28/pneumoniamnist.npz --out ./eval/pneumonia""",
+    "demo": """examples:
+  enrich-ray demo --out runs/demo""",
+}
+
+
+def _common(p: argparse.ArgumentParser, config: str | None) -> None:
+    p.add_argument("--config", default=config, help=f"YAML config (default: {config or 'built-in defaults'})")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one setting; repeatable")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand and its examples."""
+    parser = argparse.ArgumentParser(
+        prog="enrich-ray",
+        description="Rank medical images by how much new information each adds (ENRICH), as a Ray job.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help_: str, config: str | None) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_, epilog=EXAMPLES[name],
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        _common(p, config)
+        return p
+
+    curate_yaml = str(CONFIGS / "curate.yaml")
+    p = add("pack", "pack folders or buckets of DICOM/PNG/JPEG into a Parquet archive", curate_yaml)
+    p.add_argument("sources", nargs="+", metavar="SRC", help="local folders/files or s3:// prefixes")
+    p.add_argument("--out", required=True, help="archive folder (local or s3://)")
+
+    p = add("train-vae", "train the β-VAE on a seeded sample of an archive's frames", curate_yaml)
+    p.add_argument("--archive", required=True)
+    p.add_argument("--out", required=True, help="model folder (local or s3://)")
+
+    p = add("curate", "archive to ranked manifest and report: decode, embed, index, analyse, rank", curate_yaml)
+    p.add_argument("--archive", required=True)
+    p.add_argument("--out", required=True, help="run folder; rerunning with the same folder resumes")
+    p.add_argument("--model", help="a trained model folder (default: train one in the run)")
+    p.add_argument("--force", action="store_true", help="recompute every stage")
+
+    p = add("select", "rank an existing embeddings table", curate_yaml)
+    p.add_argument("--embeddings", required=True, help="Parquet file or folder with image_id, frame_index, embedding")
+    p.add_argument("--out", required=True, help="folder for manifest.parquet and manifest.csv")
+    p.add_argument("--ranker", choices=["enrich", "random", "examine", "smi"])
+    p.add_argument("--seed", help="seed set: a count (5), a fraction (0.01) or a file of labeled image ids")
+    p.add_argument("--k", type=int, help="how many to rank after the seed set (default: all)")
+
+    p = add("nightly", "rank tonight's new scans against everything seen and labeled before", str(CONFIGS / "nightly.yaml"))
+    p.add_argument("--catalog", required=True)
+    p.add_argument("--archive", required=True)
+    p.add_argument("--night", required=True, help="YYYY-MM-DD")
+    p.add_argument("--model", help="a trained model folder for the first night (default: train one)")
+    p.add_argument("--force", action="store_true", help="redo a night already in the catalog")
+
+    p = add("evaluate", "show on a labeled dataset whether ranking pays off (paper Fig. 1 and 3)", str(CONFIGS / "evaluate.yaml"))
+    p.add_argument("--dataset", required=True, help="MedMNIST .npz, or an archive with label and split columns")
+    p.add_argument("--out", required=True)
+
+    p = add("demo", "pack pydicom's real test DICOM files and curate them on a local Ray", str(CONFIGS / "demo.yaml"))
+    p.add_argument("--out", default="runs/demo")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `enrich-ray` and `python -m enrich_ray`."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from enrich_ray.io.fs import StorageError
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+        return COMMANDS[args.command](args, cfg)
+    except (ConfigError, StorageError) as exc:
+        print(f"enrich-ray {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (OSError, PermissionError) as exc:
+        print(f"enrich-ray {args.command}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"enrich-ray {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+def _pack(args: argparse.Namespace, cfg: Config) -> int:
+    from enrich_ray.io.pack import pack
+
+    summary = pack(args.sources, args.out, cfg.pack, cfg.storage)
+    print("\n".join(["packed into " + args.out, *("  " + line for line in summary.lines())]))
+    return 0
+
+
+def _train(args: argparse.Namespace, cfg: Config) -> int:
+    from enrich_ray.pipelines.curate import train_model
+
+    result = train_model(args.archive, args.out, cfg)
+    m = result.metrics
+    print(f"model written to {args.out} (hash {result.model_hash[:12]})")
+    print(f"  validation reconstruction {m.get('val_recon', float('nan')):.4f} nats/pixel-sum, KL {m.get('val_kl', float('nan')):.2f} nats")
+    print(f"  active units {m.get('active_units')} of {cfg.vae.latent_dim}, participation ratio {m.get('participation_ratio', float('nan')):.1f}")
+    return 0
+
+
+def _curate(args: argparse.Namespace, cfg: Config) -> int:
+    from enrich_ray.pipelines.curate import curate
+
+    result = curate(args.archive, args.out, cfg, model=args.model, force=args.force)
+    _print_result(result)
+    return result.exit_code
+
+
+def _print_result(result) -> None:
+    c = result.counts
+    print(f"\nimages in: {c['archive_images']}; frames decoded: {c['frames_decoded']}; embedded: {c['frames_embedded']}; "
+          f"error rows: {c['error_rows']}; ranked: {c['ranked']}")
+    if not c["frames_embedded"]:
+        print("no frame could be embedded: see errors.parquet and the report")
+    print(f"report: {result.report}")
+
+
+def _select(args: argparse.Namespace, cfg: Config) -> int:
+    from enrich_ray.pipelines.select import select
+
+    n = select(args.embeddings, args.out, cfg, ranker=args.ranker, seed=args.seed, k=args.k)
+    print(f"ranked {n} frames into {args.out}/manifest.parquet and manifest.csv")
+    return 0
+
+
+def _nightly(args: argparse.Namespace, cfg: Config) -> int:
+    from enrich_ray.pipelines.nightly import nightly
+
+    result = nightly(args.catalog, args.archive, args.night, cfg, model=args.model, force=args.force)
+    print(result.message)
+    return result.exit_code
+
+
+def _evaluate(args: argparse.Namespace, cfg: Config) -> int:
+    from enrich_ray.pipelines.evaluate import run_evaluation
+
+    result = run_evaluation(args.dataset, cfg, args.out)
+    print(f"evaluation written to {args.out}: {result.get('summary', '')}")
+    return 0
+
+
+def _demo(args: argparse.Namespace, cfg: Config) -> int:
+    from enrich_ray.pipelines.curate import curate
+    from enrich_ray.io.pack import pack
+    from enrich_ray.pipelines.demo import demo_sources
+
+    sources = demo_sources()
+    archive = f"{args.out}/archive"
+    print("packing pydicom's real test files from:\n  " + "\n  ".join(sources))
+    summary = pack(sources, archive, cfg.pack, cfg.storage)
+    print("\n".join("  " + line for line in summary.lines()))
+    result = curate(archive, f"{args.out}/run", cfg)
+    _print_result(result)
+    return result.exit_code
+
+
+COMMANDS = {
+    "pack": _pack,
+    "train-vae": _train,
+    "curate": _curate,
+    "select": _select,
+    "nightly": _nightly,
+    "evaluate": _evaluate,
+    "demo": _demo,
+}

@@ -1,0 +1,463 @@
+"""The curate job: archive → frames → embeddings → index and kNN graph → analyses → ranking → report.
+
+Each stage reads what the stage before wrote under the run folder and ends by writing its
+marker, so a rerun resumes at the first incomplete stage (DESIGN.md §1). Ray runs the
+distributed stages (decode, embed); the graph, the analyses and the ranking run on the driver
+over numpy arrays. Every embedding row is addressed by its position in the embeddings sorted
+by (image_id, frame_index): the `row` of the graph, the duplicates, the outliers and the
+manifest, so results never depend on the order a distributed stage wrote them in.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import platform
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from enrich_ray import schema
+from enrich_ray.config import Config, config_dict
+from enrich_ray.io.fs import StorageError
+from enrich_ray.io.pack import ERRORS_NAME, archive_shards
+from enrich_ray.pipelines.run_folder import RunFolder
+
+log = logging.getLogger(__name__)
+
+STAGES = ("decode", "train", "embed", "index", "analyze", "rank", "report")
+OUTPUTS = {
+    "decode": ["decoded"],
+    "train": ["model"],
+    "embed": ["embeddings", "embed_state.json"],
+    "index": ["index", "knn"],
+    "analyze": ["duplicates.parquet", "outliers.parquet", "redundancy.json", "redundancy.png"],
+    "rank": ["manifest.parquet", "manifest.csv"],
+    "report": ["errors.parquet", "summary.json", "report.html", "config.yaml"],
+}
+EXIT_NOTHING_EMBEDDED = 3  # the job finished, but no frame could be embedded (every file unreadable)
+FRAME_COLUMNS = ["image_id", "frame_index", "source_uri", *schema.GROUP_KEYS]
+
+
+@dataclass
+class CurateResult:
+    """Where the outputs are and the counts a person reads at the end."""
+
+    out: str
+    report: str
+    counts: dict
+    exit_code: int
+
+
+def curate(archive: str, out: str, cfg: Config, model: str | None = None, force: bool = False) -> CurateResult:
+    """Run every stage that is not complete yet; returns the result with the report's URI."""
+    from enrich_ray import runtime
+
+    if model:
+        cfg = dataclasses.replace(cfg, embed=dataclasses.replace(cfg.embed, model=model))
+    shards = archive_shards(archive, cfg.storage)
+    if not shards:
+        raise StorageError(f"archive {archive} holds no Parquet shards (part-*.parquet): pack it first")
+    run = RunFolder(out, cfg.storage)
+    run.open_run(cfg, force)
+    if cfg.embed.embedder == "vae" and not cfg.embed.model:
+        cfg = dataclasses.replace(cfg, embed=dataclasses.replace(cfg.embed, model=run.path("model").uri()))
+
+    timings: dict[str, float] = {}
+    steps: dict[str, Callable[[], dict]] = {
+        "decode": lambda: _decode(run, shards, cfg, runtime),
+        "train": lambda: _train(run, cfg),
+        "embed": lambda: _embed(run, cfg, runtime),
+        "index": lambda: _index(run, cfg),
+        "analyze": lambda: _analyze(run, archive, cfg),
+        "rank": lambda: _rank(run, cfg),
+        "report": lambda: _report(run, archive, cfg, timings),
+    }
+    for stage in STAGES:
+        if stage == "train" and (cfg.embed.embedder != "vae" or model):
+            continue
+        if run.is_done(stage) and not force:
+            timings[stage] = run.marker(stage).get("seconds", 0.0)
+            log.info("%s: complete, skipped", stage)
+            continue
+        run.clear(OUTPUTS[stage])
+        if stage in ("decode", "embed"):
+            runtime.init(cfg.runtime)
+        t0 = time.perf_counter()
+        log.info("%s: running", stage)
+        info = steps[stage]()
+        timings[stage] = round(time.perf_counter() - t0, 3)
+        run.mark(stage, {"seconds": timings[stage], **info})
+    summary = run.read_json("summary.json")
+    embedded = summary["counts"]["frames_embedded"]
+    return CurateResult(
+        out=out,
+        report=run.path("report.html").uri(),
+        counts=summary["counts"],
+        exit_code=0 if embedded else EXIT_NOTHING_EMBEDDED,
+    )
+
+
+def _decode(run: RunFolder, shards: list[str], cfg: Config, runtime) -> dict:
+    ds = runtime.read_parquet(shards, cfg.storage)
+    runtime.write_parquet(runtime.decode(ds, cfg.decode), run.path("decoded").uri(), cfg.storage)
+    stage_col = run.read_table("decoded", columns=["stage"]).column("stage")
+    errors = int(pc.sum(pc.is_valid(stage_col)).as_py() or 0)
+    return {"frames": len(stage_col) - errors, "errors": errors}
+
+
+def _frames_sample(run: RunFolder, n: int, seed: int) -> np.ndarray:
+    """A seeded sample of decoded frames as (n, size, size) float32, for training or fitting."""
+    keys = run.read_table("decoded", columns=["image_id", "frame_index", "stage"])
+    keys = schema.result_rows(keys).to_pandas().sort_values(["image_id", "frame_index"], kind="stable")
+    if keys.empty:
+        return np.zeros((0, 0, 0), np.float32)
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(len(keys), size=min(n, len(keys)), replace=False))
+    chosen = keys.iloc[pick]
+    return _pixels_of(run, chosen)
+
+
+def _pixels_of(run: RunFolder, keys: pd.DataFrame) -> np.ndarray:
+    """The decoded pixels of the given frame keys, in the order given."""
+    table = run.read_table(
+        "decoded",
+        columns=["image_id", "frame_index", "pixels"],
+        filter=pc.field("image_id").isin(sorted(set(keys["image_id"]))) & pc.field("stage").is_null(),
+    )
+    width = table.schema.field("pixels").type.list_size
+    side = int(round(width**0.5))
+    flat = table.column("pixels").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    pixels = flat.reshape(len(table), side, side).astype(np.float32)
+    where = {(i, int(f)): r for r, (i, f) in enumerate(zip(table.column("image_id").to_pylist(), table.column("frame_index").to_pylist()))}
+    return pixels[[where[(i, int(f))] for i, f in zip(keys["image_id"], keys["frame_index"])]]
+
+
+def _train(run: RunFolder, cfg: Config) -> dict:
+    from enrich_ray.embed.train import train_vae
+
+    frames = _frames_sample(run, cfg.vae.sample_size, cfg.vae.seed)
+    if len(frames) < 2:
+        log.warning("train: %d decoded frame(s), too few to train the β-VAE; nothing will be embedded", len(frames))
+        return {"trained": False, "frames": int(len(frames))}
+    result = train_vae(frames, cfg.vae, cfg.decode, run.path("model").uri(), cfg.storage)
+    return {"trained": True, "model_hash": result.model_hash, "metrics": result.metrics}
+
+
+def _embed(run: RunFolder, cfg: Config, runtime) -> dict:
+    from enrich_ray.embed.registry import fit_state
+
+    state = None
+    if cfg.embed.embedder == "pixels":
+        sample = _frames_sample(run, cfg.vae.sample_size, cfg.vae.seed)
+        if len(sample) or not cfg.embed.pixel_center:
+            state = fit_state(cfg.embed, cfg.decode, sample)
+            run.write_bytes("embed_state.json", state.to_json().encode())
+    elif cfg.embed.embedder == "precomputed":
+        first = run.read_table("decoded").slice(0, 1024)
+        state = fit_state(cfg.embed, cfg.decode, schema.result_rows(first))
+        run.write_bytes("embed_state.json", state.to_json().encode())
+    no_model = cfg.embed.embedder == "vae" and not run.loc.fs.exists(run.path("model").path) and cfg.embed.model == run.path("model").uri()
+    frames_ds = runtime.read_parquet(run.files("decoded"), cfg.storage)
+    if no_model or (cfg.embed.embedder == "pixels" and state is None):
+        empty = schema.embeddings_schema(cfg.vae.latent_dim).empty_table()
+        run.loc.fs.makedirs(run.path("embeddings").path, exist_ok=True)
+        run.write_table("embeddings/empty.parquet", empty)
+        return {"embedded": 0, "errors": 0}
+    runtime.write_parquet(runtime.embed(frames_ds, cfg, state), run.path("embeddings").uri(), cfg.storage)
+    stage_col = run.read_table("embeddings", columns=["stage"]).column("stage") if _has_column(run, "embeddings", "stage") else None
+    errors = int(pc.sum(pc.is_valid(stage_col)).as_py() or 0) if stage_col is not None else 0
+    total = run.read_table("embeddings", columns=["image_id"]).num_rows
+    return {"embedded": total - errors, "errors": errors}
+
+
+def _has_column(run: RunFolder, name: str, column: str) -> bool:
+    loc = run.path(name)
+    import pyarrow.dataset as pads
+
+    return column in pads.dataset(loc.path, filesystem=loc.arrow_fs(), format="parquet").schema.names
+
+
+def load_embeddings(run: RunFolder) -> tuple[pd.DataFrame, np.ndarray]:
+    """The embedded frames (keys and group columns) and their unit vectors, sorted by frame key."""
+    table = run.read_table("embeddings")
+    table = schema.result_rows(table)
+    frames = table.select([c for c in FRAME_COLUMNS if c in table.column_names]).to_pandas()
+    if table.num_rows == 0:
+        return frames, np.zeros((0, 0), np.float32)
+    emb_col = table.column("embedding").combine_chunks()
+    dim = emb_col.type.list_size
+    emb = emb_col.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32)
+    order = np.lexsort((frames["frame_index"].to_numpy(), frames["image_id"].to_numpy()))
+    frames = frames.iloc[order].reset_index(drop=True)
+    return frames, np.ascontiguousarray(emb[order])
+
+
+def _index(run: RunFolder, cfg: Config) -> dict:
+    from enrich_ray.index.knn import KnnGraph, knn_graph
+    from enrich_ray.index.shards import build_index
+
+    frames, emb = load_embeddings(run)
+    run.loc.fs.makedirs(run.path("knn").path, exist_ok=True)
+    if len(frames) == 0:
+        run.write_table("knn/graph.parquet", KnnGraph(np.zeros((0, 0), np.int64), np.zeros((0, 0), np.float32)).to_arrow())
+        return {"frames": 0}
+    index = build_index(emb, cfg.index)
+    index.save(run.path("index").uri(), cfg.storage)
+    k = max(0, min(cfg.index.k, len(frames) - 1))
+    graph = knn_graph(emb, k, cfg.index) if k else KnnGraph(np.zeros((len(frames), 0), np.int64), np.zeros((len(frames), 0), np.float32))
+    table = graph.to_arrow().append_column("image_id", pa.array(frames["image_id"])).append_column(
+        "frame_index", pa.array(frames["frame_index"], pa.int32())
+    )
+    run.write_table("knn/graph.parquet", table)
+    return {"frames": len(frames), "k": k}
+
+
+def load_graph(run: RunFolder):
+    """The kNN graph written by the index stage."""
+    from enrich_ray.index.knn import KnnGraph
+
+    table = run.read_table("knn/graph.parquet")
+    if table.num_rows == 0:
+        return KnnGraph(np.zeros((0, 0), np.int64), np.zeros((0, 0), np.float32))
+    return KnnGraph.from_arrow(table.select(["row", "neighbors", "similarities"]))
+
+
+def _with_keys(df: pd.DataFrame, frames: pd.DataFrame) -> pd.DataFrame:
+    """Add the frame keys and source_uri of each `row` to an analysis table."""
+    keys = frames[["image_id", "frame_index", "source_uri"]].iloc[df["row"].to_numpy()].reset_index(drop=True)
+    return pd.concat([df.reset_index(drop=True), keys], axis=1)
+
+
+def _path_duplicates(archive: str, cfg: Config, frames: pd.DataFrame, first_group: int) -> pd.DataFrame:
+    """Byte-identical files found at several paths: one 'exact' group per image, a row per path."""
+    from enrich_ray.io.pack import archive_shards as shards_of
+    import pyarrow.dataset as pads
+    from enrich_ray.io.fs import resolve
+
+    loc = resolve(shards_of(archive, cfg.storage)[0], cfg.storage)
+    paths = [resolve(u, cfg.storage).path for u in shards_of(archive, cfg.storage)]
+    table = pads.dataset(paths, filesystem=loc.arrow_fs(), format="parquet").to_table(columns=["image_id", "source_uris"])
+    multi = table.filter(pc.greater(pc.list_value_length(table["source_uris"]), 1)).to_pandas()
+    rows = []
+    row_of = {k: r for r, k in enumerate(zip(frames["image_id"], frames["frame_index"]))}
+    for g, rec in enumerate(multi.sort_values("image_id").itertuples()):
+        for i, uri in enumerate(rec.source_uris):
+            rows.append(
+                {
+                    "group_id": first_group + g,
+                    "row": row_of.get((rec.image_id, 0), -1),
+                    "kind": "exact",
+                    "similarity": 1.0,
+                    "is_representative": i == 0,
+                    "group_size": len(rec.source_uris),
+                    "image_id": rec.image_id,
+                    "frame_index": 0,
+                    "source_uri": uri,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def _analyze(run: RunFolder, archive: str, cfg: Config) -> dict:
+    from enrich_ray.analysis.duplicates import near_duplicates
+    from enrich_ray.analysis.outliers import outliers
+    from enrich_ray.analysis.redundancy import plot_redundancy, redundancy_stats
+
+    frames, _ = load_embeddings(run)
+    graph = load_graph(run)
+    if len(frames) and graph.k:
+        nn = graph.nn_similarity
+        groups = frames[[c for c in schema.GROUP_KEYS if c in frames.columns]]
+        stats = redundancy_stats(nn, groups)
+        with tempfile.TemporaryDirectory() as tmp:
+            plot_redundancy({"this archive": nn}, f"{tmp}/redundancy.png")
+            run.write_bytes("redundancy.png", Path(f"{tmp}/redundancy.png").read_bytes())
+        dups = _with_keys(near_duplicates(graph, cfg.analysis.near_duplicate_threshold), frames)
+        outl = _with_keys(outliers(graph, cfg.analysis.outlier_mad_k), frames)
+    else:
+        stats = {}
+        dups = pd.DataFrame(columns=["group_id", "row", "kind", "similarity", "is_representative", "group_size", "image_id", "frame_index", "source_uri"])
+        outl = pd.DataFrame(columns=["rank", "row", "score", "nn_similarity", "flagged", "image_id", "frame_index", "source_uri"])
+    first = int(dups["group_id"].max()) + 1 if len(dups) else 0
+    paths = _path_duplicates(archive, cfg, frames, first)
+    if len(paths):
+        dups = pd.concat([dups, paths], ignore_index=True)
+    run.write_table("duplicates.parquet", dups)
+    run.write_table("outliers.parquet", outl)
+    run.write_json("redundancy.json", stats)
+    return {
+        "duplicate_groups": int(dups["group_id"].nunique()) if len(dups) else 0,
+        "outliers_flagged": int(outl["flagged"].sum()) if len(outl) else 0,
+    }
+
+
+def _rank(run: RunFolder, cfg: Config) -> dict:
+    from enrich_ray.selection import rank
+    from enrich_ray.selection.manifest import build_manifest
+    from enrich_ray.selection.seeds import seed_rows
+
+    frames, emb = load_embeddings(run)
+    if len(frames) == 0:
+        run.write_table("manifest.parquet", pd.DataFrame(columns=["rank", "image_id", "frame_index", "source_uri", "ranker", "score", "is_seed"]))
+        pd.DataFrame(columns=["rank", "image_id", "frame_index", "source_uri", "ranker", "score", "is_seed"]).to_csv(
+            run.loc.fs.open(run.path("manifest.csv").path, "w"), index=False
+        )
+        return {"ranked": 0}
+    labeled = labeled_mask(cfg.selection.seed_manifest, frames, cfg)
+    seed = seed_rows(len(frames), cfg.selection, labeled)
+    graph = load_graph(run)
+    ranking = rank(cfg.selection.ranker, emb, seed, cfg.selection.k, cfg.selection, knn=graph if graph.k else None)
+    manifest = build_manifest(ranking, frames, cfg.selection, emb)
+    run.write_table("manifest.parquet", manifest)
+    with run.loc.fs.open(run.path("manifest.csv").path, "w") as fh:
+        manifest.to_csv(fh, index=False)
+    return {"ranked": len(manifest), "seed": len(seed)}
+
+
+def labeled_mask(seed_manifest: str | None, frames: pd.DataFrame, cfg: Config) -> np.ndarray | None:
+    """Which frames are already labeled, from a file of image ids (a CSV or Parquet with an image_id column)."""
+    if not seed_manifest:
+        return None
+    from enrich_ray.io.fs import resolve
+
+    loc = resolve(seed_manifest, cfg.storage)
+    if not loc.fs.exists(loc.path):
+        raise StorageError(f"selection.seed_manifest not found: {seed_manifest}")
+    with loc.fs.open(loc.path, "rb") as fh:
+        labeled = pd.read_parquet(fh) if loc.path.endswith(".parquet") else pd.read_csv(fh)
+    if "image_id" not in labeled.columns:
+        raise StorageError(f"selection.seed_manifest {seed_manifest} has no image_id column")
+    return frames["image_id"].isin(set(labeled["image_id"].astype(str))).to_numpy()
+
+
+def _errors(run: RunFolder, archive: str, cfg: Config) -> pd.DataFrame:
+    """Every error row of the run: unreadable files (pack), undecodable images and frames, failed embeddings."""
+    from enrich_ray.io.fs import resolve
+    import pyarrow.parquet as pq
+
+    parts = []
+    loc = resolve(archive, cfg.storage).join(ERRORS_NAME)
+    if loc.fs.exists(loc.path):
+        with loc.fs.open(loc.path, "rb") as fh:
+            parts.append(pq.read_table(fh))
+    parts.append(schema.error_rows(run.read_table("decoded", columns=[f.name for f in schema.ERRORS])))
+    if _has_column(run, "embeddings", "stage"):
+        parts.append(schema.error_rows(run.read_table("embeddings", columns=[f.name for f in schema.ERRORS])))
+    table = pa.concat_tables([p.cast(schema.ERRORS) for p in parts])
+    return table.to_pandas().sort_values(["stage", "source_uri", "frame_index"], na_position="first", kind="stable").reset_index(drop=True)
+
+
+def _versions() -> dict:
+    names = ["enrich_ray", "ray", "torch", "numpy", "pyarrow", "faiss-cpu", "pydicom"]
+    out = {"python": platform.python_version()}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def _report(run: RunFolder, archive: str, cfg: Config, timings: dict) -> dict:
+    from enrich_ray.report.html import write_report
+
+    frames, emb = load_embeddings(run)
+    graph = load_graph(run)
+    errors = _errors(run, archive, cfg)
+    run.write_table("errors.parquet", errors)
+    archive_rows = _archive_rows(archive, cfg)
+    decoded = run.read_table("decoded", columns=["image_id", "frame_index", "stage"])
+    frames_decoded = schema.result_rows(decoded).num_rows
+    decode_file_errors = int(
+        ((errors["stage"] == "decode") & errors["frame_index"].isna()).sum()
+    )
+    decode_frame_errors = int(((errors["stage"] == "decode") & errors["frame_index"].notna()).sum())
+    embed_errors = int((errors["stage"] == "embed").sum())
+    images_with_frames = schema.result_rows(decoded).column("image_id").unique()
+    images_failed = set(errors.loc[(errors["stage"] == "decode") & errors["frame_index"].isna(), "image_id"].dropna())
+    accounted = len(set(images_with_frames.to_pylist()) | images_failed)
+    manifest = pd.read_parquet(run.loc.fs.open(run.path("manifest.parquet").path, "rb"))
+    counts = {
+        "archive_images": archive_rows,
+        "images_accounted": accounted,
+        "frames_decoded": frames_decoded,
+        "frames_embedded": len(frames),
+        "error_rows": len(errors),
+        "errors_decode_file": decode_file_errors,
+        "errors_decode_frame": decode_frame_errors,
+        "errors_embed": embed_errors,
+        "errors_pack_unreadable": int((errors["stage"] == "pack").sum()),
+        "ranked": len(manifest),
+    }
+    checks = {
+        "every_image_decoded_or_error": accounted == archive_rows,
+        "every_frame_embedded_or_error": frames_decoded == len(frames) + embed_errors,
+    }
+    embedding = {"embedder": cfg.embed.embedder, "dim": int(emb.shape[1]) if emb.size else None}
+    if emb.size:
+        from enrich_ray.embed.diagnostics import participation_ratio
+
+        embedding["participation_ratio"] = float(participation_ratio(emb))
+    if run.is_done("train"):
+        metrics = run.marker("train").get("metrics") or {}
+        embedding.update({k: metrics[k] for k in ("active_units", "val_recon", "val_kl") if k in metrics})
+    summary = {
+        "run": {"archive": archive, "out": run.uri, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+        "counts": counts,
+        "checks": checks,
+        "errors_by_type": errors.groupby(["stage", "error_type"]).size().rename("rows").reset_index().to_dict("records"),
+        "redundancy": run.read_json("redundancy.json"),
+        "embedding": embedding,
+        "timings_s": dict(timings),
+        "versions": _versions(),
+        "config": config_dict(cfg),
+    }
+    run.write_json("summary.json", summary)
+    run.write_bytes("config.yaml", __import__("yaml").safe_dump(config_dict(cfg), sort_keys=False).encode())
+    dups = pd.read_parquet(run.loc.fs.open(run.path("duplicates.parquet").path, "rb"))
+    outl = pd.read_parquet(run.loc.fs.open(run.path("outliers.parquet").path, "rb"))
+    if len(manifest) and "row" not in manifest.columns:
+        row_of = {k: r for r, k in enumerate(zip(frames["image_id"], frames["frame_index"]))}
+        manifest = manifest.assign(row=[row_of[k] for k in zip(manifest["image_id"], manifest["frame_index"])])
+    thumbs = (lambda rows: _pixels_of(run, frames.iloc[list(rows)])) if cfg.report.thumbnails and len(frames) else None
+    nn = graph.nn_similarity if graph.k else np.zeros(0, np.float32)
+    write_report(run.path("report.html").uri(), summary, manifest, dups, outl, errors, nn, thumbs, cfg.report)
+    return {"counts": counts, "checks": checks}
+
+
+def _archive_rows(archive: str, cfg: Config) -> int:
+    import pyarrow.parquet as pq
+    from enrich_ray.io.fs import resolve
+
+    total = 0
+    for uri in archive_shards(archive, cfg.storage):
+        loc = resolve(uri, cfg.storage)
+        with loc.fs.open(loc.path, "rb") as fh:
+            total += pq.ParquetFile(fh).metadata.num_rows
+    return total
+
+
+def train_model(archive: str, out: str, cfg: Config):
+    """Decode an archive (in a scratch run folder) and train the β-VAE into `out`; returns the TrainResult."""
+    from enrich_ray import runtime
+    from enrich_ray.embed.train import train_vae
+
+    shards = archive_shards(archive, cfg.storage)
+    if not shards:
+        raise StorageError(f"archive {archive} holds no Parquet shards (part-*.parquet): pack it first")
+    with tempfile.TemporaryDirectory(prefix="enrich-ray-train-") as scratch:
+        run = RunFolder(scratch)
+        runtime.init(cfg.runtime)
+        _decode(run, shards, cfg, runtime)
+        frames = _frames_sample(run, cfg.vae.sample_size, cfg.vae.seed)
+        if len(frames) < 2:
+            raise StorageError(f"archive {archive} holds {len(frames)} decodable frame(s): too few to train on")
+        return train_vae(frames, cfg.vae, cfg.decode, out, cfg.storage)

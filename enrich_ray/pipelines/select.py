@@ -1,0 +1,72 @@
+"""`enrich-ray select`: rank an existing embeddings table without the rest of the pipeline."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pyarrow.dataset as pads
+
+from enrich_ray import schema
+from enrich_ray.config import Config, ConfigError
+from enrich_ray.io.fs import StorageError, resolve
+from enrich_ray.pipelines.curate import FRAME_COLUMNS, labeled_mask
+from enrich_ray.pipelines.run_folder import RunFolder
+
+
+def read_embeddings(uri: str, cfg: Config) -> tuple[pd.DataFrame, np.ndarray]:
+    """Frame keys and unit-normalised vectors of a Parquet file or folder, sorted by frame key."""
+    loc = resolve(uri, cfg.storage)
+    if not loc.fs.exists(loc.path):
+        raise StorageError(f"embeddings not found: {uri}")
+    table = schema.result_rows(pads.dataset(loc.path, filesystem=loc.arrow_fs(), format="parquet").to_table())
+    for column in ("image_id", "embedding"):
+        if column not in table.column_names:
+            raise StorageError(f"{uri}: no {column} column (found {', '.join(table.column_names)})")
+    frames = table.select([c for c in FRAME_COLUMNS if c in table.column_names]).to_pandas()
+    if "frame_index" not in frames:
+        frames["frame_index"] = 0
+    if "source_uri" not in frames:
+        frames["source_uri"] = None
+    emb = np.asarray(table.column("embedding").to_pylist(), dtype=np.float32)
+    norms = np.linalg.norm(emb, axis=1, keepdims=True)
+    emb = emb / np.where(norms > 0, norms, 1)
+    order = np.lexsort((frames["frame_index"].to_numpy(), frames["image_id"].to_numpy()))
+    return frames.iloc[order].reset_index(drop=True), np.ascontiguousarray(emb[order])
+
+
+def select(embeddings: str, out: str, cfg: Config, ranker: str | None, seed: str | None, k: int | None) -> int:
+    """Rank the embeddings and write manifest.parquet and manifest.csv under `out`; returns the count ranked."""
+    from enrich_ray.selection import rank
+    from enrich_ray.selection.manifest import build_manifest
+    from enrich_ray.selection.seeds import seed_rows
+
+    sel = cfg.selection
+    if ranker:
+        sel = dataclasses.replace(sel, ranker=ranker)
+    if k is not None:
+        sel = dataclasses.replace(sel, k=k)
+    if seed:
+        try:
+            value = float(seed)
+        except ValueError:
+            sel = dataclasses.replace(sel, seed_manifest=seed, seed_count=None, seed_fraction=None)
+        else:
+            if value <= 0:
+                raise ConfigError(f"--seed {seed}: must be a positive count, a fraction in (0, 1) or a file")
+            if value < 1:
+                sel = dataclasses.replace(sel, seed_fraction=value, seed_count=None)
+            else:
+                sel = dataclasses.replace(sel, seed_count=int(value), seed_fraction=None)
+    frames, emb = read_embeddings(embeddings, cfg)
+    if len(frames) == 0:
+        raise StorageError(f"{embeddings} holds no embeddings")
+    labeled = labeled_mask(sel.seed_manifest, frames, cfg)
+    ranking = rank(sel.ranker, emb, seed_rows(len(frames), sel, labeled), sel.k, sel)
+    manifest = build_manifest(ranking, frames, sel, emb)
+    run = RunFolder(out, cfg.storage)
+    run.loc.fs.makedirs(run.loc.path, exist_ok=True)
+    run.write_table("manifest.parquet", manifest)
+    with run.loc.fs.open(run.path("manifest.csv").path, "w") as fh:
+        manifest.to_csv(fh, index=False)
+    return len(manifest)

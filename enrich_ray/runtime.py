@@ -1,0 +1,89 @@
+"""The only module that imports Ray: it maps the plain stages onto Ray Data.
+
+Stages are plain functions or classes over Arrow tables that return (results, errors);
+here each becomes a `map_batches` step whose output holds both, told apart by the error
+columns (`stage` is null on a result row), so one pass writes one Parquet folder.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import pyarrow as pa
+import ray
+from ray.data import ActorPoolStrategy, DataContext, Dataset
+
+from enrich_ray.schema import combine
+from enrich_ray.config import Config, DecodeConfig, EmbedConfig, RuntimeConfig, StorageConfig
+from enrich_ray.io.fs import resolve
+
+log = logging.getLogger(__name__)
+
+def init(cfg: RuntimeConfig) -> None:
+    """Connect to the cluster named by config or RAY_ADDRESS, else start a local Ray."""
+    if not ray.is_initialized():
+        address = cfg.address or os.environ.get("RAY_ADDRESS")
+        if address:
+            ray.init(address=address, log_to_driver=True)
+        else:
+            ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, log_to_driver=True)
+    ctx = DataContext.get_current()
+    ctx.execution_options.verbose_progress = False
+    ctx.execution_no_progress_timeout_s = cfg.no_progress_timeout_s
+
+
+def shutdown() -> None:
+    """Stop the local Ray this process started (a no-op on a cluster we only joined)."""
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def read_parquet(uris: list[str], storage: StorageConfig | None, columns: list[str] | None = None) -> Dataset:
+    """A Ray dataset over Parquet files on local disk or an object store."""
+    loc = resolve(uris[0], storage)
+    paths = [resolve(u, storage).path for u in uris]
+    return ray.data.read_parquet(paths, filesystem=loc.arrow_fs(), columns=columns)
+
+
+def write_parquet(ds: Dataset, uri: str, storage: StorageConfig | None) -> None:
+    """Write a dataset as a Parquet folder."""
+    loc = resolve(uri, storage)
+    ds.write_parquet(loc.path, filesystem=loc.arrow_fs())
+
+
+def _decode_batch(batch: pa.Table, cfg: DecodeConfig) -> pa.Table:
+    from enrich_ray.decode.stage import decode_batch
+
+    return combine(*decode_batch(batch, cfg))
+
+
+def decode(ds: Dataset, cfg: DecodeConfig) -> Dataset:
+    """Every archive row to frames (one per image/cine frame) or error rows, in Ray tasks."""
+    return ds.map_batches(_decode_batch, fn_kwargs={"cfg": cfg}, batch_size=cfg.batch_size, batch_format="pyarrow")
+
+
+class _EmbedActor:
+    """An actor of the embedding pool: loads the model once, embeds batch after batch."""
+
+    def __init__(self, cfg: EmbedConfig, decode_cfg: DecodeConfig, storage: StorageConfig | None, state: Any):
+        from enrich_ray.embed.registry import make_embedder
+
+        self.embedder = make_embedder(cfg, decode_cfg, storage=storage, state=state)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return combine(*self.embedder.embed_batch(batch))
+
+
+def embed(ds: Dataset, cfg: Config, state: Any = None) -> Dataset:
+    """Frames to unit embeddings on an actor pool (GPU actors when embed.num_gpus > 0)."""
+    emb = cfg.embed
+    return ds.map_batches(
+        _EmbedActor,
+        fn_constructor_kwargs={"cfg": emb, "decode_cfg": cfg.decode, "storage": cfg.storage, "state": state},
+        compute=ActorPoolStrategy(size=emb.num_actors),
+        num_gpus=emb.num_gpus,
+        num_cpus=0 if emb.num_gpus else 1,
+        batch_size=emb.batch_size,
+        batch_format="pyarrow",
+    )

@@ -1,0 +1,69 @@
+"""Config: every YAML in configs/ loads; unknown keys and wrong types stop the run with the key named."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from enrich_ray.cli import main
+from enrich_ray.config import Config, ConfigError, config_dict, load_config, save_config
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+JOB_CONFIGS = sorted(p for p in CONFIGS.glob("*.yaml") if p.name != "runtime_env.yaml")
+
+
+@pytest.mark.parametrize("path", JOB_CONFIGS, ids=lambda p: p.name)
+def test_every_job_config_loads(path):
+    assert isinstance(load_config(path), Config)
+
+
+def test_unknown_key_is_named(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("decode:\n  sise: 64\n")
+    with pytest.raises(ConfigError, match=r"unknown setting 'decode\.sise'"):
+        load_config(p)
+
+
+def test_unknown_section_is_named(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("decoding:\n  size: 64\n")
+    with pytest.raises(ConfigError, match="unknown setting 'decoding'"):
+        load_config(p)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("decode.size=large", r"decode\.size: expected an integer"),
+        ("embed.num_gpus=yes please", r"embed\.num_gpus: expected a number"),
+        ("report.thumbnails=3", r"report\.thumbnails: expected true or false"),
+        ("selection.ranker=best", r"selection\.ranker: 'best' is not one of"),
+        ("decode=3", r"decode: expected a mapping"),
+    ],
+)
+def test_wrong_type_is_named(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_overrides_parse_yaml_scalars():
+    cfg = load_config(None, ["embed.num_gpus=1", "selection.k=null", "report.thumbnails=false", "vae.lr=3e-4"])
+    assert cfg.embed.num_gpus == 1.0 and cfg.selection.k is None
+    assert cfg.report.thumbnails is False and cfg.vae.lr == pytest.approx(3e-4)
+
+
+def test_saved_config_redacts_secrets_and_reloads(tmp_path):
+    cfg = load_config(None, ["storage.secret_access_key=abc123", "storage.access_key_id=AKIA0000", "storage.endpoint_url=http://127.0.0.1:5000"])
+    save_config(cfg, tmp_path / "config.yaml")
+    text = (tmp_path / "config.yaml").read_text()
+    assert "abc123" not in text and "AKIA0000" not in text and "***" in text
+    assert "http://127.0.0.1:5000" in text
+    assert yaml.safe_load(text)["storage"]["secret_access_key"] == "***"
+    assert config_dict(cfg, redact=False)["storage"]["secret_access_key"] == "abc123"
+
+
+def test_cli_reports_config_errors_in_one_line(tmp_path, capsys):
+    p = tmp_path / "c.yaml"
+    p.write_text("selection: [1, 2]\n")
+    assert main(["curate", "--archive", str(tmp_path), "--out", str(tmp_path / "o"), "--config", str(p)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "selection: expected a mapping" in err[0]
