@@ -1,0 +1,1 @@
+"""Stages chained into jobs: curate, select, nightly, evaluate; resume markers."""
