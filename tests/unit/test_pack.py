@@ -1,0 +1,83 @@
+"""Pack: real DICOM and PNG files into Parquet; duplicates, junk, claimed-but-broken images, re-packing."""
+import hashlib
+import shutil
+
+import pyarrow.dataset as pads
+import pytest
+
+from enrich_ray import schema
+from enrich_ray.io.fs import StorageError
+from enrich_ray.io.pack import ERRORS_NAME, SUMMARY_NAME, archive_shards, pack
+from tests.conftest import testdata_path
+
+
+def _archive(path):
+    return pads.dataset(str(path), format="parquet", exclude_invalid_files=True).to_table().to_pandas()
+
+
+@pytest.fixture()
+def source(tmp_path):
+    src = tmp_path / "src"
+    (src / "a b (1)").mkdir(parents=True)
+    ct = testdata_path("CT_small.dcm")
+    shutil.copy(ct, src / "a b (1)" / "ct.dcm")
+    shutil.copy(ct, src / "same bytes, no extension")  # found by content, kept as a second path
+    shutil.copy(testdata_path("MR_small.dcm"), src / "mr.DCM")
+    (src / "notes.txt").write_text("not an image")
+    (src / "empty.dcm").write_bytes(b"")
+    (src / "truncated.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    return src
+
+
+def test_pack_rows_duplicates_and_skips(source, tmp_path, monkeypatch):
+    monkeypatch.delenv("ENRICH_RAY_PATIENT_KEY", raising=False)
+    summary = pack([str(source)], str(tmp_path / "archive"), progress=False)
+    df = _archive(tmp_path / "archive")
+    assert summary.files_seen == 6 and summary.skipped == {"not an image": 1}
+    assert summary.images == len(df) == 4  # ct (two paths), mr, empty.dcm, truncated.png
+    assert summary.duplicate_paths == 1
+    ct = df[df["source_uris"].map(len) == 2].iloc[0]
+    assert ct["image_id"] == hashlib.sha256((source / "a b (1)" / "ct.dcm").read_bytes()).hexdigest()
+    assert ct["format"] == "dicom" and ct["modality"] == "CT" and ct["rows"] == 128
+    assert ct["patient_key"] is None  # no key set: never the raw PatientID
+    broken = df[df["source_uri"].str.endswith(("empty.dcm", "truncated.png"))]
+    assert sorted(broken["format"]) == ["dicom", "png"]
+    assert set(df.columns) == set(schema.ARCHIVE.names)
+    assert (tmp_path / "archive" / SUMMARY_NAME).exists() and (tmp_path / "archive" / ERRORS_NAME).exists()
+
+
+def test_pack_is_reproducible_and_keyed(source, tmp_path, monkeypatch):
+    monkeypatch.setenv("ENRICH_RAY_PATIENT_KEY", "k1")
+    pack([str(source)], str(tmp_path / "a1"), progress=False)
+    pack([str(source)], str(tmp_path / "a2"), progress=False)
+    one, two = _archive(tmp_path / "a1"), _archive(tmp_path / "a2")
+    assert sorted(one["image_id"]) == sorted(two["image_id"])
+    keys = set(one["patient_key"].dropna())
+    assert keys and all(len(k) == 64 for k in keys)
+    monkeypatch.setenv("ENRICH_RAY_PATIENT_KEY", "k2")
+    pack([str(source)], str(tmp_path / "a3"), progress=False)
+    assert not keys & set(_archive(tmp_path / "a3")["patient_key"].dropna())
+
+
+def test_pack_bounds_shards(source, tmp_path):
+    from enrich_ray.config import PackConfig
+
+    pack([str(source)], str(tmp_path / "archive"), PackConfig(shard_max_bytes=10_000), progress=False)
+    assert len(archive_shards(str(tmp_path / "archive"))) >= 2
+
+
+def test_busi_pngs_with_spaces_and_parentheses(busi_dir, tmp_path):
+    src = busi_dir / "normal"
+    files = sorted(src.glob("*.png"))[:20]
+    for f in files:
+        (tmp_path / "in").mkdir(exist_ok=True)
+        shutil.copy(f, tmp_path / "in" / f.name)
+    summary = pack([str(tmp_path / "in")], str(tmp_path / "archive"), progress=False)
+    df = _archive(tmp_path / "archive")
+    assert summary.formats.get("png", 0) + summary.duplicate_paths == 20
+    assert df["source_uri"].str.contains(r"normal \(\d+\)\.png").all()
+
+
+def test_missing_source_is_a_clear_error(tmp_path):
+    with pytest.raises(StorageError, match="source not found"):
+        pack([str(tmp_path / "nowhere")], str(tmp_path / "archive"), progress=False)
