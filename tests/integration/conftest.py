@@ -1,0 +1,52 @@
+"""One small local Ray cluster for the whole integration session (DESIGN.md §4), and sample archives."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import testdata_path
+
+# Real DICOM files with known content: the MR_small family (one image, many encodings), CT, an
+# ultrasound cine clip, palette colour, MONOCHROME1 X-ray, and files known to be broken.
+SAMPLE_DICOM = [
+    "MR_small.dcm", "MR_small_bigendian.dcm", "MR_small_implicit.dcm", "MR_small_RLE.dcm",
+    "MR_small_jpeg_ls_lossless.dcm", "CT_small.dcm", "emri_small.dcm", "US1_UNCR.dcm",
+    "OBXXXX1A.dcm", "MR_truncated.dcm", "RG1_UNCR.dcm",
+]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A local Ray with more logical CPUs than the actors use, so reads never starve."""
+    from enrich_ray import runtime
+    from enrich_ray.config import RuntimeConfig
+
+    runtime.init(RuntimeConfig(num_cpus=4, no_progress_timeout_s=300))
+    yield
+    runtime.shutdown()
+
+
+@pytest.fixture(scope="session")
+def sample_source(tmp_path_factory) -> Path:
+    """A folder of real DICOM files, a few BUSI PNGs when present, junk and a claimed-but-broken file."""
+    src = tmp_path_factory.mktemp("sample_source")
+    for name in SAMPLE_DICOM:
+        shutil.copy(testdata_path(name), src / name)
+    busi = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "busi_256" / "Dataset_BUSI_with_GT" / "benign"
+    for f in sorted(busi.glob("*.png"))[:12]:
+        shutil.copy(f, src / f.name)
+    (src / "readme.txt").write_text("skipped: not an image")
+    (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    return src
+
+
+@pytest.fixture(scope="session")
+def sample_archive(sample_source, tmp_path_factory) -> Path:
+    """The sample source packed once for the session."""
+    from enrich_ray.io.pack import pack
+
+    out = tmp_path_factory.mktemp("archive") / "archive"
+    pack([str(sample_source)], str(out), progress=False)
+    return out
