@@ -43,3 +43,6 @@ def testdata_path(name: str) -> Path:
     if path is None:
         pytest.skip(f"pydicom test file {name} not installed (pip install pydicom-data)")
     return Path(path)
+
+
+testdata_path.__test__ = False  # a helper, not a test, though its name starts with "test"

@@ -3,6 +3,7 @@ import hashlib
 import shutil
 
 import pyarrow.dataset as pads
+import pandas as pd
 import pytest
 
 from enrich_ray import schema
@@ -39,7 +40,7 @@ def test_pack_rows_duplicates_and_skips(source, tmp_path, monkeypatch):
     ct = df[df["source_uris"].map(len) == 2].iloc[0]
     assert ct["image_id"] == hashlib.sha256((source / "a b (1)" / "ct.dcm").read_bytes()).hexdigest()
     assert ct["format"] == "dicom" and ct["modality"] == "CT" and ct["rows"] == 128
-    assert ct["patient_key"] is None  # no key set: never the raw PatientID
+    assert pd.isna(ct["patient_key"])  # no key set: never the raw PatientID
     broken = df[df["source_uri"].str.endswith(("empty.dcm", "truncated.png"))]
     assert sorted(broken["format"]) == ["dicom", "png"]
     assert set(df.columns) == set(schema.ARCHIVE.names)

@@ -1,0 +1,442 @@
+"""Nightly curation: rank tonight's new scans against everything seen and labeled before.
+
+The catalog (a folder or s3:// prefix) holds the state across nights:
+
+    catalog.json                  the commit point: model hash, committed nights, index version
+    model/                        the frozen β-VAE (trained on the first night, or --model)
+    embeddings/night=YYYY-MM-DD/  every committed night's embeddings (frame keys, model_hash)
+    index/vN/                     the similarity index over all committed embeddings, in night order
+    labeled/*.csv|*.parquet       the labeled set: files with an image_id column, written back by
+                                  the labeling tool (any number of files; image ids of any night)
+    nights/YYYY-MM-DD/            each night's manifest (full ranking), top.csv (tonight's list),
+                                  duplicates, outliers, errors, summary.json, report.html
+    _work/YYYY-MM-DD/             a night in progress (resumable); removed after the commit
+    _lock                         held while a night runs
+
+A night changes the catalog only when it commits: its files are written first, catalog.json
+last, and readers see only the nights that catalog.json lists. A run killed before that leaves
+the catalog as it was; the rerun resumes from `_work`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from enrich_ray import schema
+from enrich_ray.config import Config, ConfigError
+from enrich_ray.io.fs import StorageError, resolve
+from enrich_ray.io.pack import archive_shards
+from enrich_ray.pipelines import curate as stages
+from enrich_ray.pipelines.run_folder import RunFolder
+
+log = logging.getLogger(__name__)
+
+CATALOG_FILE = "catalog.json"
+LOCK_FILE = "_lock"
+
+
+class CatalogBusy(StorageError):
+    """Another run holds the catalog."""
+
+
+@dataclass
+class NightResult:
+    """What the night did, in a line for the person who ran it."""
+
+    message: str
+    exit_code: int
+    night_dir: str | None = None
+
+
+class Catalog:
+    """The catalog folder: committed state in catalog.json, embeddings partitioned by night."""
+
+    def __init__(self, uri: str, cfg: Config):
+        self.run = RunFolder(uri, cfg.storage)
+        self.uri = uri
+        self.cfg = cfg
+        fs, path = self.run.loc.fs, self.run.loc.path
+        fs.makedirs(path, exist_ok=True)
+        file = self.run.path(CATALOG_FILE).path
+        self.state = json.loads(fs.cat_file(file)) if fs.exists(file) else {"nights": [], "model_hash": None, "index": None}
+
+    @property
+    def nights(self) -> list[str]:
+        return [n["night"] for n in self.state["nights"]]
+
+    def acquire(self) -> None:
+        """Hold the catalog for this run, or refuse while another holds it."""
+        lock = self.run.path(LOCK_FILE)
+        holder = {"host": socket.gethostname(), "pid": os.getpid(), "since": _now()}
+        if lock.is_local:
+            try:
+                fd = os.open(lock.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                raise CatalogBusy(self._busy_message()) from None
+            with os.fdopen(fd, "w") as fh:
+                json.dump(holder, fh)
+            return
+        if lock.fs.exists(lock.path):  # object stores: best effort, documented in README
+            raise CatalogBusy(self._busy_message())
+        self.run.write_json(LOCK_FILE, holder)
+
+    def _busy_message(self) -> str:
+        try:
+            holder = self.run.read_json(LOCK_FILE)
+        except (OSError, ValueError):
+            holder = {}
+        return (
+            f"catalog {self.uri} is held by another run (host {holder.get('host')}, pid {holder.get('pid')}, "
+            f"since {holder.get('since')}); if no run is active, delete {self.run.path(LOCK_FILE).uri()}"
+        )
+
+    def release(self) -> None:
+        self.run.clear([LOCK_FILE])
+
+    def commit(self, night: str, entry: dict, index_version: str | None, model_hash: str) -> None:
+        """Make the night visible: catalog.json is rewritten last, in one write."""
+        nights = [n for n in self.state["nights"] if n["night"] != night] + [{"night": night, **entry}]
+        state = {**self.state, "nights": nights, "model_hash": model_hash, "index": index_version}
+        tmp = f"{CATALOG_FILE}.tmp"
+        self.run.write_json(tmp, state)
+        self.run.loc.fs.mv(self.run.path(tmp).path, self.run.path(CATALOG_FILE).path)
+        self.state = state
+
+    def history(self, exclude: str | None = None) -> tuple[pd.DataFrame, np.ndarray]:
+        """Frame keys (with their night) and embeddings of every committed night, in index order."""
+        frames, vectors = [], []
+        for night in self.nights:
+            if night == exclude:
+                continue
+            table = self.run.read_table(f"embeddings/night={night}")
+            f, e = _frames_and_vectors(table)
+            frames.append(f.assign(night=night))
+            vectors.append(e)
+        if not frames:
+            return pd.DataFrame(columns=[*stages.FRAME_COLUMNS, "night"]), np.zeros((0, 0), np.float32)
+        return pd.concat(frames, ignore_index=True), np.concatenate(vectors)
+
+    def labeled_ids(self) -> set[str]:
+        """Image ids of the labeled set, from every file under labeled/."""
+        loc = self.run.path("labeled")
+        if not loc.fs.exists(loc.path):
+            return set()
+        ids: set[str] = set()
+        for path in sorted(loc.fs.find(loc.path)):
+            with loc.fs.open(path, "rb") as fh:
+                if path.endswith(".parquet"):
+                    df = pd.read_parquet(fh)
+                elif path.endswith(".csv"):
+                    df = pd.read_csv(fh)
+                else:
+                    continue
+            if "image_id" not in df.columns:
+                raise StorageError(f"labeled set file {path} has no image_id column")
+            ids |= set(df["image_id"].astype(str))
+        return ids
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _frames_and_vectors(table: pa.Table) -> tuple[pd.DataFrame, np.ndarray]:
+    """Frame keys and vectors of an embeddings table, sorted by frame key."""
+    table = schema.result_rows(table)
+    frames = table.select([c for c in stages.FRAME_COLUMNS if c in table.column_names]).to_pandas()
+    if table.num_rows == 0:
+        return frames, np.zeros((0, 0), np.float32)
+    col = table.column("embedding").combine_chunks()
+    emb = col.flatten().to_numpy(zero_copy_only=False).reshape(-1, col.type.list_size).astype(np.float32)
+    order = np.lexsort((frames["frame_index"].to_numpy(), frames["image_id"].to_numpy()))
+    return frames.iloc[order].reset_index(drop=True), np.ascontiguousarray(emb[order])
+
+
+def nightly(catalog: str, archive: str, night: str, cfg: Config, model: str | None = None, force: bool = False) -> NightResult:
+    """Embed tonight's new images, flag duplicates and outliers against the history, rank, commit."""
+    try:
+        dt.date.fromisoformat(night)
+    except ValueError:
+        raise ConfigError(f"--night {night!r}: expected YYYY-MM-DD") from None
+    shards = archive_shards(archive, cfg.storage)
+    cat = Catalog(catalog, cfg)
+    cat.acquire()
+    try:
+        if night in cat.nights and not force:
+            return NightResult(f"night {night} is already in catalog {catalog}; nothing changed (--force redoes it)", 0)
+        return _run_night(cat, shards, night, cfg, model, force)
+    finally:
+        cat.release()
+
+
+def _run_night(cat: Catalog, shards: list[str], night: str, cfg: Config, model: str | None, force: bool) -> NightResult:
+    from enrich_ray import runtime
+    from enrich_ray.embed.checkpoint import load_model
+
+    t0 = time.perf_counter()
+    history, hist_emb = cat.history(exclude=night)
+    work = RunFolder(cat.run.path(f"_work/{night}").uri(), cfg.storage)
+    work.loc.fs.makedirs(work.loc.path, exist_ok=True)
+    if force and cat.run.loc.fs.exists(work.loc.path):
+        work.clear(["_stages"])
+
+    # Tonight's archive, less the images the catalog already holds (re-sent scans).
+    known = set(history["image_id"])
+    archive_ids = _archive_ids(shards, cfg)
+    resent = sorted(set(archive_ids) & known)
+    if not work.is_done("select"):
+        work.clear(["archive"])
+        _write_new_archive(shards, known, work, cfg)
+        work.mark("select", {"new_images": len(set(archive_ids) - known), "resent": len(resent)})
+
+    # The frozen model: the catalog's, else --model, else trained on the first night.
+    model_uri = cat.run.path("model").uri()
+    if cat.state["model_hash"] is None and not work.is_done("model"):
+        work.clear(["decoded"])
+        if model:
+            _copy_tree(resolve(model, cfg.storage), cat.run.path("model"))
+        else:
+            runtime.init(cfg.runtime)
+            stages._decode(work, work.files("archive"), cfg, runtime)
+            work.mark("decode", {})
+            frames = stages._frames_sample(work, cfg.vae.sample_size, cfg.vae.seed)
+            if len(frames) < 2:
+                raise StorageError(f"night {night}: {len(frames)} decodable frame(s), too few to train the first model")
+            from enrich_ray.embed.train import train_vae
+
+            train_vae(frames, cfg.vae, cfg.decode, model_uri, cfg.storage)
+        work.mark("model", {})
+    model_hash = load_model(model_uri, cfg.storage).model_hash
+    if cat.state["model_hash"] not in (None, model_hash):
+        raise ConfigError(
+            f"catalog {cat.uri} holds embeddings of model {cat.state['model_hash'][:12]}, but {model_uri} is "
+            f"{model_hash[:12]}: embeddings of two models never mix; re-embed the catalog explicitly"
+        )
+    cfg = dataclasses.replace(cfg, embed=dataclasses.replace(cfg.embed, embedder="vae", model=model_uri))
+
+    for stage in ("decode", "embed"):
+        if not work.is_done(stage):
+            work.clear(stages.OUTPUTS[stage])
+            runtime.init(cfg.runtime)
+            info = stages._decode(work, work.files("archive"), cfg, runtime) if stage == "decode" else stages._embed(work, cfg, runtime)
+            work.mark(stage, info)
+    new_frames, new_emb = _frames_and_vectors(work.read_table("embeddings"))
+    embedded = int(work.marker("embed").get("embedded", len(new_frames)))
+
+    out = cat.run.path(f"nights/{night}")
+    night_run = RunFolder(out.uri(), cfg.storage)
+    cat.run.clear([f"nights/{night}"])
+    out.fs.makedirs(out.path, exist_ok=True)
+
+    index_version = _update_index(cat, hist_emb, new_emb, cfg)
+    all_emb = new_emb if not len(history) else np.concatenate([hist_emb, new_emb]) if len(new_emb) else hist_emb
+    all_frames = pd.concat([history, new_frames.assign(night=night)], ignore_index=True)
+    graph = _night_graph(cat, index_version, all_emb, len(history), cfg)
+    dups = _night_duplicates(graph, all_frames, len(history), resent, history, cfg)
+    outl = _night_outliers(graph, all_frames, len(history), cfg)
+    manifest, seeds = _night_ranking(cat, history, hist_emb, new_frames, new_emb, cfg)
+
+    night_run.write_table("duplicates.parquet", dups)
+    night_run.write_table("outliers.parquet", outl)
+    night_run.write_table("manifest.parquet", manifest)
+    with out.fs.open(night_run.path("manifest.csv").path, "w") as fh:
+        manifest.to_csv(fh, index=False)
+    top = manifest[~manifest["is_seed"]].head(cfg.selection.k or len(manifest))
+    with out.fs.open(night_run.path("top.csv").path, "w") as fh:
+        top.to_csv(fh, index=False)
+    errors = stages._errors(work, _archive_root(shards), cfg)
+    night_run.write_table("errors.parquet", errors)
+    counts = {
+        "archive_images": len(archive_ids),
+        "resent_images": len(resent),
+        "new_images": len(set(archive_ids) - known),
+        "frames_embedded": embedded,
+        "error_rows": len(errors),
+        "labeled_seed_frames": seeds,
+        "ranked_tonight": int((~manifest["is_seed"]).sum()),
+        "history_frames": len(history),
+    }
+    summary = {"night": night, "counts": counts, "model_hash": model_hash, "seconds": round(time.perf_counter() - t0, 2)}
+    night_run.write_json("summary.json", summary)
+    _night_report(night_run, summary, manifest, dups, outl, errors, graph, len(history), work, new_frames, cfg)
+
+    # Commit: the night's embeddings, then catalog.json (the one write that makes it visible).
+    part = cat.run.path(f"embeddings/night={night}")
+    cat.run.clear([f"embeddings/night={night}"])
+    part.fs.makedirs(part.path, exist_ok=True)
+    cat.run.write_table(f"embeddings/night={night}/part-00000.parquet", schema.result_rows(work.read_table("embeddings")))
+    cat.commit(night, {"frames": len(new_frames), "committed": _now()}, index_version, model_hash)
+    cat.run.clear([f"_work/{night}"])
+    return NightResult(
+        f"night {night}: {counts['new_images']} new images ({embedded} frames embedded), {len(resent)} re-sent, "
+        f"{counts['error_rows']} error rows; tonight's list: {out.uri()}/top.csv; report: {out.uri()}/report.html",
+        0,
+        out.uri(),
+    )
+
+
+def _archive_root(shards: list[str]) -> str:
+    return shards[0].rsplit("/", 1)[0]
+
+
+def _archive_ids(shards: list[str], cfg: Config) -> list[str]:
+    ids: list[str] = []
+    for uri in shards:
+        loc = resolve(uri, cfg.storage)
+        with loc.fs.open(loc.path, "rb") as fh:
+            ids.extend(pq.read_table(fh, columns=["image_id"]).column("image_id").to_pylist())
+    return ids
+
+
+def _write_new_archive(shards: list[str], known: set[str], work: RunFolder, cfg: Config) -> None:
+    """Copy the archive rows whose image_id the catalog does not hold into the night's work folder."""
+    work.loc.fs.makedirs(work.path("archive").path, exist_ok=True)
+    for i, uri in enumerate(shards):
+        loc = resolve(uri, cfg.storage)
+        with loc.fs.open(loc.path, "rb") as fh:
+            table = pq.read_table(fh)
+        if known:
+            table = table.filter(pc.invert(pc.is_in(table["image_id"], pa.array(sorted(known)))))
+        work.write_table(f"archive/part-{i:05d}.parquet", table)
+
+
+def _copy_tree(src, dst) -> None:
+    """Copy a model folder file by file (fsspec on both sides)."""
+    if not src.fs.exists(src.path):
+        raise StorageError(f"--model {src.uri()} not found")
+    dst.fs.makedirs(dst.path, exist_ok=True)
+    for path in src.fs.find(src.path):
+        rel = path[len(src.path):].lstrip("/")
+        with dst.fs.open(dst.join(rel).path, "wb") as fh:
+            fh.write(src.fs.cat_file(path))
+
+
+def _update_index(cat: Catalog, hist_emb: np.ndarray, new_emb: np.ndarray, cfg: Config) -> str | None:
+    """Add tonight's embeddings to the catalog's index as a new version (the old one stays until commit)."""
+    from enrich_ray.index.shards import ShardedIndex, build_index
+
+    version = f"v{len(cat.nights) + 1:05d}"
+    if cat.state["index"] and len(hist_emb):
+        index = ShardedIndex.load(cat.run.path(f"index/{cat.state['index']}").uri(), cfg.storage)
+        if len(new_emb):
+            index.add(new_emb)
+    elif len(new_emb) or len(hist_emb):
+        base = new_emb if not len(hist_emb) else np.concatenate([hist_emb, new_emb]) if len(new_emb) else hist_emb
+        index = build_index(base, cfg.index)
+    else:
+        return None
+    cat.run.clear([f"index/{version}"])
+    index.save(cat.run.path(f"index/{version}").uri(), cfg.storage)
+    return version
+
+
+def _night_graph(cat: Catalog, index_version: str | None, all_emb: np.ndarray, n_hist: int, cfg: Config):
+    """kNN of tonight's frames among all frames (history and tonight); history rows keep no edges."""
+    from enrich_ray.index.knn import KnnGraph
+    from enrich_ray.index.shards import ShardedIndex
+
+    n = len(all_emb)
+    k = max(0, min(cfg.index.k, n - 1))
+    neighbors = np.full((n, k), -1, np.int64)
+    sims = np.full((n, k), -np.inf, np.float32)
+    if n > n_hist and k:
+        index = ShardedIndex.load(cat.run.path(f"index/{index_version}").uri(), cfg.storage)
+        s, ids = index.search(all_emb[n_hist:], k + 1)
+        for r in range(n - n_hist):
+            row = n_hist + r
+            keep = ids[r] != row
+            neighbors[row] = ids[r][keep][:k]
+            sims[row] = s[r][keep][:k]
+    return KnnGraph(neighbors, sims)
+
+
+def _night_duplicates(graph, frames: pd.DataFrame, n_hist: int, resent: list[str], history: pd.DataFrame, cfg: Config) -> pd.DataFrame:
+    """Tonight's near-duplicate groups (of each other or of earlier frames), and re-sent images."""
+    from enrich_ray.analysis.duplicates import near_duplicates
+
+    dups = near_duplicates(graph, cfg.analysis.near_duplicate_threshold) if len(frames) and graph.k else pd.DataFrame()
+    if len(dups):
+        tonight = dups.groupby("group_id")["row"].transform(lambda rows: (rows >= n_hist).any())
+        dups = dups[tonight].copy()
+        dups = stages._with_keys(dups, frames)
+        dups["night"] = frames["night"].iloc[dups["row"].to_numpy()].to_numpy()
+    first = int(dups["group_id"].max()) + 1 if len(dups) else 0
+    rows = []
+    for g, image_id in enumerate(resent):
+        seen = history[history["image_id"] == image_id]
+        for rec in seen.itertuples():
+            rows.append({"group_id": first + g, "row": int(rec.Index), "kind": "resent", "similarity": 1.0,
+                         "is_representative": True, "image_id": image_id, "frame_index": int(rec.frame_index),
+                         "source_uri": rec.source_uri, "night": rec.night})
+    if rows:
+        dups = pd.concat([dups, pd.DataFrame(rows)], ignore_index=True)
+    return dups
+
+
+def _night_outliers(graph, frames: pd.DataFrame, n_hist: int, cfg: Config) -> pd.DataFrame:
+    """Tonight's frames ranked by how unlike anything seen (tonight or before) they are."""
+    from enrich_ray.analysis.outliers import outliers
+    from enrich_ray.index.knn import KnnGraph
+
+    if len(frames) <= n_hist or not graph.k:
+        return pd.DataFrame(columns=["rank", "row", "score", "nn_similarity", "flagged"])
+    tonight = KnnGraph(graph.neighbors[n_hist:], graph.similarities[n_hist:])
+    outl = outliers(tonight, cfg.analysis.outlier_mad_k)
+    outl["row"] = outl["row"] + n_hist
+    return stages._with_keys(outl, frames)
+
+
+def _night_ranking(cat: Catalog, history: pd.DataFrame, hist_emb: np.ndarray, new_frames: pd.DataFrame, new_emb: np.ndarray, cfg: Config):
+    """ENRICH over tonight's frames, seeded by every labeled frame of the history."""
+    from enrich_ray.selection import rank
+    from enrich_ray.selection.manifest import build_manifest
+    from enrich_ray.selection.seeds import seed_rows
+
+    labeled = cat.labeled_ids()
+    lab_mask = history["image_id"].isin(labeled).to_numpy() if len(history) else np.zeros(0, bool)
+    lab_frames = history[lab_mask].drop(columns=["night"]).reset_index(drop=True)
+    frames = pd.concat([lab_frames, new_frames], ignore_index=True)
+    if not len(new_frames):
+        return build_manifest_empty(), int(lab_mask.sum())
+    emb = np.concatenate([hist_emb[lab_mask], new_emb]) if lab_mask.any() else new_emb
+    if lab_mask.any():
+        seed = np.arange(int(lab_mask.sum()), dtype=np.int64)
+    else:
+        seed = seed_rows(len(new_frames), cfg.selection, None)
+    sel = dataclasses.replace(cfg.selection, k=None)
+    ranking = rank(sel.ranker, emb, seed, None, sel)
+    return build_manifest(ranking, frames, sel, emb), int(lab_mask.sum())
+
+
+def build_manifest_empty() -> pd.DataFrame:
+    """The manifest of a night with nothing new."""
+    return pd.DataFrame({"rank": pd.Series(dtype="int64"), "image_id": pd.Series(dtype="str"),
+                         "frame_index": pd.Series(dtype="int32"), "source_uri": pd.Series(dtype="str"),
+                         "ranker": pd.Series(dtype="str"), "score": pd.Series(dtype="float32"),
+                         "is_seed": pd.Series(dtype="bool")})
+
+
+def _night_report(run: RunFolder, summary: dict, manifest, dups, outl, errors, graph, n_hist: int, work: RunFolder, new_frames, cfg: Config) -> None:
+    from enrich_ray.report.html import write_report
+
+    nn = graph.nn_similarity[n_hist:] if graph.k else np.zeros(0, np.float32)
+    shown = manifest[~manifest["is_seed"]].copy() if len(manifest) else manifest
+    row_of = {k: r for r, k in enumerate(zip(new_frames["image_id"], new_frames["frame_index"]))}
+    if len(shown):
+        shown["row"] = [row_of[k] for k in zip(shown["image_id"], shown["frame_index"])]
+    thumbs = (lambda rows: stages._pixels_of(work, new_frames.iloc[list(rows)])) if cfg.report.thumbnails and len(new_frames) else None
+    tonight = lambda df: df[df["row"] >= n_hist].assign(row=lambda d: d["row"] - n_hist) if len(df) else df  # noqa: E731
+    write_report(run.path("report.html").uri(), {"counts": summary["counts"], "run": {"night": summary["night"]}},
+                 shown, tonight(dups), tonight(outl), errors, nn, thumbs, cfg.report)
