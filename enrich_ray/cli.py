@@ -104,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of `enrich-ray` and `python -m enrich_ray`."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from botocore.exceptions import BotoCoreError, ClientError
+
     from enrich_ray.io.fs import StorageError
 
     try:
@@ -112,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, StorageError) as exc:
         print(f"enrich-ray {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except (OSError, PermissionError) as exc:
+    except (OSError, BotoCoreError, ClientError) as exc:
         print(f"enrich-ray {args.command}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

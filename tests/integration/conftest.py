@@ -50,3 +50,47 @@ def sample_archive(sample_source, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("archive") / "archive"
     pack([str(sample_source)], str(out), progress=False)
     return out
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_moto(env_extra: dict | None = None):
+    """moto's standalone S3 server on 127.0.0.1 (a real HTTP endpoint); returns (process, endpoint)."""
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    port = _free_port()
+    env = {**os.environ, **(env_extra or {})}
+    server = Path(sys.executable).parent / "moto_server"
+    proc = subprocess.Popen([str(server), "-H", "127.0.0.1", "-p", str(port)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(endpoint, timeout=1)
+            return proc, endpoint
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("moto_server did not start")
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A local S3 server for the session, with the test credentials it accepts."""
+    proc, endpoint = start_moto()
+    yield endpoint
+    proc.terminate()
+    proc.wait(10)
+
+
+S3_KEYS = ["storage.access_key_id=testing", "storage.secret_access_key=testing", "storage.region=us-east-1"]
