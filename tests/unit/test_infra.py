@@ -223,7 +223,8 @@ def test_rayjob_pod_templates_pass_kubernetes_validate(kubernetes_validate, whic
     cluster = job["spec"]["rayClusterSpec"]
     groups = [("head", cluster["headGroupSpec"]), *((g["groupName"], g) for g in cluster["workerGroupSpecs"])]
     for name, group in groups:
-        template = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": name}, "template": group["template"]}
+        template = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": name},
+                    "template": group["template"]}
         kubernetes_validate.validate(template, K8S_VERSION, strict=True)
 
 

@@ -1,0 +1,558 @@
+"""report.html: one self-contained page a clinician or ML engineer opens in a browser.
+
+Every picture is an inline base64 PNG and the CSS is inline: the page reaches nothing outside
+itself and needs no JavaScript. With ReportConfig.thumbnails false it holds no pixel data of any
+frame (burned-in text in ultrasound and X-ray frames can carry patient data). Of the header
+fields it never prints any: frames are named by image_id, frame_index and source_uri only.
+
+The `summary` dict (every key optional; a missing one renders as "not recorded"):
+    run:         {name: text}, e.g. archive, out, finished: shown in one line at the top
+    counts:      {name: int}, in order: the counts in and out of the run (archive_images,
+                 frames_decoded, frames_embedded, error_rows, ranked, ...)
+    checks:      {name: bool}: accounting checks; a failed one puts a warning at the top
+    timings_s:   {stage: seconds}, in order; the report adds the total
+    embedding:   {embedder, dim, active_units, participation_ratio, ...}: shown as a table; the
+                 median nearest-neighbour similarity is computed from `nn_similarity`
+    versions:    {package: version}
+    config:      config_dict(cfg) of the run (secrets already redacted), shown folded; the
+                 labeling-time estimate reads selection.ranker, selection.seconds_per_image and
+                 selection.seconds_per_segmentation from it (defaults: SelectionConfig's)
+Other keys are ignored; the redundancy shares are computed from `nn_similarity`.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from enrich_ray.config import ReportConfig, SelectionConfig
+from enrich_ray.io.fs import resolve
+from enrich_ray.report.plots import REDUNDANCY_THRESHOLDS, coverage_png, redundancy_png, share_above, thumbnail_png
+
+COLLAPSE_PARTICIPATION_RATIO = 5.0  # below this effective dimension the embedding looks collapsed
+COLLAPSE_MEDIAN_NN_SIMILARITY = 0.95  # above this median 1-NN cosine every frame looks alike
+GROUP_MEMBERS_SHOWN = 8  # thumbnails per near-duplicate group
+ERROR_EXAMPLES = 3  # example rows per error type
+MESSAGE_CHARS = 300  # an error message is cut to this many characters on the page
+LABEL_COUNTS = (100, 1000)  # the "top N" rows of the labeling-time table, besides "all"
+
+ThumbnailSource = Callable[[list[int]], np.ndarray]
+
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:0 auto;
+max-width:1150px;padding:0 1.2em 3em;color:#1d1d1f;line-height:1.45}
+h1{margin:.8em 0 .2em}h2{border-bottom:2px solid #dde;padding-bottom:.2em;margin-top:1.8em}
+table{border-collapse:collapse;margin:.6em 0}th,td{border:1px solid #ccd;padding:.25em .6em;
+text-align:left;vertical-align:top}th{background:#f1f2f6}td.num{text-align:right;
+font-variant-numeric:tabular-nums}.muted{color:#666}.note{background:#f6f7fa;border-left:4px
+solid #8a94b0;padding:.5em .8em}.warning{background:#fff1e6;border:2px solid #d9480f;color:#7a2500;
+padding:.7em 1em;font-weight:600}.plot{max-width:100%;height:auto;border:1px solid #eee}
+.gallery{display:flex;flex-wrap:wrap;gap:10px}.gallery figure,.group figure{margin:0;width:104px;
+font-size:.75em;text-align:center}.gallery img,.group img{width:96px;height:96px;
+image-rendering:auto;border:1px solid #bbb;background:#000}.group{display:flex;gap:8px;
+align-items:flex-start;padding:.5em 0;border-bottom:1px dashed #ccd}.group-label{width:130px;
+font-size:.85em}code,.uri{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.85em;
+word-break:break-all}details pre{background:#f6f7fa;padding:.8em;overflow:auto}
+"""
+
+
+def collapse_warnings(participation_ratio: float | None, median_nn_similarity: float | None) -> list[str]:
+    """Why the embedding looks collapsed (empty when it does not).
+
+    The rule: participation ratio below 5 (the embeddings span fewer than about five directions)
+    or median nearest-neighbour similarity above 0.95 (almost every frame has a near twin). A
+    ranking over a collapsed embedding is no better than random (DESIGN.md §3, β-VAE).
+    """
+    reasons = []
+    if participation_ratio is not None and np.isfinite(participation_ratio):
+        if participation_ratio < COLLAPSE_PARTICIPATION_RATIO:
+            reasons.append(
+                f"participation ratio {participation_ratio:.2f} < {COLLAPSE_PARTICIPATION_RATIO:g}: "
+                "the embeddings span only a few directions"
+            )
+    if median_nn_similarity is not None and np.isfinite(median_nn_similarity):
+        if median_nn_similarity > COLLAPSE_MEDIAN_NN_SIMILARITY:
+            reasons.append(
+                f"median nearest-neighbour similarity {median_nn_similarity:.3f} > "
+                f"{COLLAPSE_MEDIAN_NN_SIMILARITY:g}: almost every frame looks like another"
+            )
+    return reasons
+
+
+def write_report(
+    path: str,
+    summary: dict,
+    manifest: pd.DataFrame,
+    duplicates: pd.DataFrame,
+    outliers: pd.DataFrame,
+    errors: pd.DataFrame,
+    nn_similarity: np.ndarray,
+    thumbnails: ThumbnailSource | None,
+    cfg: ReportConfig,
+) -> None:
+    """Render the run's results as one self-contained HTML page at `path` (a local path or URI)."""
+    page = render_report(summary, manifest, duplicates, outliers, errors, nn_similarity, thumbnails, cfg)
+    loc = resolve(path)
+    if loc.is_local:
+        os.makedirs(os.path.dirname(loc.path) or ".", exist_ok=True)
+    with loc.fs.open(loc.path, "w", encoding="utf-8") as fh:
+        fh.write(page)
+
+
+def render_report(
+    summary: dict,
+    manifest: pd.DataFrame,
+    duplicates: pd.DataFrame,
+    outliers: pd.DataFrame,
+    errors: pd.DataFrame,
+    nn_similarity: np.ndarray,
+    thumbnails: ThumbnailSource | None,
+    cfg: ReportConfig,
+) -> str:
+    """The report page as a string (write_report without the writing)."""
+    nn = np.asarray(nn_similarity, dtype=np.float64).ravel()
+    nn = nn[np.isfinite(nn)]
+    manifest = manifest.sort_values("rank", kind="stable")
+    outliers = outliers.sort_values("rank", kind="stable")
+    top = manifest.head(cfg.gallery_size)
+    groups = [g.head(GROUP_MEMBERS_SHOWN) for g in _largest_groups(duplicates, cfg.gallery_size)]
+    odd = _outliers_shown(outliers, cfg.gallery_size)
+    rows = [*_rows(top), *(r for g in groups for r in _rows(g)), *_rows(odd)]
+    thumbs = _Thumbs(thumbnails if cfg.thumbnails else None, rows)
+    selection = _selection_settings(summary)
+    median_nn = float(np.median(nn)) if nn.size else None
+    embedding = dict(summary.get("embedding") or {})
+    warnings = collapse_warnings(embedding.get("participation_ratio"), median_nn)
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        "<title>enrich_ray report</title>",
+        f"<style>{CSS}</style></head><body>",
+        "<h1>enrich_ray report</h1>",
+        _run_line(summary, manifest),
+        _collapse_banner(warnings),
+        _checks_banner(summary.get("checks") or {}),
+        _thumbnail_note(cfg, thumbnails),
+        _redundancy_section(nn),
+        _ranking_section(manifest, top, selection, thumbs),
+        _duplicates_section(duplicates, groups, thumbs),
+        _outliers_section(outliers, odd, thumbs),
+        _errors_section(errors),
+        _embedding_section(embedding, median_nn, nn.size, warnings),
+        _run_section(summary),
+        "</body></html>",
+    ]
+    return "\n".join(p for p in parts if p)
+
+
+def _rows(frames: pd.DataFrame) -> list[int]:
+    """The embedding rows of a table's frames that have one (row >= 0)."""
+    if "row" not in frames.columns:
+        return []
+    rows = pd.to_numeric(frames["row"], errors="coerce").dropna().astype(int)
+    return [r for r in rows if r >= 0]
+
+
+class _Thumbs:
+    """The PNG data URIs of the frames the page shows, fetched with one call to the source."""
+
+    def __init__(self, source: ThumbnailSource | None, rows: list[int]):
+        self.uris: dict[int, str] = {}
+        self.enabled = source is not None
+        wanted = list(dict.fromkeys(int(r) for r in rows))
+        if source is None or not wanted:
+            return
+        frames = np.asarray(source(wanted))
+        if frames.ndim != 3 or frames.shape[0] != len(wanted):
+            raise ValueError(
+                f"thumbnails({len(wanted)} rows) returned an array of shape {frames.shape}; "
+                f"expected ({len(wanted)}, size, size)"
+            )
+        for row, frame in zip(wanted, frames):
+            self.uris[row] = "data:image/png;base64," + base64.b64encode(thumbnail_png(frame)).decode("ascii")
+
+    def figure(self, row: Any, caption: str, title: str) -> str:
+        """One thumbnail with its caption; the caption alone for a frame without pixels."""
+        uri = self.uris.get(int(row)) if row is not None and not pd.isna(row) else None
+        img = f'<img class="thumb" src="{uri}" alt="{_e(title)}" title="{_e(title)}">' if uri else ""
+        return f"<figure>{img}<figcaption>{caption}</figcaption></figure>"
+
+
+def _largest_groups(duplicates: pd.DataFrame, n: int) -> list[pd.DataFrame]:
+    """The n largest duplicate groups, each with its representative first."""
+    if duplicates.empty:
+        return []
+    sizes = duplicates.groupby("group_id").size().sort_values(ascending=False, kind="stable")
+    out = []
+    for gid in sizes.index[:n]:
+        g = duplicates[duplicates["group_id"] == gid]
+        out.append(g.sort_values(["is_representative", "similarity"], ascending=[False, False], kind="stable"))
+    return out
+
+
+def _outliers_shown(outliers: pd.DataFrame, n: int) -> pd.DataFrame:
+    """The flagged outliers, least like anything first, at most n (the top n when none is flagged)."""
+    flagged = outliers[outliers["flagged"].astype(bool)]
+    return (flagged if len(flagged) else outliers).head(n)
+
+
+def _selection_settings(summary: dict) -> SelectionConfig:
+    """The run's labeling-time settings from summary['config']['selection'], else the defaults."""
+    defaults = SelectionConfig()
+    sel = ((summary.get("config") or {}).get("selection")) or {}
+    return SelectionConfig(
+        ranker=sel.get("ranker", defaults.ranker),
+        seconds_per_image=float(sel.get("seconds_per_image", defaults.seconds_per_image)),
+        seconds_per_segmentation=float(sel.get("seconds_per_segmentation", defaults.seconds_per_segmentation)),
+    )
+
+
+# ---------------------------------------------------------------- sections
+
+
+def _run_line(summary: dict, manifest: pd.DataFrame) -> str:
+    run = summary.get("run") or {}
+    facts = [f"{_e(k)}: {_e(v)}" for k, v in run.items()]
+    ranker = ", ".join(sorted(manifest["ranker"].dropna().astype(str).unique())) if len(manifest) else ""
+    if ranker:
+        facts.append(f"ranker: {_e(ranker)}")
+    return f'<p class="muted">{" · ".join(facts)}</p>' if facts else ""
+
+
+def _collapse_banner(warnings: list[str]) -> str:
+    if not warnings:
+        return ""
+    items = "".join(f"<li>{_e(w)}</li>" for w in warnings)
+    return (
+        '<div class="warning" id="collapse-warning">The embedding looks collapsed: a ranking over it '
+        f"may be no better than random. Check it against the raw-pixel baseline.<ul>{items}</ul></div>"
+    )
+
+
+def _checks_banner(checks: dict) -> str:
+    failed = [name for name, ok in checks.items() if not ok]
+    if not failed:
+        return ""
+    return (
+        '<div class="warning" id="checks-failed">Accounting checks failed: '
+        + ", ".join(_e(f) for f in failed)
+        + ". Some inputs ended neither as an embedding nor as an error row (see Run facts).</div>"
+    )
+
+
+def _thumbnail_note(cfg: ReportConfig, thumbnails: ThumbnailSource | None) -> str:
+    if not cfg.thumbnails:
+        return (
+            '<p class="note" id="thumbnails-off">Thumbnails were switched off (report.thumbnails: false): '
+            "burned-in text in ultrasound and X-ray frames can carry patient data, so this page holds "
+            "no pixel data of any frame. Frames are listed by source file and frame index.</p>"
+        )
+    if thumbnails is None:
+        return '<p class="note" id="thumbnails-off">No thumbnails: the run passed no source of frames.</p>'
+    return ""
+
+
+def _redundancy_section(nn: np.ndarray) -> str:
+    head = '<section id="redundancy"><h2>Redundancy</h2>'
+    if nn.size == 0:
+        return head + '<p class="muted">No frame has a neighbour to compare with.</p></section>'
+    shares = share_above(nn, REDUNDANCY_THRESHOLDS)
+    rows = "".join(
+        f'<tr><td>&gt; {t:g}</td><td class="num">{shares[t]:.1%}</td>'
+        f'<td class="num">{int(round(shares[t] * nn.size)):,}</td></tr>'
+        for t in REDUNDANCY_THRESHOLDS
+    )
+    return (
+        head
+        + "<p>For every frame, its maximum similarity to any other frame (itself excluded), as in "
+        "Fig. 1 of the ENRICH paper. A curve that stays low until near 1 means most frames have a "
+        "near twin somewhere in the archive: labeling all of them repeats work.</p>"
+        + _plot(redundancy_png(nn), "Cumulative fraction of frames by maximum similarity to any other frame")
+        + "<table><tr><th>max similarity</th><th>share of frames</th><th>frames</th></tr>"
+        + rows
+        + f'</table><p class="muted">{nn.size:,} frames; median {np.median(nn):.3f}.</p></section>'
+    )
+
+
+def _ranking_section(manifest: pd.DataFrame, top: pd.DataFrame, sel: SelectionConfig, thumbs: _Thumbs) -> str:
+    out = ['<section id="ranking"><h2>Ranking: what to label first</h2>']
+    n = len(manifest)
+    if n == 0:
+        out.append('<p class="muted">No frame was ranked.</p></section>')
+        return "".join(out)
+    n_seed = int(manifest["is_seed"].astype(bool).sum())
+    out.append(
+        f"<p>{n:,} frames ranked by <b>{_e(sel.ranker)}</b>"
+        + (f", after a seed set of {n_seed:,} (already labeled or drawn at random)" if n_seed else "")
+        + ". Label them in this order: each next frame is the one least like everything before it.</p>"
+    )
+    curve = manifest[["rank", "coverage_radius"]].dropna() if "coverage_radius" in manifest.columns else manifest[[]]
+    if len(curve):
+        out.append(
+            "<p>Coverage radius: after labeling the first N frames, the distance (1 − similarity) from "
+            "the worst-covered frame of the archive to its nearest labeled frame. It falls quickly while "
+            "labels add new information and flattens once the archive is covered.</p>"
+        )
+        out.append(
+            _plot(
+                coverage_png(curve["rank"].to_numpy(), curve["coverage_radius"].to_numpy(), sel.seconds_per_image),
+                "Coverage radius against the number of frames labeled",
+            )
+        )
+    out.append(_labeling_table(manifest, sel))
+    out.append(f"<h3>The first {len(top)} frames to label</h3>")
+    if thumbs.enabled:
+        out.append('<div class="gallery" id="gallery-top">')
+        for r in top.itertuples(index=False):
+            caption = f"#{int(r.rank)} · {'seed' if r.is_seed else _num(r.score)}"
+            out.append(thumbs.figure(getattr(r, "row", None), caption, _frame_name(r.source_uri, r.frame_index)))
+        out.append("</div>")
+    out.append(
+        _table(
+            ["rank", "source", "frame", "score", "seed"],
+            [
+                [str(int(r.rank)), _uri(r.source_uri), str(int(r.frame_index)), _num(r.score),
+                 "yes" if r.is_seed else ""]
+                for r in top.itertuples(index=False)
+            ],
+        )
+    )
+    out.append("</section>")
+    return "".join(out)
+
+
+def _labeling_table(manifest: pd.DataFrame, sel: SelectionConfig) -> str:
+    """Hours an expert needs for the top 100, 1,000 and all ranked frames."""
+    n = len(manifest)
+    counts = [(f"top {k:,}", k) for k in LABEL_COUNTS if k < n] + [(f"all {n:,}", n)]
+    rows = [
+        [label, f"{k:,}", f"{k * sel.seconds_per_image / 3600:,.1f}", f"{k * sel.seconds_per_segmentation / 3600:,.1f}"]
+        for label, k in counts
+    ]
+    return (
+        "<h3>Labeling time</h3>"
+        + _table(
+            [
+                "frames",
+                "count",
+                f"hours to classify ({sel.seconds_per_image:g} s each)",
+                f"hours to segment ({sel.seconds_per_segmentation:g} s each)",
+            ],
+            rows,
+        )
+    )
+
+
+def _duplicates_section(duplicates: pd.DataFrame, groups: list[pd.DataFrame], thumbs: _Thumbs) -> str:
+    out = ['<section id="duplicates"><h2>Duplicates and near-duplicates</h2>']
+    if duplicates.empty:
+        out.append('<p class="muted">No duplicate or near-duplicate frames were found.</p></section>')
+        return "".join(out)
+    per_group = duplicates.groupby("group_id").agg(kind=("kind", "first"), size=("row", "size"))
+    sizes = per_group["size"]
+    summary_rows = []
+    for kind in ("exact", "near"):
+        g = per_group[per_group["kind"] == kind]
+        summary_rows.append([kind, f"{len(g):,}", f"{int(g['size'].sum()):,}", f"{int((g['size'] - 1).sum()):,}"])
+    out.append(
+        _table(["kind", "groups", "frames in groups", "frames beyond one per group"], summary_rows)
+    )
+    out.append(f"<h3>The {len(groups)} largest groups (representative first)</h3>")
+    for g in groups:
+        first = g.iloc[0]
+        label = (
+            f'<div class="group-label"><b>group {_e(first.group_id)}</b><br>{_e(first.kind)}, '
+            f"{int(sizes[first.group_id])} frames</div>"
+        )
+        figures = []
+        for r in g.itertuples(index=False):
+            tag = "representative" if r.is_representative else f"sim {_num(r.similarity)}"
+            name = _frame_name(r.source_uri, r.frame_index)
+            figures.append(
+                thumbs.figure(r.row, _e(tag), name)
+                if thumbs.enabled
+                else f'<figure><figcaption><span class="uri">{_e(name)}</span><br>{_e(tag)}</figcaption></figure>'
+            )
+        more = int(sizes[first.group_id]) - len(g)
+        extra = f'<p class="muted">+{more} more</p>' if more > 0 else ""
+        out.append(f'<div class="group">{label}{"".join(figures)}{extra}</div>')
+    out.append("</section>")
+    return "".join(out)
+
+
+def _outliers_section(outliers: pd.DataFrame, shown: pd.DataFrame, thumbs: _Thumbs) -> str:
+    out = ['<section id="outliers"><h2>Outliers</h2>']
+    if outliers.empty:
+        out.append('<p class="muted">No outlier list was computed.</p></section>')
+        return "".join(out)
+    n_flagged = int(outliers["flagged"].astype(bool).sum())
+    out.append(
+        f"<p>Frames least like anything else in the archive (lowest similarity to their nearest "
+        f"neighbour). {n_flagged:,} are flagged past the robust cut-off: check them for wrong "
+        "modality, corrupt pixels or rare findings.</p>"
+    )
+    if thumbs.enabled:
+        out.append('<div class="gallery" id="gallery-outliers">')
+        for r in shown.itertuples(index=False):
+            caption = f"#{int(r.rank)} · nn {_num(r.nn_similarity)}"
+            out.append(thumbs.figure(r.row, caption, _frame_name(r.source_uri, r.frame_index)))
+        out.append("</div>")
+    out.append(
+        _table(
+            ["rank", "source", "frame", "score", "nn similarity", "flagged"],
+            [
+                [str(int(r.rank)), _uri(r.source_uri), str(int(r.frame_index)), _num(r.score),
+                 _num(r.nn_similarity), "yes" if r.flagged else ""]
+                for r in shown.itertuples(index=False)
+            ],
+        )
+    )
+    out.append("</section>")
+    return "".join(out)
+
+
+def _errors_section(errors: pd.DataFrame) -> str:
+    out = ['<section id="errors"><h2>Files and frames that could not be used</h2>']
+    if errors.empty:
+        out.append('<p class="muted">None: every input became an embedding.</p></section>')
+        return "".join(out)
+    out.append(f"<p>{len(errors):,} error rows. Each input ends either as an embedding or as one of these.</p>")
+    keys = errors.fillna({"stage": "?", "error_type": "?"})
+    counts = keys.groupby(["stage", "error_type"], sort=False).size().sort_values(ascending=False, kind="stable")
+    rows = []
+    for (stage, error_type), count in counts.items():
+        ex = keys[(keys["stage"] == stage) & (keys["error_type"] == error_type)].head(ERROR_EXAMPLES)
+        examples = "".join(
+            f'<li><span class="uri">{_e(_frame_name(r.source_uri, r.frame_index))}</span>: '
+            f"{_e(_clip(r.message))}</li>"
+            for r in ex.itertuples(index=False)
+        )
+        rows.append([_e(stage), _e(error_type), f"{int(count):,}", f"<ul>{examples}</ul>"])
+    out.append(_table(["stage", "error type", "rows", "examples"], rows))
+    out.append("</section>")
+    return "".join(out)
+
+
+EMBEDDING_LABELS = {
+    "embedder": "embedder",
+    "dim": "dimensions",
+    "active_units": "active units (mean KL > 0.01 nats)",
+    "participation_ratio": "participation ratio (effective dimension)",
+}
+
+
+def _embedding_section(embedding: dict, median_nn: float | None, n: int, warnings: list[str]) -> str:
+    known = [[label, _value(embedding.get(key, "not recorded"))] for key, label in EMBEDDING_LABELS.items()]
+    other = [[_e(k), _value(v)] for k, v in embedding.items() if k not in EMBEDDING_LABELS]
+    rows = [*known, *other, [f"median nearest-neighbour similarity ({n:,} frames)", _num(median_nn)]]
+    verdict = (
+        '<p class="warning">Looks collapsed: ' + "; ".join(_e(w) for w in warnings) + ".</p>"
+        if warnings
+        else f'<p class="muted">Not collapsed by the report\'s rule: participation ratio at least '
+        f"{COLLAPSE_PARTICIPATION_RATIO:g} and median nearest-neighbour similarity at most "
+        f"{COLLAPSE_MEDIAN_NN_SIMILARITY:g} (or not recorded).</p>"
+    )
+    return (
+        '<section id="embedding"><h2>Embedding diagnostics</h2>'
+        + _table(["measure", "value"], rows)
+        + verdict
+        + "</section>"
+    )
+
+
+def _run_section(summary: dict) -> str:
+    out = ['<section id="run"><h2>Run facts</h2>']
+    counts = summary.get("counts") or {}
+    out.append("<h3>Counts</h3>")
+    out.append(_kv_table(counts, _value, "count"))
+    timings = summary.get("timings_s") or {}
+    checks = summary.get("checks") or {}
+    if checks:
+        out.append("<h3>Accounting checks</h3>")
+        out.append(_kv_table(checks, lambda ok: "passed" if ok else "<b>FAILED</b>", "result"))
+    out.append("<h3>Stage timings</h3>")
+    if timings:
+        total = sum(float(v) for v in timings.values())
+        out.append(_kv_table({**timings, "total": total}, lambda v: f"{float(v):,.1f}", "seconds"))
+    else:
+        out.append('<p class="muted">not recorded</p>')
+    out.append("<h3>Versions</h3>")
+    out.append(_kv_table(summary.get("versions") or {}, _e, "version"))
+    config = summary.get("config")
+    if config:
+        out.append(
+            "<details><summary>Configuration of the run (secrets redacted)</summary><pre>"
+            + _e(yaml.safe_dump(config, sort_keys=False))
+            + "</pre></details>"
+        )
+    out.append("</section>")
+    return "".join(out)
+
+
+# ---------------------------------------------------------------- small helpers
+
+
+def _e(value: Any) -> str:
+    """Text escaped for HTML, quotes included."""
+    return html.escape(str(value), quote=True)
+
+
+def _num(value: Any) -> str:
+    """A similarity or score with three decimals; a dash when missing."""
+    if value is None:
+        return "–"
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return _e(value)
+    return f"{v:.3f}" if np.isfinite(v) else "–"
+
+
+def _value(value: Any) -> str:
+    """A number with sensible precision, or escaped text."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return _e(value)
+    return f"{value:,}" if isinstance(value, (int, np.integer)) else _num(value)
+
+
+def _clip(text: Any) -> str:
+    text = "" if text is None or (isinstance(text, float) and np.isnan(text)) else str(text)
+    return text if len(text) <= MESSAGE_CHARS else text[:MESSAGE_CHARS] + "…"
+
+
+def _frame_name(source_uri: Any, frame_index: Any) -> str:
+    """source_uri, with '#frame' for frames of multi-frame files."""
+    name = "(unknown source)" if source_uri is None or pd.isna(source_uri) else str(source_uri)
+    if frame_index is not None and not pd.isna(frame_index) and int(frame_index) > 0:
+        name += f" #frame {int(frame_index)}"
+    return name
+
+
+def _uri(source_uri: Any) -> str:
+    return f'<span class="uri">{_e(_frame_name(source_uri, None))}</span>'
+
+
+def _plot(png: bytes, alt: str) -> str:
+    uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+    return f'<p><img class="plot" src="{uri}" alt="{_e(alt)}"></p>'
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    """An HTML table; the cells are HTML already (the caller escaped every value in them)."""
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _kv_table(data: Mapping[str, Any], fmt: Callable[[Any], str], value_name: str) -> str:
+    if not data:
+        return '<p class="muted">not recorded</p>'
+    rows = "".join(f'<tr><td>{_e(k)}</td><td class="num">{fmt(v)}</td></tr>' for k, v in data.items())
+    return f"<table><tr><th>name</th><th>{_e(value_name)}</th></tr>{rows}</table>"

@@ -1,0 +1,82 @@
+"""The report's pictures as PNG bytes: the redundancy curve, the coverage curve, frame thumbnails.
+
+Figures are drawn on matplotlib's Agg canvas directly (no pyplot), so nothing global changes
+and the report can be built in any thread or Ray worker.
+"""
+from __future__ import annotations
+
+import io
+
+import cv2
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+THUMB_SIZE = 96  # pixels on screen for one 64x64 frame
+REDUNDANCY_THRESHOLDS = (0.5, 0.7, 0.9)  # the report's table: share of frames above each
+
+
+def redundancy_cdf(nn_similarity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The empirical CDF of the finite 1-NN similarities: sorted values and cumulative fractions."""
+    x = np.sort(nn_similarity[np.isfinite(nn_similarity)])
+    return x, np.arange(1, x.size + 1) / max(x.size, 1)
+
+
+def share_above(nn_similarity: np.ndarray, thresholds: tuple[float, ...]) -> dict[float, float]:
+    """Share of frames whose maximum similarity to any other frame exceeds each threshold."""
+    finite = nn_similarity[np.isfinite(nn_similarity)]
+    return {t: float((finite > t).mean()) if finite.size else 0.0 for t in thresholds}
+
+
+def _png(fig: Figure) -> bytes:
+    """The figure rendered as PNG bytes."""
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return buf.getvalue()
+
+
+def redundancy_png(nn_similarity: np.ndarray) -> bytes:
+    """Cumulative fraction of frames vs each frame's maximum similarity to any other (paper, Fig. 1)."""
+    x, y = redundancy_cdf(nn_similarity)
+    fig = Figure(figsize=(6.0, 4.0))
+    ax = fig.add_subplot()
+    ax.step(x, y, where="post", color="#1f5fa8", linewidth=2)
+    for t in REDUNDANCY_THRESHOLDS:
+        ax.axvline(t, color="#999999", linestyle="--", linewidth=1)
+    ax.set_xlim(min(0.0, float(x[0]) if x.size else 0.0), 1.0)
+    ax.set_ylim(0.0, 1.0)
+    ax.set_xlabel("maximum similarity to any other frame")
+    ax.set_ylabel("cumulative fraction of frames")
+    ax.set_title(f"Redundancy ({x.size:,} frames)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def coverage_png(n_labeled: np.ndarray, radius: np.ndarray, seconds_per_image: float) -> bytes:
+    """Coverage radius vs frames labeled, with the labeling time in hours on the top axis."""
+    fig = Figure(figsize=(6.0, 4.0))
+    ax = fig.add_subplot()
+    ax.plot(n_labeled, radius, color="#b5462a", linewidth=2)
+    ax.set_xlabel("frames labeled (in ranked order)")
+    ax.set_ylabel("coverage radius (1 − similarity)")
+    ax.set_ylim(bottom=0.0)
+    ax.grid(alpha=0.3)
+    hours = ax.secondary_xaxis(
+        "top", functions=(lambda n: n * seconds_per_image / 3600.0, lambda h: h * 3600.0 / seconds_per_image)
+    )
+    hours.set_xlabel(f"labeling time, hours at {seconds_per_image:g} s per frame")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def thumbnail_png(frame: np.ndarray, size: int = THUMB_SIZE) -> bytes:
+    """One preprocessed frame (values in [0, 1]) as a size x size greyscale PNG."""
+    grey = np.nan_to_num(np.asarray(frame, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0)
+    grey = (np.clip(grey, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    grey = cv2.resize(grey, (size, size), interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".png", grey)
+    if not ok:
+        raise ValueError("could not encode a thumbnail as PNG")
+    return buf.tobytes()

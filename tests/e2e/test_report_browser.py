@@ -1,0 +1,101 @@
+"""report.html in a real browser: headless Chromium decodes every plot and thumbnail and paints the page.
+
+Needs the Debian package `chromium` (/usr/bin/chromium); skips with the reason when it is absent.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from enrich_ray.config import ReportConfig
+from tests.unit.test_report import build_inputs
+
+CHROMIUM = Path("/usr/bin/chromium")
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+# Appended to a copy of the page (the report itself has no script): after load, each <img> records
+# what the browser decoded, so --dump-dom shows it.
+PROBE = """<script>
+window.addEventListener("load", () => {
+  for (const img of document.images) {
+    img.setAttribute("data-natural", img.naturalWidth + "x" + img.naturalHeight);
+    img.setAttribute("data-shown", img.width + "x" + img.height);
+  }
+  document.body.setAttribute("data-probed", String(document.images.length));
+});
+</script>"""
+
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(), reason=f"{CHROMIUM} not found: install the Debian package chromium to run browser tests"
+)
+
+
+def chromium(tmp_path: Path, *args: str) -> str:
+    """Run headless Chromium with a throwaway profile; return its stdout."""
+    profile = tmp_path / "profile"
+    result = subprocess.run(
+        [str(CHROMIUM), *FLAGS, f"--user-data-dir={profile}", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def report(busi_dir: Path, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("report") / "report.html"
+    build_inputs(busi_dir, n=20).write(path, ReportConfig(gallery_size=8))
+    return path
+
+
+def test_every_image_decodes_in_the_browser(report: Path, tmp_path: Path):
+    page = report.read_text(encoding="utf-8")
+    n_images = page.count("<img ")
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.replace("</body>", PROBE + "</body>"), encoding="utf-8")
+    dom = chromium(tmp_path, "--virtual-time-budget=5000", "--dump-dom", probe.as_uri())
+    assert f'data-probed="{n_images}"' in dom, "the load handler did not run or saw a different page"
+    imgs = re.findall(r"<img [^>]*>", dom)
+    assert len(imgs) == n_images
+    natural = [re.search(r'data-natural="(\d+)x(\d+)"', tag) for tag in imgs]
+    assert all(m is not None for m in natural), "an <img> was never probed"
+    sizes = [(int(m.group(1)), int(m.group(2))) for m in natural]
+    assert all(w > 0 and h > 0 for w, h in sizes), f"an image failed to decode: {sizes}"
+    plots = [s for tag, s in zip(imgs, sizes) if 'class="plot"' in tag]
+    thumbs = [s for tag, s in zip(imgs, sizes) if 'class="thumb"' in tag]
+    assert len(plots) == 2 and all(w >= 400 for w, _ in plots)
+    assert len(thumbs) >= 8 and all(s == (96, 96) for s in thumbs)
+
+
+def test_screenshot_shows_plots_and_galleries(report: Path, tmp_path: Path):
+    shot = tmp_path / "shot.png"
+    chromium(tmp_path, f"--screenshot={shot}", "--window-size=1200,3000", report.as_uri())
+    grey = np.asarray(Image.open(shot).convert("L"), dtype=np.float64)
+    assert grey.shape == (3000, 1200)
+    assert grey.std() > 20, "the page looks blank"
+    # ultrasound thumbnails are dark squares on a white page: count 96x96-ish tiles that are mostly dark
+    tiles = grey[: 3000 // 50 * 50, : 1200 // 50 * 50].reshape(60, 50, 24, 50).mean(axis=(1, 3))
+    assert (tiles < 110).sum() >= 8, "too few dark regions: the galleries did not paint"
+    assert (tiles > 245).sum() >= 100, "no white page around them"
+    # the plots' blue (redundancy) and red (coverage) curves are painted
+    rgb = np.asarray(Image.open(shot).convert("RGB"), dtype=np.int32)
+    blue = (rgb[..., 2] - rgb[..., 0] > 80).sum()
+    red = (rgb[..., 0] - rgb[..., 2] > 80).sum()
+    assert blue > 200 and red > 200, (blue, red)
+    shutil.rmtree(tmp_path / "profile", ignore_errors=True)

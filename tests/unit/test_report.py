@@ -1,0 +1,286 @@
+"""report.html from real BUSI ultrasound frames: sections, valid inline PNGs, escaping, no-thumbnail mode."""
+from __future__ import annotations
+
+import base64
+import io
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import fsspec
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from enrich_ray.config import Config, ReportConfig, config_dict
+from enrich_ray.report import collapse_warnings, write_report
+
+SIZE = 64
+N_FRAMES = 14
+DATA_PNG = re.compile(r'<img class="(plot|thumb)" src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
+EVIL = "<script>alert('phi')</script> & <b>bold</b>"
+
+
+@dataclass
+class ReportInputs:
+    """Everything write_report takes, built from real frames."""
+
+    frames: np.ndarray  # (n, 64, 64) float32 in [0, 1]
+    summary: dict
+    manifest: pd.DataFrame
+    duplicates: pd.DataFrame
+    outliers: pd.DataFrame
+    errors: pd.DataFrame
+    nn_similarity: np.ndarray
+
+    def thumbnails(self, rows: list[int]) -> np.ndarray:
+        return self.frames[rows]
+
+    def write(self, path: str | Path, cfg: ReportConfig, **changes) -> str:
+        """Write the report with some inputs replaced; return the page."""
+        args = {
+            "summary": self.summary,
+            "manifest": self.manifest,
+            "duplicates": self.duplicates,
+            "outliers": self.outliers,
+            "errors": self.errors,
+            "nn_similarity": self.nn_similarity,
+            "thumbnails": self.thumbnails,
+            **changes,
+        }
+        write_report(str(path), cfg=cfg, **args)
+        return Path(path).read_text(encoding="utf-8")
+
+
+def load_busi_frames(busi_dir: Path, n: int) -> tuple[np.ndarray, list[str]]:
+    """n BUSI PNGs spread over the three classes: grey, area-resized to 64x64, floats in [0, 1]."""
+    paths = sorted(busi_dir.rglob("*.png"))
+    picks = [paths[i] for i in np.linspace(0, len(paths) - 1, n).astype(int)]
+    frames = []
+    for p in picks:
+        grey = cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)
+        assert grey is not None, f"cannot read {p}"
+        frames.append(cv2.resize(grey, (SIZE, SIZE), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0)
+    return np.stack(frames), [p.relative_to(busi_dir).as_posix() for p in picks]
+
+
+def farthest_first(unit: np.ndarray, seed: int) -> tuple[list[int], list[float], list[float]]:
+    """Plain ENRICH order, each pick's max similarity to the picks before, and the coverage radius."""
+    sim = unit @ unit.T
+    order, scores, radius = [seed], [np.nan], []
+    m = sim[seed].copy()
+    for _ in range(len(unit) - 1):
+        radius.append(float(1.0 - m.min()))
+        masked = np.where(np.isin(np.arange(len(unit)), order), np.inf, m)
+        nxt = int(np.argmin(masked))
+        order.append(nxt)
+        scores.append(float(m[nxt]))
+        m = np.maximum(m, sim[nxt])
+    radius.append(float(1.0 - m.min()))
+    return order, scores, radius
+
+
+def build_inputs(busi_dir: Path, n: int = N_FRAMES) -> ReportInputs:
+    """Report inputs from n real frames: a pixel embedding, its 1-NN similarities, a ranking, groups, outliers."""
+    frames, names = load_busi_frames(busi_dir, n)
+    frames[1] = frames[0]  # the same scan stored under a second name: an exact duplicate
+    uris = [f"s3://archive/busi/{name}" for name in names]
+    uris[1] = "s3://archive/copies/" + names[0]
+    flat = frames.reshape(n, -1).astype(np.float64)
+    flat -= flat.mean(axis=0)
+    unit = flat / np.linalg.norm(flat, axis=1, keepdims=True)
+    sim = unit @ unit.T
+    np.fill_diagonal(sim, -np.inf)
+    nn = sim.max(axis=1)
+    image_ids = [f"{i:064x}" for i in range(n)]
+    order, scores, radius = farthest_first(unit, seed=0)
+    manifest = pd.DataFrame(
+        {
+            "rank": np.arange(1, n + 1),
+            "image_id": [image_ids[r] for r in order],
+            "frame_index": 0,
+            "source_uri": [uris[r] for r in order],
+            "ranker": "enrich",
+            "score": scores,
+            "is_seed": [i == 0 for i in range(n)],
+            "coverage_radius": radius,
+            "row": order,
+        }
+    ).sample(frac=1.0, random_state=0)  # any row order: the report sorts by rank
+    a, b = np.unravel_index(np.argmax(sim[2:, 2:]), (n - 2, n - 2))  # the closest pair besides the copies
+    near = sorted({int(a) + 2, int(b) + 2})
+    dup_rows = [(0, r, "exact", 1.0, r == 0) for r in (0, 1)] + [
+        (1, r, "near", 1.0 if r == near[0] else float(sim[near[0], r]), r == near[0]) for r in near
+    ]
+    duplicates = pd.DataFrame(dup_rows, columns=["group_id", "row", "kind", "similarity", "is_representative"])
+    duplicates = duplicates.assign(
+        image_id=[image_ids[r] for r in duplicates["row"]],
+        frame_index=0,
+        source_uri=[uris[r] for r in duplicates["row"]],
+    )
+    by_isolation = np.argsort(nn, kind="stable")
+    outliers = pd.DataFrame(
+        {
+            "rank": np.arange(1, n + 1),
+            "row": by_isolation,
+            "image_id": [image_ids[r] for r in by_isolation],
+            "frame_index": 0,
+            "source_uri": [uris[r] for r in by_isolation],
+            "score": 1.0 - nn[by_isolation],
+            "nn_similarity": nn[by_isolation],
+            "flagged": np.arange(n) < 3,
+        }
+    )
+    errors = pd.DataFrame(
+        [
+            {"image_id": None, "source_uri": "s3://archive/bad/<c>&d.dcm", "frame_index": None, "stage": "pack",
+             "error_type": "InvalidDicomError", "message": EVIL},
+            {"image_id": "ab" * 32, "source_uri": "s3://archive/bad/trunc.png", "frame_index": None, "stage": "decode",
+             "error_type": "DecodeError", "message": "truncated PNG stream"},
+            {"image_id": "cd" * 32, "source_uri": "s3://archive/bad/cine.dcm", "frame_index": 3, "stage": "decode",
+             "error_type": "DecodeError", "message": "frame 3: JPEG 2000 codestream ends early"},
+        ]
+    )
+    config = config_dict(Config())
+    config["selection"]["seconds_per_image"] = 3600.0  # one hour a frame: hours equal frame counts
+    summary = {
+        "run": {"archive": "s3://archive", "finished": "2026-11-21T22:00:00Z"},
+        "counts": {"archive_images": n + 2, "frames_embedded": n, "error_rows": len(errors), "ranked": n},
+        "checks": {"every_image_decoded_or_error": True},
+        "embedding": {"embedder": "pixels", "dim": SIZE * SIZE, "participation_ratio": 9.5},
+        "timings_s": {"decode": 1.25, "embed": 2.5},
+        "versions": {"enrich_ray": "0.1.0", "ray": "2.60.0"},
+        "config": config,
+    }
+    return ReportInputs(frames, summary, manifest, duplicates, outliers, errors, nn)
+
+
+@pytest.fixture(scope="module")
+def inputs(busi_dir: Path) -> ReportInputs:
+    return build_inputs(busi_dir)
+
+
+def inline_pngs(page: str) -> list[tuple[str, Image.Image]]:
+    """Every inline PNG <img> of the page, decoded: (class, image)."""
+    out = []
+    for cls, data in DATA_PNG.findall(page):
+        img = Image.open(io.BytesIO(base64.b64decode(data, validate=True)))
+        img.load()  # raises on a broken PNG
+        assert img.format == "PNG"
+        out.append((cls, img))
+    return out
+
+
+def test_page_has_every_section_and_only_inline_resources(inputs, tmp_path):
+    page = inputs.write(tmp_path / "report.html", ReportConfig())
+    for section in ("redundancy", "ranking", "duplicates", "outliers", "errors", "embedding", "run"):
+        assert f'<section id="{section}">' in page
+    assert "<script" not in page
+    assert not re.search(r'(src|href)="(?!data:)', page), "the page must not load anything from outside"
+    # labeling time at 3600 s a frame: 14 frames take 14.0 hours
+    assert f"<td>all {N_FRAMES}</td><td>{N_FRAMES}</td><td>{N_FRAMES}.0</td>" in page
+    assert "decode" in page and "1.2" in page and "2.60.0" in page
+    assert 'id="collapse-warning"' not in page
+
+
+def test_images_are_valid_pngs_and_thumbnails_show_the_frames(inputs, tmp_path):
+    cfg = ReportConfig(gallery_size=5)
+    page = inputs.write(tmp_path / "report.html", cfg)
+    images = inline_pngs(page)
+    plots = [img for cls, img in images if cls == "plot"]
+    thumbs = [img for cls, img in images if cls == "thumb"]
+    assert len(plots) == 2  # redundancy and coverage curves
+    assert all(p.size[0] >= 400 and p.size[1] >= 300 for p in plots)
+    # 5 top-ranked + 2 groups of 2 + 3 flagged outliers
+    assert len(thumbs) == 5 + 4 + 3
+    assert all(t.size == (96, 96) and t.mode == "L" for t in thumbs)
+    # the first thumbnail is the rank-1 frame, area-resized to 96 px
+    first_row = int(inputs.manifest.sort_values("rank")["row"].iloc[0])
+    grey = (inputs.frames[first_row] * 255 + 0.5).astype(np.uint8)
+    expected = cv2.resize(grey, (96, 96), interpolation=cv2.INTER_AREA)
+    assert np.abs(np.asarray(thumbs[0], dtype=int) - expected.astype(int)).max() <= 1
+
+
+def test_error_messages_and_uris_are_escaped(inputs, tmp_path):
+    page = inputs.write(tmp_path / "report.html", ReportConfig())
+    assert "<script>" not in page and "<b>bold</b>" not in page
+    assert "&lt;script&gt;alert(&#x27;phi&#x27;)&lt;/script&gt; &amp; &lt;b&gt;bold&lt;/b&gt;" in page
+    assert "s3://archive/bad/&lt;c&gt;&amp;d.dcm" in page
+    errors_section = page.split('<section id="errors">')[1].split("</section>")[0]
+    assert "InvalidDicomError" in errors_section and "cine.dcm #frame 3" in errors_section
+
+
+def test_thumbnails_off_leaves_no_pixel_data_of_any_frame(inputs, tmp_path):
+    def refuse(rows):
+        raise AssertionError("thumbnails must not be read when switched off")
+
+    page = inputs.write(tmp_path / "report.html", ReportConfig(thumbnails=False), thumbnails=refuse)
+    assert 'class="thumb"' not in page
+    assert [cls for cls, _ in inline_pngs(page)] == ["plot", "plot"]
+    assert page.count("data:image/png") == 2
+    assert 'id="thumbnails-off"' in page and "patient data" in page
+    # frames are still listed by source
+    assert inputs.manifest.sort_values("rank")["source_uri"].iloc[0] in page
+
+
+def test_every_file_corrupt_still_renders(inputs, tmp_path):
+    empty = {
+        # the columns the pipeline writes when nothing could be embedded
+        "manifest": pd.DataFrame(
+            columns=["rank", "image_id", "frame_index", "source_uri", "ranker", "score", "is_seed"]
+        ),
+        "duplicates": pd.DataFrame(columns=["group_id", "row", "kind", "similarity", "is_representative"]),
+        "outliers": pd.DataFrame(columns=["rank", "row", "score", "nn_similarity", "flagged"]),
+        "nn_similarity": np.zeros(0, np.float32),
+        "summary": {"counts": {"archive_images": 3, "frames_embedded": 0, "error_rows": 3}},
+        "thumbnails": None,
+    }
+    page = inputs.write(tmp_path / "report.html", ReportConfig(), **empty)
+    assert "No frame was ranked" in page
+    assert "data:image/png" not in page
+    assert page.count("<section") == 7
+    assert "truncated PNG stream" in page
+
+
+def test_collapsed_embedding_shows_a_banner(inputs, tmp_path):
+    summary = {**inputs.summary, "embedding": {"embedder": "vae", "participation_ratio": 1.7, "active_units": 2}}
+    page = inputs.write(tmp_path / "report.html", ReportConfig(), summary=summary)
+    assert 'id="collapse-warning"' in page and "participation ratio 1.70 &lt; 5" in page
+    twins = np.full(len(inputs.nn_similarity), 0.99)
+    page = inputs.write(tmp_path / "report.html", ReportConfig(), nn_similarity=twins)
+    assert 'id="collapse-warning"' in page and "median nearest-neighbour similarity 0.990" in page
+
+
+def test_collapse_rule_thresholds():
+    assert collapse_warnings(5.0, 0.95) == []
+    assert collapse_warnings(None, None) == []
+    assert collapse_warnings(float("nan"), 0.5) == []
+    assert len(collapse_warnings(4.99, 0.5)) == 1
+    assert len(collapse_warnings(20.0, 0.951)) == 1
+    assert len(collapse_warnings(1.0, 1.0)) == 2
+
+
+def test_redundancy_table_matches_a_plain_count(inputs, tmp_path):
+    page = inputs.write(tmp_path / "report.html", ReportConfig())
+    section = page.split('<section id="redundancy">')[1].split("</section>")[0]
+    for t in (0.5, 0.7, 0.9):
+        share = float(np.mean(inputs.nn_similarity > t))
+        count = int(np.sum(inputs.nn_similarity > t))
+        assert f'<td>&gt; {t:g}</td><td class="num">{share:.1%}</td><td class="num">{count}</td>' in section
+
+
+def test_writes_to_an_fsspec_uri(inputs):
+    uri = "memory://reports/run-1/report.html"
+    write_report(
+        uri, inputs.summary, inputs.manifest, inputs.duplicates, inputs.outliers, inputs.errors,
+        inputs.nn_similarity, None, ReportConfig(),
+    )
+    with fsspec.open(uri, "r", encoding="utf-8") as fh:
+        assert fh.read().startswith("<!DOCTYPE html>")
+
+
+def test_thumbnail_source_of_the_wrong_shape_is_a_clear_error(inputs, tmp_path):
+    with pytest.raises(ValueError, match="thumbnails"):
+        inputs.write(tmp_path / "report.html", ReportConfig(), thumbnails=lambda rows: inputs.frames[rows][:, 0])
