@@ -14,7 +14,7 @@ import pyarrow as pa
 import ray
 from ray.data import ActorPoolStrategy, DataContext, Dataset
 
-from enrich_ray.schema import combine
+from enrich_ray.schema import combine, result_rows
 from enrich_ray.config import Config, DecodeConfig, EmbedConfig, RuntimeConfig, StorageConfig
 from enrich_ray.io.fs import resolve
 
@@ -72,7 +72,7 @@ class _EmbedActor:
         self.embedder = make_embedder(cfg, decode_cfg, storage=storage, state=state)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return combine(*self.embedder.embed_batch(batch))
+        return combine(*self.embedder.embed_batch(result_rows(batch)))
 
 
 def embed(ds: Dataset, cfg: Config, state: Any = None) -> Dataset:
