@@ -146,3 +146,29 @@ def test_vae_run_trains_and_embeds(ray_cluster, sample_archive, tmp_path):
     assert vectors.shape[1] == 16
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     assert emb["model_hash"].nunique() == 1
+
+
+def test_interrupted_run_resumes_to_identical_outputs(pixel_run, sample_archive, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    _, out = pixel_run
+    run = tmp_path / "interrupted"
+    cmd = [sys.executable, "-m", "enrich_ray", "curate", "--archive", str(sample_archive), "--out", str(run),
+           *[a for s in PIXELS for a in ("--set", s)]]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while not (run / "_stages" / "decode.done").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode in (0, 130), output[-3000:]
+    assert not (run / "_stages" / "report.done").exists() or proc.returncode == 0
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "report:" in done.stdout
+    _assert_same(_outputs(out), _outputs(run))
