@@ -20,7 +20,7 @@ def _outputs(out) -> dict:
     """The outputs that must be identical between two runs of the same archive and config."""
     out = str(out)
     manifest = pd.read_parquet(f"{out}/manifest.parquet")
-    emb = pd.read_parquet(f"{out}/embeddings").query("stage != stage" if False else "embedding.notna()")
+    emb = pd.read_parquet(f"{out}/embeddings").dropna(subset=["embedding"])
     emb = emb.sort_values(["image_id", "frame_index"]).reset_index(drop=True)
     return {
         "manifest": manifest[["rank", "image_id", "frame_index", "score", "is_seed"]],
