@@ -181,7 +181,9 @@ class _Thumbs:
     def figure(self, row: Any, caption: str, title: str) -> str:
         """One thumbnail with its caption; the caption alone for a frame without pixels."""
         uri = self.uris.get(int(row)) if row is not None and not pd.isna(row) else None
-        img = f'<img class="thumb" src="{uri}" alt="{_e(title)}" title="{_e(title)}">' if uri else ""
+        if uri is None:
+            return f'<figure><figcaption><span class="uri">{_e(title)}</span><br>{caption}</figcaption></figure>'
+        img = f'<img class="thumb" src="{uri}" alt="{_e(title)}" title="{_e(title)}">'
         return f"<figure>{img}<figcaption>{caption}</figcaption></figure>"
 
 
@@ -294,7 +296,9 @@ def _ranking_section(manifest: pd.DataFrame, top: pd.DataFrame, sel: SelectionCo
         + ". Label them in this order: each next frame is the one least like everything before it.</p>"
     )
     curve = manifest[["rank", "coverage_radius"]].dropna() if "coverage_radius" in manifest.columns else manifest[[]]
-    if len(curve):
+    if not len(curve):
+        out.append('<p class="muted">No coverage curve: the ranking recorded no coverage radius.</p>')
+    else:
         out.append(
             "<p>Coverage radius: after labeling the first N frames, the distance (1 − similarity) from "
             "the worst-covered frame of the archive to its nearest labeled frame. It falls quickly while "
@@ -374,12 +378,7 @@ def _duplicates_section(duplicates: pd.DataFrame, groups: list[pd.DataFrame], th
         figures = []
         for r in g.itertuples(index=False):
             tag = "representative" if r.is_representative else f"sim {_num(r.similarity)}"
-            name = _frame_name(r.source_uri, r.frame_index)
-            figures.append(
-                thumbs.figure(r.row, _e(tag), name)
-                if thumbs.enabled
-                else f'<figure><figcaption><span class="uri">{_e(name)}</span><br>{_e(tag)}</figcaption></figure>'
-            )
+            figures.append(thumbs.figure(r.row, _e(tag), _frame_name(r.source_uri, r.frame_index)))
         more = int(sizes[first.group_id]) - len(g)
         extra = f'<p class="muted">+{more} more</p>' if more > 0 else ""
         out.append(f'<div class="group">{label}{"".join(figures)}{extra}</div>')

@@ -203,6 +203,25 @@ def test_images_are_valid_pngs_and_thumbnails_show_the_frames(inputs, tmp_path):
     assert np.abs(np.asarray(thumbs[0], dtype=int) - expected.astype(int)).max() <= 1
 
 
+def test_files_without_frames_get_no_thumbnail_request(inputs, tmp_path):
+    # byte-identical copies of a file that never decoded: a duplicate group whose rows are -1
+    orphans = pd.DataFrame(
+        {"group_id": 7, "row": -1, "kind": "exact", "similarity": 1.0, "is_representative": [True, False],
+         "image_id": "ef" * 32, "frame_index": 0, "source_uri": ["s3://archive/x/a.dcm", "s3://archive/y/a.dcm"]}
+    )
+    asked: list[int] = []
+
+    def thumbnails(rows):
+        asked.extend(rows)
+        return inputs.frames[rows]
+
+    dups = pd.concat([inputs.duplicates, orphans], ignore_index=True)
+    page = inputs.write(tmp_path / "report.html", ReportConfig(), duplicates=dups, thumbnails=thumbnails)
+    assert asked and min(asked) >= 0 and len(asked) == len(set(asked))
+    group = page.split("<b>group 7</b>")[1].split("</div>")[1]  # the group's figures
+    assert "s3://archive/y/a.dcm" in group and "<img" not in group
+
+
 def test_error_messages_and_uris_are_escaped(inputs, tmp_path):
     page = inputs.write(tmp_path / "report.html", ReportConfig())
     assert "<script>" not in page and "<b>bold</b>" not in page
