@@ -1,0 +1,136 @@
+"""End-to-end curate benchmark on a synthetic archive with a known redundancy structure.
+
+Generates N small grey PNG frames: `--prototypes` distinct smooth images, each repeated with mild
+noise (near-duplicates), plus a share of byte-identical copies (exact duplicates). Writes them
+straight into archive shards (the archive contract of enrich_ray.schema), runs the curate job on
+a local Ray, and prints per-stage wall time, frames/s and peak memory of the driver and of the Ray
+workers (sampled every 0.5 s).
+
+    .venv/bin/python tests/benchmarks/bench_curate.py --frames 200000
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import resource
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from enrich_ray import schema
+from enrich_ray.config import load_config
+from enrich_ray.pipelines.curate import curate
+
+
+def synthetic_archive(out: Path, frames: int, prototypes: int, side: int, exact_share: float, seed: int) -> dict:
+    """Write the archive; returns the ground truth of its redundancy."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:side, 0:side] / side
+    protos = []
+    for _ in range(prototypes):
+        a, b, c, d = rng.uniform(1, 6, 4)
+        protos.append(0.5 + 0.25 * np.sin(a * np.pi * xx + b) * np.cos(c * np.pi * yy + d) + 0.2 * rng.random((1, 1)))
+    out.mkdir(parents=True, exist_ok=True)
+    images: dict[str, dict] = {}  # one row per image_id, as pack writes it; copies keep their paths
+    exact = 0
+    previous: bytes | None = None
+    for i in range(frames):
+        uri = f"synthetic/{i:07d}.png"
+        if previous is not None and rng.random() < exact_share:
+            data, exact = previous, exact + 1
+        else:
+            img = protos[rng.integers(prototypes)] + rng.normal(0, 0.03, (side, side))
+            data = cv2.imencode(".png", np.clip(img * 255, 0, 255).astype(np.uint8))[1].tobytes()
+        previous = data
+        image_id = hashlib.sha256(data).hexdigest()
+        if image_id in images:
+            images[image_id]["source_uris"].append(uri)
+            continue
+        images[image_id] = {"image_id": image_id, "source_uri": uri, "source_uris": [uri], "format": "png",
+                            "size_bytes": len(data), "data": data}
+    rows = list(images.values())
+    for shard, start in enumerate(range(0, len(rows), 50_000)):
+        table = pa.Table.from_pylist(rows[start : start + 50_000], schema=schema.ARCHIVE)
+        pq.write_table(table, out / f"part-{shard:05d}.parquet", row_group_size=4096)
+    return {"frames_generated": frames, "distinct_images": len(rows), "exact_copies": exact, "prototypes": prototypes}
+
+
+class PeakMemory:
+    """Samples the resident memory of this process and of every Ray worker process."""
+
+    def __init__(self) -> None:
+        self.driver = 0
+        self.worker = 0
+        self.workers_total = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            self.driver = max(self.driver, me.memory_info().rss)
+            total = 0
+            for p in psutil.process_iter(["cmdline", "memory_info"]):
+                cmd = " ".join(p.info["cmdline"] or [])
+                if "ray::" in cmd and p.info["memory_info"]:
+                    rss = p.info["memory_info"].rss
+                    self.worker = max(self.worker, rss)
+                    total += rss
+            self.workers_total = max(self.workers_total, total)
+            time.sleep(0.5)
+
+    def __enter__(self) -> "PeakMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--frames", type=int, default=200_000)
+    ap.add_argument("--prototypes", type=int, default=2_000)
+    ap.add_argument("--side", type=int, default=32, help="side of each synthetic PNG, pixels")
+    ap.add_argument("--exact-share", type=float, default=0.05)
+    ap.add_argument("--work", default="runs/bench_curate")
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    args = ap.parse_args()
+
+    work = Path(args.work)
+    t0 = time.perf_counter()
+    truth = synthetic_archive(work / "archive", args.frames, args.prototypes, args.side, args.exact_share, seed=0)
+    gen_s = time.perf_counter() - t0
+    cfg = load_config(None, args.overrides)
+    with PeakMemory() as mem:
+        t0 = time.perf_counter()
+        result = curate(str(work / "archive"), str(work / "run"), cfg, force=True)
+        total_s = time.perf_counter() - t0
+    summary = json.loads((work / "run" / "summary.json").read_text())
+    n = summary["counts"]["frames_embedded"]
+    print(f"machine: {os.cpu_count()} cores; OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', 'unset')}")
+    print(f"archive: {truth} generated in {gen_s:.1f} s")
+    print(f"counts: {summary['counts']}")
+    print(f"checks: {summary['checks']}")
+    print("stage wall times (s):")
+    for stage, s in summary["timings_s"].items():
+        print(f"  {stage:8s} {s:9.1f} s   {n / s if s else float('inf'):9.0f} frames/s")
+    print(f"total: {total_s:.1f} s, {n / total_s:.0f} frames/s end to end")
+    print(f"peak memory: driver {mem.driver / 2**30:.2f} GiB (getrusage {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB), "
+          f"largest Ray worker {mem.worker / 2**30:.2f} GiB, all Ray workers together {mem.workers_total / 2**30:.2f} GiB")
+    red = summary.get("redundancy", {})
+    print(f"redundancy: {json.dumps({k: v for k, v in red.items() if 'share' in k or k.startswith('above')}, default=str)[:400]}")
+    print(f"exit code {result.exit_code}; report {result.report}")
+
+
+if __name__ == "__main__":
+    main()
