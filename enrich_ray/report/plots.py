@@ -13,6 +13,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 THUMB_SIZE = 96  # pixels on screen for one 64x64 frame
+MAX_CURVE_POINTS = 4000  # a curve over millions of frames is drawn through this many of its points
 REDUNDANCY_THRESHOLDS = (0.5, 0.7, 0.9)  # the report's table: share of frames above each
 
 
@@ -28,6 +29,14 @@ def share_above(nn_similarity: np.ndarray, thresholds: tuple[float, ...]) -> dic
     return {t: float((finite > t).mean()) if finite.size else 0.0 for t in thresholds}
 
 
+def _thin(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """At most MAX_CURVE_POINTS evenly spaced points of a curve, its first and last kept."""
+    if x.size <= MAX_CURVE_POINTS:
+        return x, y
+    keep = np.unique(np.linspace(0, x.size - 1, MAX_CURVE_POINTS).astype(np.int64))
+    return x[keep], y[keep]
+
+
 def _png(fig: Figure) -> bytes:
     """The figure rendered as PNG bytes."""
     FigureCanvasAgg(fig)
@@ -39,6 +48,8 @@ def _png(fig: Figure) -> bytes:
 def redundancy_png(nn_similarity: np.ndarray) -> bytes:
     """Cumulative fraction of frames vs each frame's maximum similarity to any other (paper, Fig. 1)."""
     x, y = redundancy_cdf(nn_similarity)
+    n = x.size
+    x, y = _thin(x, y)
     fig = Figure(figsize=(6.0, 4.0))
     ax = fig.add_subplot()
     ax.step(x, y, where="post", color="#1f5fa8", linewidth=2)
@@ -48,7 +59,7 @@ def redundancy_png(nn_similarity: np.ndarray) -> bytes:
     ax.set_ylim(0.0, 1.0)
     ax.set_xlabel("maximum similarity to any other frame")
     ax.set_ylabel("cumulative fraction of frames")
-    ax.set_title(f"Redundancy ({x.size:,} frames)")
+    ax.set_title(f"Redundancy ({n:,} frames)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return _png(fig)
@@ -56,6 +67,7 @@ def redundancy_png(nn_similarity: np.ndarray) -> bytes:
 
 def coverage_png(n_labeled: np.ndarray, radius: np.ndarray, seconds_per_image: float) -> bytes:
     """Coverage radius vs frames labeled, with the labeling time in hours on the top axis."""
+    n_labeled, radius = _thin(np.asarray(n_labeled), np.asarray(radius))
     fig = Figure(figsize=(6.0, 4.0))
     ax = fig.add_subplot()
     ax.plot(n_labeled, radius, color="#b5462a", linewidth=2)
