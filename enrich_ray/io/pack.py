@@ -9,7 +9,6 @@ that cannot be read at all becomes a row of `_pack_errors.parquet`.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import logging
 import os

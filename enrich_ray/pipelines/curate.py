@@ -23,10 +23,13 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import yaml
 
 from enrich_ray import schema
 from enrich_ray.config import Config, config_dict
-from enrich_ray.io.fs import StorageError
+from enrich_ray.io.fs import StorageError, resolve
 from enrich_ray.io.pack import ERRORS_NAME, archive_shards
 from enrich_ray.pipelines.run_folder import RunFolder
 
@@ -152,37 +155,29 @@ def _train(run: RunFolder, cfg: Config) -> dict:
 
 
 def _embed(run: RunFolder, cfg: Config, runtime) -> dict:
+    """Embed every decoded frame on the actor pool; with no frame to embed, write an empty table."""
     from enrich_ray.embed.registry import fit_state
 
+    n_frames = schema.result_rows(run.read_table("decoded", columns=["stage"])).num_rows
+    if n_frames == 0:
+        run.loc.fs.makedirs(run.path("embeddings").path, exist_ok=True)
+        empty = schema.combine(schema.embeddings_schema(cfg.vae.latent_dim).empty_table(), schema.empty_errors())
+        run.write_table("embeddings/part-empty.parquet", empty)
+        return {"embedded": 0, "errors": 0}
     state = None
     if cfg.embed.embedder == "pixels":
-        sample = _frames_sample(run, cfg.vae.sample_size, cfg.vae.seed)
-        if len(sample) or not cfg.embed.pixel_center:
-            state = fit_state(cfg.embed, cfg.decode, sample)
-            run.write_bytes("embed_state.json", state.to_json().encode())
+        state = fit_state(cfg.embed, cfg.decode, _frames_sample(run, cfg.vae.sample_size, cfg.vae.seed))
     elif cfg.embed.embedder == "precomputed":
-        first = run.read_table("decoded").slice(0, 1024)
-        state = fit_state(cfg.embed, cfg.decode, schema.result_rows(first))
+        state = fit_state(cfg.embed, cfg.decode, schema.result_rows(run.read_table("decoded")).slice(0, 1024))
+    elif not resolve(cfg.embed.model, cfg.storage).fs.exists(resolve(cfg.embed.model, cfg.storage).path):
+        raise StorageError(f"no model at {cfg.embed.model}: {n_frames} decoded frame(s) are too few to train one; pass --model")
+    if state is not None:
         run.write_bytes("embed_state.json", state.to_json().encode())
-    no_model = cfg.embed.embedder == "vae" and not run.loc.fs.exists(run.path("model").path) and cfg.embed.model == run.path("model").uri()
-    frames_ds = runtime.read_parquet(run.files("decoded"), cfg.storage)
-    if no_model or (cfg.embed.embedder == "pixels" and state is None):
-        empty = schema.embeddings_schema(cfg.vae.latent_dim).empty_table()
-        run.loc.fs.makedirs(run.path("embeddings").path, exist_ok=True)
-        run.write_table("embeddings/empty.parquet", empty)
-        return {"embedded": 0, "errors": 0}
-    runtime.write_parquet(runtime.embed(frames_ds, cfg, state), run.path("embeddings").uri(), cfg.storage)
-    stage_col = run.read_table("embeddings", columns=["stage"]).column("stage") if _has_column(run, "embeddings", "stage") else None
-    errors = int(pc.sum(pc.is_valid(stage_col)).as_py() or 0) if stage_col is not None else 0
-    total = run.read_table("embeddings", columns=["image_id"]).num_rows
-    return {"embedded": total - errors, "errors": errors}
-
-
-def _has_column(run: RunFolder, name: str, column: str) -> bool:
-    loc = run.path(name)
-    import pyarrow.dataset as pads
-
-    return column in pads.dataset(loc.path, filesystem=loc.arrow_fs(), format="parquet").schema.names
+    frames = runtime.read_parquet(run.files("decoded"), cfg.storage)
+    runtime.write_parquet(runtime.embed(frames, cfg, state), run.path("embeddings").uri(), cfg.storage)
+    stage = run.read_table("embeddings", columns=["stage"]).column("stage")
+    errors = int(pc.sum(pc.is_valid(stage)).as_py() or 0)
+    return {"embedded": len(stage) - errors, "errors": errors}
 
 
 def load_embeddings(run: RunFolder) -> tuple[pd.DataFrame, np.ndarray]:
@@ -238,12 +233,9 @@ def _with_keys(df: pd.DataFrame, frames: pd.DataFrame) -> pd.DataFrame:
 
 def _path_duplicates(archive: str, cfg: Config, frames: pd.DataFrame, first_group: int) -> pd.DataFrame:
     """Byte-identical files found at several paths: one 'exact' group per image, a row per path."""
-    from enrich_ray.io.pack import archive_shards as shards_of
-    import pyarrow.dataset as pads
-    from enrich_ray.io.fs import resolve
 
-    loc = resolve(shards_of(archive, cfg.storage)[0], cfg.storage)
-    paths = [resolve(u, cfg.storage).path for u in shards_of(archive, cfg.storage)]
+    loc = resolve(archive_shards(archive, cfg.storage)[0], cfg.storage)
+    paths = [resolve(u, cfg.storage).path for u in archive_shards(archive, cfg.storage)]
     table = pads.dataset(paths, filesystem=loc.arrow_fs(), format="parquet").to_table(columns=["image_id", "source_uris"])
     multi = table.filter(pc.greater(pc.list_value_length(table["source_uris"]), 1)).to_pandas()
     rows = []
@@ -326,7 +318,6 @@ def labeled_mask(seed_manifest: str | None, frames: pd.DataFrame, cfg: Config) -
     """Which frames are already labeled, from a file of image ids (a CSV or Parquet with an image_id column)."""
     if not seed_manifest:
         return None
-    from enrich_ray.io.fs import resolve
 
     loc = resolve(seed_manifest, cfg.storage)
     if not loc.fs.exists(loc.path):
@@ -340,8 +331,6 @@ def labeled_mask(seed_manifest: str | None, frames: pd.DataFrame, cfg: Config) -
 
 def _errors(run: RunFolder, archive: str, cfg: Config) -> pd.DataFrame:
     """Every error row of the run: unreadable files (pack), undecodable images and frames, failed embeddings."""
-    from enrich_ray.io.fs import resolve
-    import pyarrow.parquet as pq
 
     parts = []
     loc = resolve(archive, cfg.storage).join(ERRORS_NAME)
@@ -349,8 +338,7 @@ def _errors(run: RunFolder, archive: str, cfg: Config) -> pd.DataFrame:
         with loc.fs.open(loc.path, "rb") as fh:
             parts.append(pq.read_table(fh))
     parts.append(schema.error_rows(run.read_table("decoded", columns=[f.name for f in schema.ERRORS])))
-    if _has_column(run, "embeddings", "stage"):
-        parts.append(schema.error_rows(run.read_table("embeddings", columns=[f.name for f in schema.ERRORS])))
+    parts.append(schema.error_rows(run.read_table("embeddings", columns=[f.name for f in schema.ERRORS])))
     table = pa.concat_tables([p.cast(schema.ERRORS) for p in parts])
     return table.to_pandas().sort_values(["stage", "source_uri", "frame_index"], na_position="first", kind="stable").reset_index(drop=True)
 
@@ -421,7 +409,7 @@ def _report(run: RunFolder, archive: str, cfg: Config, timings: dict) -> dict:
         "config": config_dict(cfg),
     }
     run.write_json("summary.json", summary)
-    run.write_bytes("config.yaml", __import__("yaml").safe_dump(config_dict(cfg), sort_keys=False).encode())
+    run.write_bytes("config.yaml", yaml.safe_dump(config_dict(cfg), sort_keys=False).encode())
     dups = pd.read_parquet(run.loc.fs.open(run.path("duplicates.parquet").path, "rb"))
     outl = pd.read_parquet(run.loc.fs.open(run.path("outliers.parquet").path, "rb"))
     if len(manifest) and "row" not in manifest.columns:
@@ -434,8 +422,6 @@ def _report(run: RunFolder, archive: str, cfg: Config, timings: dict) -> dict:
 
 
 def _archive_rows(archive: str, cfg: Config) -> int:
-    import pyarrow.parquet as pq
-    from enrich_ray.io.fs import resolve
 
     total = 0
     for uri in archive_shards(archive, cfg.storage):

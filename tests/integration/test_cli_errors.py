@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import boto3
-import pytest
 
 from tests.integration.conftest import start_moto
 
