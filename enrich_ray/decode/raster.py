@@ -1,0 +1,112 @@
+"""PNG and JPEG: decoding to a display-space grey image in [0, 1], with a decompression-bomb guard.
+
+The image size is read from the file header before any pixel is decoded, so an oversized image
+fails fast with a clear error. PNG and JPEG carry display values already: 8-bit samples map by
+/255, 16-bit by /65535 (the formats' own meaning); colour becomes BT.601 luma, and an alpha
+channel is composited over black.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from enrich_ray.config import DecodeConfig
+from enrich_ray.decode.preprocess import reduction_levels, rgb_to_grey
+from enrich_ray.decode.sniff import JPEG_SIGNATURE, PNG_SIGNATURE
+
+# Start-of-frame markers (SOF0-SOF15 less DHT, JPG and DAC) carry a JPEG's size.
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+# Markers that stand alone, without a length field.
+_JPEG_STANDALONE = {0x01, *range(0xD0, 0xD9)}
+# OpenCV's greyscale JPEG decode at full size or with libjpeg's DCT scaling (1/2, 1/4, 1/8).
+_JPEG_GREY = (
+    cv2.IMREAD_GRAYSCALE,
+    cv2.IMREAD_REDUCED_GRAYSCALE_2,
+    cv2.IMREAD_REDUCED_GRAYSCALE_4,
+    cv2.IMREAD_REDUCED_GRAYSCALE_8,
+)
+
+
+def jpeg_grey_flags(levels: int) -> int:
+    """cv2.imdecode flags for an 8-bit greyscale JPEG decode at 1/2**levels (0-3), orientation as stored.
+
+    libjpeg's greyscale output of a YCbCr JPEG is its Y channel: the BT.601 luma, no RGB step.
+    """
+    return _JPEG_GREY[levels] | cv2.IMREAD_IGNORE_ORIENTATION
+
+
+class RasterError(ValueError):
+    """A PNG or JPEG file that cannot be turned into an image."""
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    if len(data) < 24 or data[12:16] != b"IHDR":
+        raise RasterError("truncated or corrupt PNG: no IHDR header")
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int]:
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            raise RasterError(f"corrupt JPEG: expected a marker at byte {i}")
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in _JPEG_STANDALONE:
+            i += 2
+            continue
+        if marker in _JPEG_SOF:
+            if i + 9 > len(data):
+                break
+            return int.from_bytes(data[i + 7 : i + 9], "big"), int.from_bytes(data[i + 5 : i + 7], "big")
+        if marker == 0xDA:  # start of scan before any frame header
+            raise RasterError("corrupt JPEG: scan data before the frame header")
+        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+    raise RasterError("truncated or corrupt JPEG: no frame header")
+
+
+def raster_size(data: bytes) -> tuple[str, int, int]:
+    """(format, width, height) from a PNG or JPEG header, without decoding pixels."""
+    if data.startswith(PNG_SIGNATURE):
+        return ("png", *_png_size(data))
+    if data.startswith(JPEG_SIGNATURE):
+        return ("jpeg", *_jpeg_size(data))
+    raise RasterError(f"not a PNG or JPEG file (starts with {data[:8].hex() or 'nothing: empty file'})")
+
+
+def _to_unit_grey(arr: np.ndarray) -> np.ndarray:
+    """An OpenCV-decoded array (grey, BGR or BGRA; 8 or 16 bit) to float32 grey in [0, 1]."""
+    scale = np.float32(1.0 / np.iinfo(arr.dtype).max)
+    if arr.ndim == 2:
+        return arr.astype(np.float32) * scale
+    grey = rgb_to_grey(arr[..., 2::-1]) * scale  # BGR(A) -> RGB luma
+    if arr.shape[2] == 4:
+        grey *= arr[..., 3].astype(np.float32) * scale
+    return grey
+
+
+def decode_raster(data: bytes, cfg: DecodeConfig) -> np.ndarray:
+    """A PNG or JPEG file as a 2-D float32 display image in [0, 1] (before crop and resize).
+
+    With cfg.reduced_resolution a large JPEG is decoded by DCT scaling at 1/2, 1/4 or 1/8 of its
+    size, never below cfg.size. Raises RasterError for bombs, truncated or corrupt files.
+    """
+    kind, width, height = raster_size(data)
+    if width == 0 or height == 0:
+        raise RasterError(f"{kind.upper()} header gives an empty image ({width} x {height})")
+    if width * height > cfg.max_image_pixels:
+        raise RasterError(
+            f"{kind.upper()} of {width} x {height} = {width * height} pixels exceeds "
+            f"max_image_pixels={cfg.max_image_pixels} (decompression-bomb limit)"
+        )
+    flags = cv2.IMREAD_UNCHANGED
+    if kind == "jpeg":
+        if data.rstrip(b"\x00")[-2:] != b"\xff\xd9":
+            raise RasterError("truncated JPEG: no end-of-image marker")
+        flags = jpeg_grey_flags(reduction_levels(height, width, cfg.size, 3) if cfg.reduced_resolution else 0)
+    arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
+    if arr is None:
+        raise RasterError(f"{kind.upper()} of {width} x {height} could not be decoded (truncated or corrupt data)")
+    return _to_unit_grey(arr)

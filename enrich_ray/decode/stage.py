@@ -1,0 +1,78 @@
+"""The decode stage: archive rows in, one frames row per image or cine frame out, failures as error rows.
+
+A plain function over Arrow tables (no Ray): runtime.py maps it over the archive's batches.
+Every input row ends as frames rows or error rows (per file, or per frame), never as a crash.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import pyarrow as pa
+
+from enrich_ray import schema
+from enrich_ray.config import DecodeConfig
+from enrich_ray.decode.dicom import iter_dicom_frames
+from enrich_ray.decode.preprocess import preprocess
+from enrich_ray.decode.raster import decode_raster
+
+STAGE = "decode"
+RASTER_FORMATS = ("png", "jpeg")
+# Header fields the frames table carries from the archive row.
+_CARRIED = [name for name, _ in schema.HEADER_FIELDS if name in schema.GROUP_KEYS]
+
+
+def _frames_of(data: bytes, fmt: str, cfg: DecodeConfig) -> Iterable[tuple[int, np.ndarray | Exception]]:
+    """(frame_index, display image or that frame's error) for one archive row; file-level failures raise."""
+    if fmt == "dicom":
+        return iter_dicom_frames(data, cfg)
+    if fmt in RASTER_FORMATS:
+        return [(0, decode_raster(data, cfg))]
+    raise ValueError(f"unsupported format {fmt!r} (expected dicom, png or jpeg)")
+
+
+def decode_batch(batch: pa.Table, cfg: DecodeConfig) -> tuple[pa.Table, pa.Table]:
+    """Decode and preprocess archive rows (schema.ARCHIVE) into (frames, errors) tables.
+
+    frames follow schema.frames_schema(cfg.size); errors follow schema.ERRORS with stage 'decode'.
+    """
+    n = batch.num_rows
+    columns = {
+        name: batch.column(name).to_pylist() if name in batch.column_names else [None] * n
+        for name in ["image_id", "source_uri", "format", *_CARRIED]
+    }
+    data_column = batch.column("data")
+    out: dict[str, list] = {name: [] for name in ["image_id", "frame_index", "source_uri", "format", "is_constant", *_CARRIED]}
+    pixels: list[np.ndarray] = []
+    errors: list[dict] = []
+    for row in range(n):
+        image_id, source_uri = columns["image_id"][row], columns["source_uri"][row]
+        fmt = (columns["format"][row] or "").lower()
+        try:
+            data = data_column[row].as_py()
+            if not data:
+                raise ValueError("empty file: no bytes to decode")
+            for frame_index, image in _frames_of(data, fmt, cfg):
+                if not isinstance(image, Exception):
+                    try:
+                        frame, is_constant = preprocess(image, cfg)
+                    except Exception as exc:  # one bad frame is one error row
+                        image = exc
+                if isinstance(image, Exception):
+                    errors.append(
+                        schema.error_row(STAGE, image, image_id=image_id, source_uri=source_uri, frame_index=frame_index)
+                    )
+                    continue
+                pixels.append(frame)
+                record = {"image_id": image_id, "frame_index": frame_index, "source_uri": source_uri,
+                          "format": fmt, "is_constant": is_constant}
+                record.update({name: columns[name][row] for name in _CARRIED})
+                for name, value in record.items():
+                    out[name].append(value)
+        except Exception as exc:  # a file that cannot be read at all is one error row
+            errors.append(schema.error_row(STAGE, exc, image_id=image_id, source_uri=source_uri))
+    values = np.stack(pixels).reshape(-1) if pixels else np.empty(0, dtype=np.float32)
+    out["pixels"] = pa.FixedSizeListArray.from_arrays(pa.array(values, type=pa.float32()), cfg.size * cfg.size)
+    frames_schema = schema.frames_schema(cfg.size)
+    frames = pa.Table.from_pydict({f.name: out[f.name] for f in frames_schema}, schema=frames_schema)
+    return frames, pa.Table.from_pylist(errors, schema=schema.ERRORS)
