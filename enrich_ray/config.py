@@ -151,6 +151,26 @@ class ReportConfig:
 
 
 @dataclass
+class EvaluateConfig:
+    """The evaluation job (paper Fig. 1 and 3): does ranking help on a labeled dataset, and how much labeling does it save?"""
+
+    rankers: list[Literal["enrich", "random", "examine", "smi"]] = field(default_factory=lambda: ["enrich", "random", "examine"])
+    embedders: list[Literal["vae", "pixels"]] = field(default_factory=lambda: ["vae", "pixels"])
+    fractions: list[float] = field(default_factory=lambda: [0.02, 0.05, 0.1, 0.2, 0.4])  # the first: the random seed set
+    replicates: int = 3  # seed sets, each ranked by every ranker
+    models_per_replicate: int = 2  # classifiers trained on each ranked subset, seeded apart
+    query_label: int | str | None = None  # smi's query: the seed set's images of this class
+    train_steps: int = 100  # optimizer steps per classifier, whatever the subset size
+    batch_size: int = 64
+    lr: float = 2e-3
+    width: int = 16  # channels of the classifier's first stage
+    alpha: float = 0.05  # Mann-Whitney level for the marks and for 'matches the full set'
+    label_column: str = "label"  # archives only
+    split_column: str = "split"  # archives only: train | val | test
+    seed: int = 0
+
+
+@dataclass
 class Config:
     """The whole configuration of a job."""
 
@@ -164,6 +184,7 @@ class Config:
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
 
 SECRET_WORDS = ("secret", "token", "password", "access_key", "credential", "key_id")
@@ -190,6 +211,10 @@ def _check_value(path: str, value: Any, hint: Any) -> Any:
         if value not in allowed:
             raise ConfigError(f"{path}: {value!r} is not one of {', '.join(map(repr, allowed))}")
         return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        return [_check_value(f"{path}[{i}]", item, typing.get_args(hint)[0]) for i, item in enumerate(value)]
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: expected a mapping of settings, got {type(value).__name__}")
