@@ -24,7 +24,7 @@ MARKERS = "_stages"
 RUN_FILE = "_run.json"
 
 
-def fingerprint(cfg: Config, *, ignore: tuple[str, ...] = ("runtime", "storage", "report")) -> str:
+def fingerprint(cfg: Config, *, ignore: tuple[str, ...] = ("runtime", "storage", "report", "evaluate")) -> str:
     """SHA-256 of the settings that change outputs (not where Ray runs or how the page looks)."""
     data = {k: v for k, v in config_dict(cfg, redact=True).items() if k not in ignore}
     data["embed"] = {k: v for k, v in data["embed"].items() if k not in ("num_actors", "fail_after_batches")}
