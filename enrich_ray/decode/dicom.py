@@ -38,6 +38,8 @@ from enrich_ray.decode.preprocess import reduction_levels, rgb_to_grey, robust_s
 from enrich_ray.decode.raster import jpeg_grey_flags
 
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+# Reduced-resolution decoding needs a window at least this share of the frame's value spread.
+MIN_WINDOW_SHARE = 0.25
 # Photometric interpretations whose 8-bit JPEG greyscale decode is the frame's grey image.
 _JPEG_GREY_PHOTOMETRICS = ("MONOCHROME1", "MONOCHROME2", "YBR_FULL", "YBR_FULL_422")
 
@@ -274,6 +276,29 @@ def _pillow_rounds_like_openjpeg(width: int, height: int, levels: int) -> bool:
     return all((n + (power >> 1)) // power == -(-n // power) for n in (width, height))
 
 
+def _usable_level(width: int, height: int, levels: int) -> int:
+    """The largest level <= levels that Pillow decodes (0: none)."""
+    while levels > 0 and not _pillow_rounds_like_openjpeg(width, height, levels):
+        levels -= 1
+    return levels
+
+
+def _pillow_j2k(codestream: bytes, levels: int, precision: int, signed: bool) -> np.ndarray:
+    """A J2K codestream decoded by Pillow at 1/2**levels resolution, in stored units (int32)."""
+    with Image.open(BytesIO(codestream)) as im:
+        im.reduce = levels
+        im.load()
+        arr = np.asarray(im)
+    # Pillow scales samples to its mode's bit depth and shifts signed ones to unsigned: undo both.
+    shift = (16 if arr.dtype.itemsize == 2 else 8) - precision
+    values = arr.astype(np.int32)
+    if shift > 0:
+        values >>= shift
+    if signed:
+        values -= 1 << (precision - 1)
+    return values
+
+
 def _j2k_reduced(codestream: bytes, ds: Dataset, index: int, cfg: DecodeConfig) -> np.ndarray | None:
     """A JPEG 2000 frame decoded at a reduced resolution level (sides >= REDUCED_MARGIN * cfg.size), as a display image.
 
@@ -291,23 +316,28 @@ def _j2k_reduced(codestream: bytes, ds: Dataset, index: int, cfg: DecodeConfig) 
         return None
     if signed != bool(_int(ds, "PixelRepresentation")):
         return None  # pydicom's full decode corrects a codestream/header sign mismatch
-    levels = reduction_levels(height, width, cfg.size, max_levels)
-    while levels > 0 and not _pillow_rounds_like_openjpeg(width, height, levels):
-        levels -= 1
+    levels = _usable_level(width, height, reduction_levels(height, width, cfg.size, max_levels))
     if levels == 0:
         return None
-    with Image.open(BytesIO(codestream)) as im:
-        im.reduce = levels
-        im.load()
-        arr = np.asarray(im)
-    # Pillow scales samples to its mode's bit depth and shifts signed ones to unsigned: undo both.
-    shift = (16 if arr.dtype.itemsize == 2 else 8) - precision
-    values = arr.astype(np.int32)
-    if shift > 0:
-        values >>= shift
-    if signed:
-        values -= 1 << (precision - 1)
-    return _display(_recentre(values, levels), ds, index, cfg)
+    window = _window(ds, index) if components == 1 else None
+    if window is not None:
+        # A thumbnail from the smallest resolution level (a few hundred pixels) gives the value spread.
+        thumbnail = _pillow_j2k(codestream, _usable_level(width, height, max_levels) or levels, precision, signed)
+        if not _window_spans_image(thumbnail, window[1], _rescale(ds, index)[0]):
+            return None
+    return _display(_recentre(_pillow_j2k(codestream, levels, precision, signed), levels), ds, index, cfg)
+
+
+def _window_spans_image(values: np.ndarray, width: float, slope: float) -> bool:
+    """False when a VOI window of this width covers under MIN_WINDOW_SHARE of the frame's value spread.
+
+    Reduced decoding averages stored values before the window; where a narrow window (a CT
+    soft-tissue window) clips most of the range, averaging before it and after it differ at
+    every edge it clips (measured on 693_J2KR, W=100: mean |difference| 0.013-0.076), so
+    such frames are decoded in full.
+    """
+    low, high = np.percentile(values, [1.0, 99.0])
+    return width >= MIN_WINDOW_SHARE * abs(slope) * float(high - low)
 
 
 def _recentre(values: np.ndarray, levels: int) -> np.ndarray:
@@ -418,6 +448,38 @@ def _native_frames(frames: np.ndarray, ds: Dataset, n: int, cfg: DecodeConfig) -
             yield index, DicomError(f"frame {index} of {n}: {type(exc).__name__}: {exc}")
 
 
+def native_frames(ds: Dataset, ts: UID, n: int) -> np.ndarray | None:
+    """Uncompressed 8/16-bit one-sample (monochrome, palette) frames straight from the buffer, as (n, rows, cols).
+
+    Values are masked (unsigned) or sign-extended (signed) to BitsStored, as pydicom does, for
+    a fraction of pydicom's cost; None for anything else (pydicom decodes it, or says why not),
+    including 8-bit big-endian data, which OW stores byte-swapped in 16-bit words.
+    """
+    allocated, samples = _int(ds, "BitsAllocated"), _int(ds, "SamplesPerPixel") or 1
+    stored = _int(ds, "BitsStored") or allocated
+    rows, cols = _int(ds, "Rows"), _int(ds, "Columns")
+    data = _value(ds, "PixelData")
+    big_endian = ts == ExplicitVRBigEndian
+    if samples != 1 or allocated not in (8, 16) or not 1 <= stored <= allocated or not isinstance(data, bytes):
+        return None
+    if big_endian and allocated == 8:
+        return None
+    count = n * rows * cols
+    if len(data) < count * (allocated // 8):
+        return None
+    signed = _int(ds, "PixelRepresentation") == 1
+    dtype = np.dtype(f"{'i' if signed else 'u'}{allocated // 8}").newbyteorder(">" if big_endian else "<")
+    values = np.frombuffer(data, dtype=dtype, count=count).astype(dtype.newbyteorder("="))
+    if stored < allocated:
+        unused = allocated - stored
+        if signed:
+            values <<= unused
+            values >>= unused
+        else:
+            values &= (1 << stored) - 1
+    return values.reshape(n, rows, cols)
+
+
 def iter_dicom_frames(data: bytes, cfg: DecodeConfig) -> Iterator[tuple[int, np.ndarray | Exception]]:
     """Frames of a DICOM file as (frame_index, display image in [0, 1] or that frame's error).
 
@@ -430,8 +492,10 @@ def iter_dicom_frames(data: bytes, cfg: DecodeConfig) -> Iterator[tuple[int, np.
         return _frames_from(ds, ts, n, cfg)
     samples = _int(ds, "SamplesPerPixel") or 1
     try:
-        frames = ds.pixel_array
-        frames = frames.reshape((n, *frames.shape[-3 if samples > 1 else -2 :]))
+        frames = native_frames(ds, ts, n)
+        if frames is None:
+            frames = ds.pixel_array
+            frames = frames.reshape((n, *frames.shape[-3 if samples > 1 else -2 :]))
     except Exception as exc:
         raise DicomError(f"pixel data cannot be decoded ({type(exc).__name__}: {exc})") from exc
     return _native_frames(frames, ds, n, cfg)

@@ -168,27 +168,23 @@ def test_same_image_under_every_transfer_syntax_gives_the_same_frames():
         assert difference.max() <= max_tolerance, (lossy, difference.max())
 
 
-@pytest.mark.parametrize("crop, mean_tolerance, max_tolerance", [("none", 0.015, 0.65), ("trim", 0.08, 1.0)])
-def test_reduced_resolution_matches_full_decode(crop, mean_tolerance, max_tolerance):
+@pytest.mark.parametrize("crop", ["none", "trim"])
+def test_reduced_resolution_matches_full_decode(crop):
     names = ["US1_J2KR.dcm", "RG1_J2KR.dcm", "693_J2KR.dcm", "MR2_J2KR.dcm", "RG3_J2KR.dcm", "MR2_J2KI.dcm",
              "color3d_jpeg_baseline.dcm", "SC_rgb_dcmtk_+eb+cy+np.dcm", "SC_rgb_jpeg_dcmtk.dcm"]
     rows = [_row(testdata_path(n)) for n in names]
     full, full_errors = _decode(rows, DecodeConfig(crop=crop, reduced_resolution=False))
     reduced, reduced_errors = _decode(rows, DecodeConfig(crop=crop, reduced_resolution=True))
     assert full_errors.num_rows == reduced_errors.num_rows == 0
-    means = []
     for name in names:
         a, b = _pixels(full, name), _pixels(reduced, name)
         assert a.shape == b.shape
         difference = np.abs(a - b)
-        means.append(difference.mean())
-        # Measured mean |difference| uncropped: 0.000-0.005, but 0.013 (max 0.61) for 693, a CT in a
-        # narrow window (W=100), where averaging before the window differs from averaging after it
-        # at bone and air edges. Trimmed: the same, except 693 (0.076), whose table rows fall on
-        # either side of the trim threshold.
-        assert difference.mean() < mean_tolerance, (name, difference.mean())
-        assert difference.max() <= max_tolerance, (name, difference.max())
-    assert np.median(means) < 0.01
+        # Measured: mean 0.000-0.008 (0.011 trimmed, MR2_J2KI), max 0.17 (US1, trimmed).
+        assert difference.mean() < 0.015, (name, difference.mean())
+        assert difference.max() < 0.2, (name, difference.max())
+    # 693 is a CT in a narrow window (W=100): reduced decoding would not be faithful, so it is not used.
+    np.testing.assert_array_equal(_pixels(full, "693_J2KR.dcm"), _pixels(reduced, "693_J2KR.dcm"))
 
 
 def test_reduced_resolution_really_decodes_less():
@@ -394,3 +390,22 @@ def test_preprocessed_frame_matches_decode_then_preprocess():
     (image,) = decode_dicom(path.read_bytes(), FULL)
     expected, _ = preprocess(image, FULL)
     np.testing.assert_array_equal(_pixels(frames, "CT_small.dcm")[0], expected)
+
+
+def test_native_fast_path_equals_pydicom_pixel_array():
+    from enrich_ray.decode.dicom import frame_count, native_frames, transfer_syntax
+
+    compared = 0
+    for path in sorted(Path(p) for p in get_testdata_files() if Path(p).is_file()):
+        if sniff_format(path.read_bytes(), path.name) != "dicom" or path.name in KNOWN_BROKEN:
+            continue
+        ds = pydicom.dcmread(path, force=True)
+        ts = transfer_syntax(ds)
+        if "PixelData" not in ds or ts is None or ts.is_encapsulated:
+            continue
+        ds.file_meta.TransferSyntaxUID = ts
+        fast = native_frames(ds, ts, frame_count(ds) or 1)
+        if fast is not None:
+            np.testing.assert_array_equal(fast, ds.pixel_array.reshape(fast.shape), err_msg=path.name)
+            compared += 1
+    assert compared >= 50  # signed and unsigned, 8 and 16 bit, little and big endian, BitsStored < 16
