@@ -23,11 +23,11 @@ from pydicom.encaps import generate_frames
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, pixel_array
 from pydicom.uid import (
+    JPEG2000,
     UID,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    JPEG2000,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
@@ -197,8 +197,9 @@ def _windowed(raw: np.ndarray, slope: float, intercept: float, window: tuple[flo
     """Rescale then window (DICOM PS3.3 C.11.2.1.2), output in [0, 1]; one affine pass for the linear forms."""
     center, width, function = window
     if function == "SIGMOID":
-        x = _affine(raw, slope, intercept)
-        return (1.0 / (1.0 + np.exp(-4.0 * (x - np.float32(center)) / np.float32(width)))).astype(np.float32)
+        exponent = _affine(raw, -4.0 * slope / width, -4.0 * (intercept - center) / width)
+        np.clip(exponent, -80.0, 80.0, out=exponent)  # no overflow far outside the window
+        return (1.0 / (1.0 + np.exp(exponent))).astype(np.float32)
     if function == "LINEAR_EXACT":
         scale, offset = 1.0 / width, 0.5 - center / width
     elif width == 1:  # LINEAR with width 1 is a step at center - 0.5

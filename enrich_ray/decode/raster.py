@@ -2,8 +2,9 @@
 
 The image size is read from the file header before any pixel is decoded, so an oversized image
 fails fast with a clear error. PNG and JPEG carry display values already: 8-bit samples map by
-/255, 16-bit by /65535 (the formats' own meaning); colour becomes BT.601 luma, and an alpha
-channel is composited over black.
+/255, 16-bit by /65535 (the formats' own meaning). PNG colour becomes BT.601 luma and an alpha
+channel is composited over black; JPEG is decoded straight to greyscale by libjpeg (its Y
+channel: the same luma, without the RGB step).
 """
 from __future__ import annotations
 

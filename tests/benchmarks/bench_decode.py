@@ -16,23 +16,23 @@ import os
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
-import argparse  # noqa: E402
-import time  # noqa: E402
-from io import BytesIO  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import time
+from io import BytesIO
+from pathlib import Path
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import pydicom  # noqa: E402
-from pydicom.data import get_testdata_file  # noqa: E402
-from pydicom.uid import JPEG2000, JPEG2000Lossless, RLELossless  # noqa: E402
+import cv2
+import numpy as np
+import pyarrow as pa
+import pydicom
+from pydicom.data import get_testdata_file
+from pydicom.uid import JPEG2000, JPEG2000Lossless, RLELossless
 
-from enrich_ray.config import DecodeConfig  # noqa: E402
-from enrich_ray.decode.dicom import decode_dicom  # noqa: E402
-from enrich_ray.decode.preprocess import preprocess, resize_area  # noqa: E402
-from enrich_ray.decode.raster import decode_raster  # noqa: E402
-from enrich_ray.decode.stage import decode_batch  # noqa: E402
+from enrich_ray.config import DecodeConfig
+from enrich_ray.decode.dicom import decode_dicom
+from enrich_ray.decode.preprocess import preprocess, resize_area
+from enrich_ray.decode.raster import decode_raster
+from enrich_ray.decode.stage import decode_batch
 
 BUSI = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "busi_256" / "Dataset_BUSI_with_GT"
 
@@ -107,7 +107,7 @@ def main() -> None:
             rates, outputs = {}, {}
             for name, cfg in (("none", uncropped), ("full", full), ("reduced", reduced)):
                 outputs[name] = preprocess(decode_dicom(data, cfg)[0], cfg)[0]
-                rates[name] = _rate(lambda cfg=cfg: preprocess(decode_dicom(data, cfg)[0], cfg), seconds)
+                rates[name] = _rate(lambda cfg=cfg, data=data: preprocess(decode_dicom(data, cfg)[0], cfg), seconds)
             diff = np.abs(outputs["full"] - outputs["reduced"])
             print(f"{label:22s} {len(data):8d} {rates['none']:10.0f} {rates['full']:10.0f} {rates['reduced']:13.0f} "
                   f"{rates['reduced'] / rates['full']:8.1f}x {diff.mean():8.4f} {diff.max():7.3f}")

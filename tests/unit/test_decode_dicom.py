@@ -409,3 +409,15 @@ def test_native_fast_path_equals_pydicom_pixel_array():
             np.testing.assert_array_equal(fast, ds.pixel_array.reshape(fast.shape), err_msg=path.name)
             compared += 1
     assert compared >= 50  # signed and unsigned, 8 and 16 bit, little and big endian, BitsStored < 16
+
+
+@pytest.mark.parametrize("function", ["SIGMOID", "LINEAR_EXACT"])
+def test_other_voi_functions_by_hand(function):
+    data = _edited("MR_small.dcm", VOILUTFunction=function, WindowCenter=700, WindowWidth=900)
+    x = pydicom.dcmread(BytesIO(data)).pixel_array.astype(np.float64)
+    if function == "SIGMOID":
+        expected = 1.0 / (1.0 + np.exp(-4.0 * (x - 700) / 900))
+    else:
+        expected = np.clip((x - 700) / 900 + 0.5, 0, 1)
+    (image,) = decode_dicom(data, FULL)
+    np.testing.assert_allclose(image, expected, atol=1e-5)
