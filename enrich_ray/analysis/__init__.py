@@ -1,0 +1,1 @@
+"""Analyses of the kNN graph: redundancy, near-duplicate groups, outliers."""

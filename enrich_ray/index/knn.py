@@ -1,0 +1,303 @@
+"""The kNN graph: for every frame its k most similar other frames (cosine of unit embeddings).
+
+Two ways to build it, both numpy in and numpy out:
+
+- `exact_knn_graph`: blocked brute force (X_b · Xᵀ, top-k per row). The reference, and the
+  right choice for small archives.
+- `clustered_knn_graph`: the fast all-pairs join. k-means on a sample gives coarse clusters;
+  every frame is stored in the lists of its `n_assign` nearest centroids (multi-assignment, so a
+  neighbour across a cluster border is still found); the frames whose nearest centroid is c are
+  then compared with everything in c's list by ONE matrix product, and the top-k taken per row.
+  It costs about n_assign·N²/n_clusters·d multiply-adds, all in sgemm, instead of N independent
+  index queries.
+
+Self-matches are removed by index, never by similarity, so an exact duplicate of a frame stays in
+its row with similarity 1.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+import pyarrow as pa
+
+from enrich_ray.config import IndexConfig
+
+EXACT_MAX_ROWS = 100_000  # 'auto': a flat (exact) index up to this many frames
+EXACT_GRAPH_MAX_ROWS = 20_000  # 'auto': the exact graph up to this many frames
+QUERY_BLOCK_BYTES = 256 * 1024 * 1024  # similarity block size of the exact path
+TOPK_GROUP = 32  # column groups of the top-k filter (see topk_rows)
+GRAPH_ASSIGN = 8  # lists each frame is stored in: recall@10 >= 0.95 on clustered data (bench_knn.py)
+KMEANS_POINTS_PER_CENTROID = 64  # k-means trains on at most this many frames per centroid
+MIN_POINTS_PER_CENTROID = 39  # faiss warns when k-means has fewer training frames per centroid
+
+
+@dataclass
+class KnnGraph:
+    """Row i holds the k most similar other frames of frame i, most similar first.
+
+    neighbors: int64 (N, k), -1 where a frame has fewer than k others.
+    similarities: float32 (N, k), -inf at those padded places.
+    """
+
+    neighbors: np.ndarray
+    similarities: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.neighbors.shape != self.similarities.shape or self.neighbors.ndim != 2:
+            raise ValueError(
+                f"neighbors {self.neighbors.shape} and similarities {self.similarities.shape} must be equal (N, k) arrays"
+            )
+        self.neighbors = np.ascontiguousarray(self.neighbors, dtype=np.int64)
+        self.similarities = np.ascontiguousarray(self.similarities, dtype=np.float32)
+
+    def __len__(self) -> int:
+        return self.neighbors.shape[0]
+
+    @property
+    def k(self) -> int:
+        return self.neighbors.shape[1]
+
+    @property
+    def nn_similarity(self) -> np.ndarray:
+        """Each frame's maximum similarity to any other frame (its redundancy); -inf if alone."""
+        if self.k == 0:
+            return np.full(len(self), -np.inf, dtype=np.float32)
+        return self.similarities[:, 0]
+
+    def to_arrow(self) -> pa.Table:
+        """The graph as a table: row int64, neighbors fixed_size_list<int64>[k], similarities
+        fixed_size_list<float32>[k] (plain empty lists when k is 0, which Arrow cannot size)."""
+        return pa.table(
+            {
+                "row": pa.array(np.arange(len(self), dtype=np.int64)),
+                "neighbors": _list_column(self.neighbors),
+                "similarities": _list_column(self.similarities),
+            }
+        )
+
+    @classmethod
+    def from_arrow(cls, table: pa.Table) -> "KnnGraph":
+        """Read back `to_arrow` output (in any row order; list or fixed-size list columns)."""
+        missing = {"row", "neighbors", "similarities"} - set(table.column_names)
+        if missing:
+            raise ValueError(f"kNN graph table lacks columns {sorted(missing)}")
+        rows = table.column("row").to_numpy()
+        n = len(rows)
+        if not np.array_equal(np.sort(rows), np.arange(n)):
+            raise ValueError("kNN graph table: 'row' must hold each of 0..N-1 exactly once")
+        order = np.argsort(rows, kind="stable")
+        neighbors = _list_column_matrix(table.column("neighbors"), n)[order]
+        similarities = _list_column_matrix(table.column("similarities"), n)[order]
+        return cls(neighbors.astype(np.int64), similarities.astype(np.float32))
+
+
+def _list_column(matrix: np.ndarray) -> pa.Array:
+    """An (n, k) matrix as an Arrow list column, one list per row."""
+    n, k = matrix.shape
+    if k == 0:
+        return pa.ListArray.from_arrays(pa.array(np.zeros(n + 1, np.int32)), pa.array(matrix.ravel()))
+    return pa.FixedSizeListArray.from_arrays(pa.array(matrix.ravel()), k)
+
+
+def _list_column_matrix(column: pa.ChunkedArray, n: int) -> np.ndarray:
+    """A (fixed-size) list column whose lists all have the same length, as an (n, k) array."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    lengths = arr.value_lengths().to_numpy(zero_copy_only=False) if n else np.zeros(0, np.int64)
+    if n and (lengths != lengths[0]).any():
+        raise ValueError(f"kNN graph column '{column}' has lists of different lengths")
+    k = int(lengths[0]) if n else 0
+    return arr.flatten().to_numpy(zero_copy_only=False).reshape(n, k)
+
+
+def unit_rows(embeddings: np.ndarray) -> np.ndarray:
+    """Embeddings as a C-contiguous float32 matrix of unit rows; a clear error for bad input."""
+    x = np.asarray(embeddings)
+    if x.ndim != 2 or x.shape[1] == 0:
+        raise ValueError(f"embeddings must be a 2-D (N, d) array with d > 0, got shape {x.shape}")
+    if not np.issubdtype(x.dtype, np.number):
+        raise ValueError(f"embeddings must be numeric, got dtype {x.dtype}")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1)
+    bad = np.flatnonzero(~np.isfinite(norms) | (norms == 0))
+    if bad.size:
+        raise ValueError(f"embeddings rows {bad[:10].tolist()} are zero or not finite: cosine similarity is undefined")
+    if np.abs(norms - 1).max(initial=0) > 1e-6:
+        x = x / norms[:, None]
+    return x
+
+
+def topk_rows(similarities: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the k largest similarities and their column ids, sorted descending (ties: lower id first).
+
+    similarities: (n, m), -inf where excluded; ids: (m,). Pads with -inf / -1 where a row has fewer
+    than k finite entries. Fast because it never partitions whole rows: when m is a multiple of
+    TOPK_GROUP, the columns fall into groups (column j in group j mod m/TOPK_GROUP), the k-th
+    largest group maximum t is a lower bound of the k-th largest value, and only groups reaching t
+    are read again; every value >= t is kept, so the result (ties included) is exact.
+    """
+    n, m = similarities.shape
+    groups = m // TOPK_GROUP if m % TOPK_GROUP == 0 else 0
+    if groups >= k:
+        by_group = similarities.reshape(n, TOPK_GROUP, groups)
+        group_max = by_group.max(axis=1)
+        bound = np.partition(group_max, groups - k, axis=1)[:, groups - k]
+        rows, group = np.nonzero(group_max >= bound[:, None])
+        values = by_group[rows, :, group]
+        cols = group[:, None] + groups * np.arange(TOPK_GROUP)
+        keep = values >= bound[rows][:, None]
+        rows = np.broadcast_to(rows[:, None], keep.shape)[keep]
+        values, cols = values[keep], cols[keep]
+    else:
+        rows = np.repeat(np.arange(n), m)
+        values = similarities.ravel()
+        cols = np.tile(np.arange(m), n)
+    cand = ids[cols].astype(np.int64)
+    order = np.lexsort((cand, -values, rows))
+    rows, values, cand = rows[order], values[order], cand[order]
+    first = np.searchsorted(rows, np.arange(n))
+    rank = np.arange(len(rows)) - first[rows]
+    take = rank < k
+    out_s = np.full((n, k), -np.inf, dtype=np.float32)
+    out_i = np.full((n, k), -1, dtype=np.int64)
+    out_s[rows[take], rank[take]] = values[take]
+    out_i[rows[take], rank[take]] = cand[take]
+    out_i[~np.isfinite(out_s)] = -1
+    return out_s, out_i
+
+
+def _gather_padded(x: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """x[rows] padded with zero rows (id -1) to a multiple of TOPK_GROUP, for topk_rows's fast path."""
+    m = len(rows)
+    m_pad = -(-m // TOPK_GROUP) * TOPK_GROUP
+    block = np.zeros((m_pad, x.shape[1]), dtype=np.float32)
+    np.take(x, rows, axis=0, out=block[:m])
+    ids = np.full(m_pad, -1, dtype=np.int64)
+    ids[:m] = rows
+    return block, ids
+
+
+def exact_knn_graph(embeddings: np.ndarray, k: int) -> KnnGraph:
+    """The exact graph by blocked brute force: the reference every faster path is checked against."""
+    x = unit_rows(embeddings)
+    _check_k(k)
+    return _exact_rows(x, np.arange(len(x), dtype=np.int64), k)
+
+
+def _exact_rows(x: np.ndarray, rows: np.ndarray, k: int) -> KnnGraph:
+    """The exact top-k of the given rows of x against all of x, self excluded by index."""
+    everything, ids = _gather_padded(x, np.arange(len(x), dtype=np.int64))
+    block = max(1, QUERY_BLOCK_BYTES // (4 * len(everything)))
+    neighbors = np.empty((len(rows), k), dtype=np.int64)
+    similarities = np.empty((len(rows), k), dtype=np.float32)
+    for start in range(0, len(rows), block):
+        part = rows[start : start + block]
+        sims = x[part] @ everything.T
+        sims[:, len(x) :] = -np.inf
+        sims[np.arange(len(part)), part] = -np.inf
+        similarities[start : start + block], neighbors[start : start + block] = topk_rows(sims, ids, k)
+    return KnnGraph(neighbors, similarities)
+
+
+def graph_clusters(n: int, n_assign: int = GRAPH_ASSIGN) -> int:
+    """Coarse clusters of the fast graph: sqrt(n_assign·N) balances the two costs, assigning every
+    frame to the centroids (N·C dot products) and the join (N·n_assign·N/C), with at least MIN_POINTS_PER_CENTROID frames a cluster."""
+    return max(1, min(n // MIN_POINTS_PER_CENTROID, round(math.sqrt(n_assign * n))))
+
+
+def clustered_knn_graph(
+    embeddings: np.ndarray,
+    k: int,
+    n_clusters: int | None = None,
+    n_assign: int = GRAPH_ASSIGN,
+    train_sample: int = 100_000,
+    seed: int = 0,
+) -> KnnGraph:
+    """Approximate kNN graph by a blocked join over coarse clusters (see the module docstring).
+
+    Frames left with fewer than min(k, N-1) candidates are completed exactly, so no row is padded.
+    """
+    x = unit_rows(embeddings)
+    _check_k(k)
+    n, d = x.shape
+    n_clusters = n_clusters or graph_clusters(n, n_assign)
+    n_assign = max(1, min(n_assign, n_clusters))
+    centroids = train_centroids(x, n_clusters, train_sample, seed)
+    _, assign = _nearest_centroids(centroids, x, n_assign)
+
+    # Every (cluster, frame) pair, grouped by cluster; a stable sort keeps each cluster's primary
+    # members (assign[:, 0] == c) first, in row order, so the query block is the list's head.
+    pair_cluster = assign.T.ravel()
+    pair_row = np.tile(np.arange(n, dtype=np.int64), n_assign)
+    order = np.argsort(pair_cluster, kind="stable")
+    members = pair_row[order]
+    list_end = np.cumsum(np.bincount(pair_cluster, minlength=n_clusters))
+    list_start = list_end - np.bincount(pair_cluster, minlength=n_clusters)
+    n_primary = np.bincount(assign[:, 0], minlength=n_clusters)
+
+    neighbors = np.full((n, k), -1, dtype=np.int64)
+    similarities = np.full((n, k), -np.inf, dtype=np.float32)
+    for c in range(n_clusters):
+        nq = n_primary[c]
+        if nq == 0:
+            continue
+        cand = members[list_start[c] : list_end[c]]
+        block, ids = _gather_padded(x, cand)
+        sims = block[:nq] @ block.T
+        sims[:, len(cand) :] = -np.inf
+        sims[np.arange(nq), np.arange(nq)] = -np.inf
+        similarities[cand[:nq]], neighbors[cand[:nq]] = topk_rows(sims, ids, k)
+
+    # A frame whose cluster lists hold fewer than min(k, N-1) others gets its exact row instead.
+    need = min(k, n - 1)
+    short = np.flatnonzero(neighbors[:, need - 1] < 0) if need > 0 else np.zeros(0, np.int64)
+    if short.size:
+        exact = _exact_rows(x, short, k)
+        neighbors[short], similarities[short] = exact.neighbors, exact.similarities
+    return KnnGraph(neighbors, similarities)
+
+
+def train_centroids(x: np.ndarray, n_clusters: int, train_sample: int, seed: int = 0) -> np.ndarray:
+    """Spherical k-means centroids (unit rows) from a seeded random sample of the frames."""
+    n, d = x.shape
+    rng = np.random.default_rng(seed)
+    sample = x if n <= train_sample else x[np.sort(rng.choice(n, train_sample, replace=False))]
+    if n_clusters == 1:
+        return unit_rows(sample.mean(axis=0, keepdims=True) + 1e-12)
+    kmeans = faiss.Kmeans(
+        d, n_clusters, niter=10, spherical=True, seed=seed, max_points_per_centroid=KMEANS_POINTS_PER_CENTROID
+    )
+    kmeans.train(np.ascontiguousarray(sample))
+    return np.ascontiguousarray(kmeans.centroids, dtype=np.float32)
+
+
+def _nearest_centroids(centroids: np.ndarray, x: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+    index = faiss.IndexFlatIP(centroids.shape[1])
+    index.add(centroids)
+    return index.search(x, m)
+
+
+def resolve_kind(kind: str, n: int) -> str:
+    """'auto' picks exact 'flat' up to EXACT_MAX_ROWS frames and 'ivf' beyond; other kinds stay."""
+    if kind == "auto":
+        return "flat" if n <= EXACT_MAX_ROWS else "ivf"
+    if kind not in ("flat", "ivf", "hnsw"):
+        raise ValueError(f"unknown index kind {kind!r} (expected auto, flat, ivf or hnsw)")
+    return kind
+
+
+def knn_graph(embeddings: np.ndarray, k: int, cfg: IndexConfig) -> KnnGraph:
+    """The kNN graph the pipeline uses: exact when cfg.kind is 'flat', or 'auto' with at most
+    EXACT_GRAPH_MAX_ROWS frames (the exact join costs N²·d); the clustered join otherwise."""
+    n = len(embeddings)
+    kind = resolve_kind(cfg.kind, n)
+    if kind == "flat" and (cfg.kind == "flat" or n <= EXACT_GRAPH_MAX_ROWS):
+        return exact_knn_graph(embeddings, k)
+    return clustered_knn_graph(embeddings, k, train_sample=cfg.train_sample)
+
+
+def _check_k(k: int) -> None:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")

@@ -1,0 +1,187 @@
+"""The sharded similarity index: contiguous row ranges of the embeddings, one faiss index each.
+
+All IVF shards are clones of one trained, empty template, so they share one coarse quantiser
+(trained on a seeded sample) and their results can be merged by similarity. A shard holds rows
+[first, first + ntotal) and answers with local ids, shifted by `first` at merge time, so no id
+map is stored. `ShardedIndex.shards` is a plain list: the lead's runtime may place each shard in
+an actor, search them in parallel and merge with `merge_topk`.
+
+Index kinds (IndexConfig.kind):
+- 'flat': exact inner product (IndexFlatIP).
+- 'ivf': IVF-Flat with nlist coarse cells (IndexConfig.nlist, default about 4*sqrt(N), at most
+  one cell per 39 training frames as faiss advises) and IndexConfig.nprobe cells searched.
+- 'hnsw': HNSW graph with IndexConfig.hnsw_m links per node, efSearch HNSW_EF_SEARCH.
+- 'auto': 'flat' up to EXACT_MAX_ROWS (100,000) frames, where exact search costs a few
+  milliseconds a query, 'ivf' beyond.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+import faiss
+import numpy as np
+
+from enrich_ray.config import IndexConfig, StorageConfig
+from enrich_ray.index.knn import MIN_POINTS_PER_CENTROID, resolve_kind, unit_rows
+from enrich_ray.io.fs import resolve
+
+HNSW_EF_SEARCH = 64  # candidates an HNSW search keeps; recall rises with it
+MANIFEST = "index.json"
+
+
+@dataclass
+class ShardedIndex:
+    """Shards of one similarity index over unit embeddings; ids are row numbers of the embedding table."""
+
+    kind: str
+    dim: int
+    shard_size: int
+    nprobe: int
+    template: faiss.Index  # trained and empty: every new shard is a clone of it
+    shards: list[faiss.Index] = field(default_factory=list)
+
+    @property
+    def ntotal(self) -> int:
+        return sum(shard.ntotal for shard in self.shards)
+
+    def shard_offsets(self) -> list[int]:
+        """The first row id held by each shard."""
+        return np.concatenate([[0], np.cumsum([s.ntotal for s in self.shards])[:-1]]).astype(int).tolist()
+
+    def add(self, embeddings: np.ndarray) -> np.ndarray:
+        """Append frames (nightly): they get the next row ids; the coarse quantiser stays as trained."""
+        x = self._check(embeddings)
+        first = self.ntotal
+        start = 0
+        while start < len(x):
+            if not self.shards or self.shards[-1].ntotal >= self.shard_size:
+                self.shards.append(faiss.clone_index(self.template))
+            room = self.shard_size - self.shards[-1].ntotal
+            self.shards[-1].add(x[start : start + room])
+            start += room
+        return np.arange(first, first + len(x), dtype=np.int64)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k most similar indexed frames of each query: similarities float32 (n, k) descending and
+        row ids int64 (n, k), padded with -inf / -1 when the index holds fewer than k frames."""
+        q = self._check(queries)
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        parts = [search_shard(shard, q, k, self.nprobe, first) for shard, first in zip(self.shards, self.shard_offsets())]
+        if not parts:
+            return np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
+        return merge_topk(parts, k)
+
+    def save(self, uri: str, storage: StorageConfig | None = None) -> None:
+        """Write the template, every shard (faiss serialised bytes) and a JSON manifest under uri."""
+        loc = resolve(uri, storage)
+        loc.fs.makedirs(loc.path, exist_ok=True)
+        files = []
+        for i, shard in enumerate(self.shards):
+            name = f"shard-{i:05d}.faiss"
+            _write_index(loc.fs, loc.join(name).path, shard)
+            files.append({"file": name, "ntotal": int(shard.ntotal)})
+        _write_index(loc.fs, loc.join("template.faiss").path, self.template)
+        manifest = {
+            "kind": self.kind,
+            "dim": self.dim,
+            "shard_size": self.shard_size,
+            "nprobe": self.nprobe,
+            "ntotal": self.ntotal,
+            "shards": files,
+        }
+        with loc.fs.open(loc.join(MANIFEST).path, "w") as f:
+            json.dump(manifest, f, indent=2)
+
+    @classmethod
+    def load(cls, uri: str, storage: StorageConfig | None = None) -> "ShardedIndex":
+        """Read an index written by `save`."""
+        loc = resolve(uri, storage)
+        manifest_path = loc.join(MANIFEST).path
+        if not loc.fs.exists(manifest_path):
+            raise FileNotFoundError(f"no sharded index at {uri} ({MANIFEST} missing)")
+        with loc.fs.open(manifest_path, "r") as f:
+            manifest = json.load(f)
+        shards = [_read_index(loc.fs, loc.join(s["file"]).path) for s in manifest["shards"]]
+        for entry, shard in zip(manifest["shards"], shards):
+            if shard.ntotal != entry["ntotal"]:
+                raise ValueError(f"{uri}/{entry['file']}: holds {shard.ntotal} frames, the manifest says {entry['ntotal']}")
+        return cls(
+            kind=manifest["kind"],
+            dim=manifest["dim"],
+            shard_size=manifest["shard_size"],
+            nprobe=manifest["nprobe"],
+            template=_read_index(loc.fs, loc.join("template.faiss").path),
+            shards=shards,
+        )
+
+    def _check(self, embeddings: np.ndarray) -> np.ndarray:
+        x = unit_rows(embeddings)
+        if x.shape[1] != self.dim:
+            raise ValueError(f"embeddings have dimension {x.shape[1]}, the index holds dimension {self.dim}")
+        return x
+
+
+def build_index(embeddings: np.ndarray, cfg: IndexConfig, seed: int = 0) -> ShardedIndex:
+    """Train (IVF: the shared coarse quantiser, on a seeded sample) and fill a sharded index."""
+    x = unit_rows(embeddings)
+    n, d = x.shape
+    if cfg.shard_size < 1:
+        raise ValueError(f"index.shard_size must be positive, got {cfg.shard_size}")
+    kind = resolve_kind(cfg.kind, n)
+    if kind == "flat":
+        template = faiss.IndexFlatIP(d)
+    elif kind == "hnsw":
+        template = faiss.IndexHNSWFlat(d, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        template.hnsw.efSearch = HNSW_EF_SEARCH
+    else:
+        template = _trained_ivf(x, cfg, seed)
+    index = ShardedIndex(kind=kind, dim=d, shard_size=cfg.shard_size, nprobe=cfg.nprobe, template=template)
+    index.add(x)
+    return index
+
+
+def _trained_ivf(x: np.ndarray, cfg: IndexConfig, seed: int) -> faiss.Index:
+    """An empty IVF-Flat whose coarse quantiser is trained on a seeded sample of the frames."""
+    n, d = x.shape
+    rng = np.random.default_rng(seed)
+    sample = x if n <= cfg.train_sample else x[np.sort(rng.choice(n, cfg.train_sample, replace=False))]
+    if len(sample) == 0:
+        raise ValueError("an IVF index needs at least one frame to train its coarse quantiser")
+    nlist = cfg.nlist or round(4 * math.sqrt(n))
+    nlist = max(1, min(nlist, len(sample) // MIN_POINTS_PER_CENTROID))
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+    index.cp.seed = seed
+    index.train(sample)
+    return index
+
+
+def search_shard(shard: faiss.Index, queries: np.ndarray, k: int, nprobe: int, first: int) -> tuple[np.ndarray, np.ndarray]:
+    """One shard's top-k, with global row ids (local id + the shard's first row) and -inf / -1 padding."""
+    if isinstance(shard, faiss.IndexIVF):
+        shard.nprobe = nprobe
+    sims, ids = shard.search(queries, k)
+    missing = ids < 0
+    sims[missing] = -np.inf
+    ids = np.where(missing, -1, ids + first)
+    return sims.astype(np.float32), ids.astype(np.int64)
+
+
+def merge_topk(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Merge per-shard (similarities, ids) results into the overall top-k, ties to the lower id."""
+    sims = np.concatenate([p[0] for p in parts], axis=1)
+    ids = np.concatenate([p[1] for p in parts], axis=1)
+    order = np.lexsort((np.where(ids < 0, np.iinfo(np.int64).max, ids), -sims), axis=1)[:, :k]
+    return np.take_along_axis(sims, order, axis=1), np.take_along_axis(ids, order, axis=1)
+
+
+def _write_index(fs, path: str, index: faiss.Index) -> None:
+    with fs.open(path, "wb") as f:
+        f.write(faiss.serialize_index(index).tobytes())
+
+
+def _read_index(fs, path: str) -> faiss.Index:
+    with fs.open(path, "rb") as f:
+        return faiss.deserialize_index(np.frombuffer(f.read(), dtype=np.uint8))
