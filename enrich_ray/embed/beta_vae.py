@@ -50,6 +50,28 @@ class BetaVAE(nn.Module):
             nn.ConvTranspose2d(CHANNELS, CHANNELS, 4, 2, 1), nn.ReLU(inplace=True),
             nn.ConvTranspose2d(CHANNELS, 1, 4, 2, 1),
         )
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """He initialisation for layers followed by ReLU, LeCun for the two output layers, zero biases.
+
+        PyTorch's default (kaiming_uniform with a=√5) shrinks the signal by about √3 per layer;
+        through seven layers the posterior mean barely depends on the input, the decoder ignores
+        the latent code and the model sits at the mean image for hundreds of steps.
+        """
+        last = {id(self.encoder[-1]), id(self.decoder[-1])}
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                fan_in = m.in_channels * m.kernel_size[0] * m.kernel_size[1]
+            elif isinstance(m, nn.ConvTranspose2d):  # each output sees (kernel/stride)² taps per channel
+                fan_in = m.in_channels * (m.kernel_size[0] // m.stride[0]) * (m.kernel_size[1] // m.stride[1])
+            elif isinstance(m, nn.Linear):
+                fan_in = m.in_features
+            else:
+                continue
+            gain = 1.0 if id(m) in last else 2.0
+            nn.init.normal_(m.weight, 0.0, (gain / fan_in) ** 0.5)
+            nn.init.zeros_(m.bias)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior mean and log-variance of (N, 1, 64, 64) frames in [0, 1]."""

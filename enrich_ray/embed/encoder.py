@@ -18,6 +18,7 @@ the file then exists, so exactly one actor dies once per run.
 """
 from __future__ import annotations
 
+import abc
 import dataclasses
 import logging
 import os
@@ -145,7 +146,7 @@ class FaultInjector:
         self.batches += 1
 
 
-class Embedder:
+class Embedder(abc.ABC):
     """Shared stage logic: Arrow rows in, (embeddings, errors) out; subclasses supply embed_array."""
 
     model_hash: str
@@ -158,9 +159,9 @@ class Embedder:
         self.cfg = cfg
         self.faults = FaultInjector(cfg.fail_after_batches)
 
+    @abc.abstractmethod
     def embed_array(self, frames: np.ndarray) -> np.ndarray:
         """(N, dim) float32 unit rows for N inputs."""
-        raise NotImplementedError
 
     def embed_batch(self, frames: pa.Table) -> tuple[pa.Table, pa.Table]:
         """Embeddings (schema.embeddings_schema(dim)) and error rows (schema.ERRORS) of one batch of rows."""
@@ -186,6 +187,9 @@ class VAEEmbedder(Embedder):
         if differ:
             log.warning("decode settings %s differ from those %s was trained with", differ, loaded.uri)
         self.device = select_device(cfg.num_gpus)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.deterministic = True  # same kernels on every run
+            torch.backends.cudnn.benchmark = False
         self.model = loaded.model.to(self.device)
         self.model_hash = loaded.model_hash
         self.dim = loaded.vae.latent_dim
