@@ -263,7 +263,7 @@ def _analyze(run: RunFolder, archive: str, cfg: Config) -> dict:
     from enrich_ray.analysis.outliers import outliers
     from enrich_ray.analysis.redundancy import plot_redundancy, redundancy_stats
 
-    frames, _ = load_embeddings(run)
+    frames, emb = load_embeddings(run)
     graph = load_graph(run)
     if len(frames) and graph.k:
         nn = graph.nn_similarity
@@ -272,7 +272,7 @@ def _analyze(run: RunFolder, archive: str, cfg: Config) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             plot_redundancy({"this archive": nn}, f"{tmp}/redundancy.png")
             run.write_bytes("redundancy.png", Path(f"{tmp}/redundancy.png").read_bytes())
-        dups = _with_keys(near_duplicates(graph, cfg.analysis.near_duplicate_threshold), frames)
+        dups = _with_keys(near_duplicates(graph, cfg.analysis.near_duplicate_threshold, emb), frames)
         outl = _with_keys(outliers(graph, cfg.analysis.outlier_mad_k), frames)
     else:
         stats = {}
