@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from enrich_ray.config import ConfigError, DecodeConfig, load_config
-from enrich_ray.evaluate.classifier import SmallResNet, auc, binary_auc
+from enrich_ray.evaluate.classifier import SmallResNet, TrainSettings, auc, binary_auc, predict_proba, train_classifier
 from enrich_ray.evaluate.datasets import load_dataset
 from enrich_ray.evaluate.stats import mann_whitney_p, significance_mark, smallest_matching_fraction
 from enrich_ray.pipelines.evaluate import check_evaluate_config, run_evaluation, subset_sizes, summarize
@@ -148,6 +148,24 @@ def test_small_resnet_takes_28_and_64_px():
 
     for side in (28, 64):
         assert SmallResNet(3, side)(torch.zeros(2, 1, side, side)).shape == (2, 3)
+
+
+def test_classifier_is_seeded_and_amp_is_a_no_op_on_cpu(pneumonia_npz):
+    """Same seed, same model; the GPU path's autocast leaves CPU training in exact float32."""
+    import torch
+
+    data, _ = load_dataset(str(pneumonia_npz), DecodeConfig())
+    rows, test = data.rows("train")[:64], data.rows("test")[:100]
+    runs = []
+    for amp in (True, True, False):
+        settings = TrainSettings(steps=3, batch_size=16, device=torch.device("cpu"), amp=amp)
+        model = train_classifier(data.images[rows], data.labels[rows], 2, seed=7, settings=settings)
+        runs.append(predict_proba(model, data.images[test], settings))
+    np.testing.assert_array_equal(runs[0], runs[1])
+    np.testing.assert_array_equal(runs[0], runs[2])
+    assert 0.0 <= auc(data.labels[test], runs[0]) <= 1.0
+    other = train_classifier(data.images[rows], data.labels[rows], 2, seed=8, settings=settings)
+    assert not np.array_equal(predict_proba(other, data.images[test], settings), runs[2])
 
 
 def test_medmnist_npz_loads_with_splits(pneumonia_npz):
