@@ -295,9 +295,9 @@ def _ranking_section(manifest: pd.DataFrame, top: pd.DataFrame, sel: SelectionCo
         + (f", after a seed set of {n_seed:,} (already labeled or drawn at random)" if n_seed else "")
         + ". Label them in this order: each next frame is the one least like everything before it.</p>"
     )
-    curve = manifest[["rank", "coverage_radius"]].dropna() if "coverage_radius" in manifest.columns else manifest[[]]
-    if not len(curve):
-        out.append('<p class="muted">No coverage curve: the ranking recorded no coverage radius.</p>')
+    curve = manifest.reindex(columns=["rank", "coverage_similarity"]).dropna()
+    if curve.empty:
+        out.append('<p class="muted">No coverage curve: the manifest records no coverage.</p>')
     else:
         out.append(
             "<p>Coverage radius: after labeling the first N frames, the distance (1 − similarity) from "
@@ -306,7 +306,9 @@ def _ranking_section(manifest: pd.DataFrame, top: pd.DataFrame, sel: SelectionCo
         )
         out.append(
             _plot(
-                coverage_png(curve["rank"].to_numpy(), curve["coverage_radius"].to_numpy(), sel.seconds_per_image),
+                coverage_png(
+                    curve["rank"].to_numpy(), 1.0 - curve["coverage_similarity"].to_numpy(), sel.seconds_per_image
+                ),
                 "Coverage radius against the number of frames labeled",
             )
         )

@@ -67,19 +67,19 @@ def load_busi_frames(busi_dir: Path, n: int) -> tuple[np.ndarray, list[str]]:
 
 
 def farthest_first(unit: np.ndarray, seed: int) -> tuple[list[int], list[float], list[float]]:
-    """Plain ENRICH order, each pick's max similarity to the picks before, and the coverage radius."""
+    """Plain ENRICH order, each pick's max similarity to the picks before, and the coverage after each
+    (the smallest max-similarity of any frame to the ranked set; NaN on the seed row, as the manifest has it)."""
     sim = unit @ unit.T
-    order, scores, radius = [seed], [np.nan], []
+    order, scores, coverage = [seed], [np.nan], [np.nan]
     m = sim[seed].copy()
     for _ in range(len(unit) - 1):
-        radius.append(float(1.0 - m.min()))
         masked = np.where(np.isin(np.arange(len(unit)), order), np.inf, m)
         nxt = int(np.argmin(masked))
         order.append(nxt)
         scores.append(float(m[nxt]))
         m = np.maximum(m, sim[nxt])
-    radius.append(float(1.0 - m.min()))
-    return order, scores, radius
+        coverage.append(float(m.min()))
+    return order, scores, coverage
 
 
 def build_inputs(busi_dir: Path, n: int = N_FRAMES) -> ReportInputs:
@@ -95,7 +95,7 @@ def build_inputs(busi_dir: Path, n: int = N_FRAMES) -> ReportInputs:
     np.fill_diagonal(sim, -np.inf)
     nn = sim.max(axis=1)
     image_ids = [f"{i:064x}" for i in range(n)]
-    order, scores, radius = farthest_first(unit, seed=0)
+    order, scores, coverage = farthest_first(unit, seed=0)
     manifest = pd.DataFrame(
         {
             "rank": np.arange(1, n + 1),
@@ -105,7 +105,7 @@ def build_inputs(busi_dir: Path, n: int = N_FRAMES) -> ReportInputs:
             "ranker": "enrich",
             "score": scores,
             "is_seed": [i == 0 for i in range(n)],
-            "coverage_radius": radius,
+            "coverage_similarity": coverage,
             "row": order,
         }
     ).sample(frac=1.0, random_state=0)  # any row order: the report sorts by rank
@@ -261,6 +261,13 @@ def test_every_file_corrupt_still_renders(inputs, tmp_path):
     assert "data:image/png" not in page
     assert page.count("<section") == 7
     assert "truncated PNG stream" in page
+
+
+def test_manifest_without_coverage_says_so(inputs, tmp_path):
+    manifest = inputs.manifest.drop(columns=["coverage_similarity"])
+    page = inputs.write(tmp_path / "report.html", ReportConfig(thumbnails=False), manifest=manifest)
+    assert [cls for cls, _ in inline_pngs(page)] == ["plot"]
+    assert "No coverage curve" in page
 
 
 def test_collapsed_embedding_shows_a_banner(inputs, tmp_path):
