@@ -117,7 +117,7 @@ def embed_training_split(frames: np.ndarray, name: str, cfg: Config, out: Path) 
     return unit, facts
 
 
-def _replicate_rankings(units: dict[str, np.ndarray], graphs: dict, ev: EvaluateConfig, cfg: Config,
+def _replicate_rankings(units: dict[str, np.ndarray], ev: EvaluateConfig, cfg: Config,
                         data: LabeledImages, train: np.ndarray, replicate: int, sizes: list[int]) -> dict[tuple[str, str], np.ndarray]:
     """Training-split row orders of one replicate, seed set first and sizes[-1] long:
     {(embedder, ranker): order}; random, which ignores the embedding, once as ('none', 'random')."""
@@ -137,11 +137,11 @@ def _replicate_rankings(units: dict[str, np.ndarray], graphs: dict, ev: Evaluate
                 wanted = [i for i, c in enumerate(data.classes) if c == str(ev.query_label)]
                 if not wanted:
                     raise ConfigError(f"evaluate.query_label: {ev.query_label!r} is not a class of {data.name} ({data.classes})")
-                query = unit[seed[data.labels[train[seed]] == wanted[0]]]
+                query = seed[data.labels[train[seed]] == wanted[0]]
                 if len(query) == 0:
                     raise ConfigError(f"evaluate.query_label: the seed set of replicate {replicate} holds no image of class "
                                       f"{ev.query_label!r}; raise the first fraction")
-            orders[(embedder, ranker)] = rank(ranker, unit, seed, k, sel, query=query, knn=graphs[embedder]).order
+            orders[(embedder, ranker)] = rank(ranker, unit, seed, k, sel, query=query).order
     return orders
 
 
@@ -254,7 +254,7 @@ def run_evaluation(dataset: str, cfg: Config, out: str) -> dict:
     all_rows = np.arange(len(train))
     for r in range(ev.replicates):
         t_rank = time.perf_counter()
-        orders = _replicate_rankings(units, graphs, ev, cfg, data, train, r, sizes)
+        orders = _replicate_rankings(units, ev, cfg, data, train, r, sizes)
         log.info("replicate %d/%d: %d rankings in %.1f s", r + 1, ev.replicates, len(orders), time.perf_counter() - t_rank)
         for m in range(ev.models_per_replicate):
             model_seed = 1000 * ev.seed + r * ev.models_per_replicate + m

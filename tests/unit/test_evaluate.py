@@ -212,7 +212,8 @@ def _pneumonia_subset(pneumonia_npz: Path, path: Path, n_train: int, n_test: int
 def test_evaluation_end_to_end(pneumonia_npz, tmp_path):
     npz = _pneumonia_subset(pneumonia_npz, tmp_path / "pneumo_small.npz", 300, 200)
     cfg = load_config(None, [
-        "evaluate.embedders=[pixels]", "evaluate.rankers=[enrich,random,examine]", "evaluate.fractions=[0.05,0.2,0.5]",
+        "evaluate.embedders=[pixels]", "evaluate.rankers=[enrich,random,examine,smi]", "evaluate.query_label=0",
+        "evaluate.fractions=[0.05,0.2,0.5]",
         "evaluate.replicates=1", "evaluate.models_per_replicate=1", "evaluate.train_steps=15",
     ])
     out = tmp_path / "eval"
@@ -220,17 +221,17 @@ def test_evaluation_end_to_end(pneumonia_npz, tmp_path):
 
     run = out / "pneumo_small"
     aucs = pd.read_csv(run / "aucs.csv")
-    # the full set, then random and 2 rankers at 3 fractions
-    assert len(aucs) == 1 + 3 * 3
+    # the full set, then random and 3 rankers at 3 fractions
+    assert len(aucs) == 1 + 4 * 3
     assert aucs["auc"].between(0, 1).all()
     assert sorted(aucs["n_train"].unique().tolist()) == [15, 60, 150, 300]
     seed_aucs = aucs[np.isclose(aucs["fraction"], 0.05)]["auc"]
     assert seed_aucs.nunique() == 1  # every ranker starts from the same seed set: one model, one AUC
-    assert result["classifiers_trained"] == 1 + 1 + 3 * 2  # identical subsets train once
+    assert result["classifiers_trained"] == 1 + 1 + 4 * 2  # identical subsets train once
     assert aucs[aucs["ranker"] == "full"]["auc"].iloc[0] > 0.75  # real signal from 300 images
 
     summary = pd.read_csv(run / "summary.csv")
-    assert set(summary["ranker"]) == {"enrich", "random", "examine"} and set(summary["embedder"]) == {"pixels"}
+    assert set(summary["ranker"]) == {"enrich", "random", "examine", "smi"} and set(summary["embedder"]) == {"pixels"}
     emb = pd.read_csv(run / "embeddings.csv")
     assert emb.loc[0, "dim"] == 256 and 1 < emb.loc[0, "effective_dimension"] < 256
     for name in ("summary.md", "budget.csv", "auc_curves.png", "summary.json"):
