@@ -1,0 +1,320 @@
+"""ENRICH ranking: greedy farthest-first traversal (greedy k-center) over cosine similarity.
+
+Start from a seed set; then, one frame at a time, add the frame whose maximum similarity to
+everything ranked so far is the smallest (ties: lowest row). Three exact paths:
+
+- `plain`: the reference. A running vector m[x] = max similarity of x to the ranked set,
+  one matrix-vector product per pick, O(N d) a pick.
+- `clustered` (CPU, large N): the same m, kept exact, but a pick only touches the clusters
+  it can change. The rows are grouped by spherical k-means; a cluster with centre c and angular
+  radius r holds no row closer to the pick p than angle(p, c) - r, so when
+  cos(max(0, angle(p, c) - r)) is at most the cluster's smallest m, no m in it can grow. m only
+  grows and the covering radius shrinks, so later picks touch a few clusters.
+- `torch`: the plain loop in torch, on any device (on a GPU it is memory-bound and fast).
+"""
+from __future__ import annotations
+
+import importlib.util
+from typing import Literal
+
+import numpy as np
+
+from enrich_ray.selection.ranking import Ranking, check_embeddings, check_k, check_seed
+
+Method = Literal["auto", "plain", "clustered", "torch"]
+
+# Below this many frames the plain loop is as fast as the clustered path on a CPU.
+PLAIN_MAX_ROWS = 20_000
+# Float32 dot products of unit 128-d vectors are within ~1e-6 of exact; the bounds allow 1e-5.
+_DOT_SLACK = 1e-5
+# When a pick touches more than this share of the clusters, update every row in one product.
+_FULL_UPDATE_SHARE = 0.25
+_BLOCK_ELEMENTS = 1 << 24  # float32 elements per similarity block (64 MB)
+
+
+def enrich_greedy(
+    embeddings: np.ndarray,
+    seed: np.ndarray | list[int],
+    k: int | None = None,
+    *,
+    method: Method = "auto",
+    device: str | None = None,
+) -> Ranking:
+    """Rank frames by ENRICH after the seed set; `order`, `score` and `coverage` per position.
+
+    `score` of a pick is its maximum similarity to everything before it (NaN for seeds);
+    `coverage[i]` is the next pick's score (the smallest max-similarity left after pick i).
+    `method="auto"` runs torch on a GPU when one is there (or on `device` if given), the plain
+    loop below PLAIN_MAX_ROWS frames and the clustered path above.
+    """
+    x = check_embeddings(embeddings)
+    seed = check_seed(seed, x.shape[0])
+    k = check_k(k, x.shape[0], seed.size)
+    method = _choose_method(method, device, x.shape[0])
+    if method == "torch":
+        order, score, rest = _greedy_torch(x, seed, k, device or _default_device())
+    elif method == "plain":
+        order, score, rest = _greedy_plain(x, seed, k)
+    elif method == "clustered":
+        index = CoverageIndex(x, max_similarity(x, seed), ranked=seed)
+        order, score, rest = _greedy_clustered(index, k)
+    else:
+        raise ValueError(f"unknown method {method!r}: choose auto, plain, clustered or torch")
+    n_seed = seed.size
+    coverage = np.full(n_seed + k, np.nan, dtype=np.float32)
+    coverage[n_seed : n_seed + k - 1] = score[1:]
+    if k:
+        coverage[-1] = rest
+    return Ranking(
+        ranker="enrich",
+        order=np.concatenate([seed, order]).astype(np.int64),
+        score=np.concatenate([np.full(n_seed, np.nan, dtype=np.float32), score]),
+        n_seed=n_seed,
+        coverage=coverage,
+    )
+
+
+def max_similarity(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Each frame's maximum similarity to the frames `rows` (float32, blocked: no N x |rows| matrix)."""
+    n = x.shape[0]
+    out = np.full(n, -np.inf, dtype=np.float32)
+    step_r = max(1, min(rows.size, _BLOCK_ELEMENTS // 4096))
+    step_n = max(1, _BLOCK_ELEMENTS // step_r)
+    for a in range(0, rows.size, step_r):
+        ref = x[rows[a : a + step_r]]
+        for b in range(0, n, step_n):
+            block = x[b : b + step_n] @ ref.T
+            np.maximum(out[b : b + step_n], block.max(axis=1), out=out[b : b + step_n])
+    return out
+
+
+def coverage_curve(embeddings: np.ndarray, order: np.ndarray, n_seed: int) -> np.ndarray:
+    """Coverage after each position of any ranking (NaN on seed rows), by an exact running max.
+
+    The smallest max-similarity of any frame to the rows ranked so far (1 once all are ranked).
+    Cluster-pruned above PLAIN_MAX_ROWS frames, yet up to O(N d) a row while coverage is low.
+    """
+    x = check_embeddings(embeddings)
+    order = np.asarray(order, dtype=np.int64)
+    seeds = check_seed(order[:n_seed], x.shape[0])
+    out = np.full(order.size, np.nan, dtype=np.float32)
+    if x.shape[0] <= PLAIN_MAX_ROWS:
+        m = max_similarity(x, seeds)
+        m[seeds] = np.inf
+        for i in range(n_seed, order.size):
+            m[order[i]] = np.inf
+            np.maximum(m, x @ x[order[i]], out=m)
+            out[i] = _rest(m)
+        return out
+    index = CoverageIndex(x, max_similarity(x, seeds), ranked=seeds)
+    for i in range(n_seed, order.size):
+        index.add(order[i : i + 1])
+        out[i] = _rest(index.cmin)
+    return out
+
+
+def _choose_method(method: Method, device: str | None, n: int) -> Method:
+    """The path `auto` stands for: torch on a GPU or a named device, else plain or clustered by size."""
+    if method != "auto":
+        return method
+    if device is not None or _default_device() != "cpu":
+        return "torch"
+    return "plain" if n <= PLAIN_MAX_ROWS else "clustered"
+
+
+def _default_device() -> str:
+    """'cuda' when torch is installed and sees a GPU, else 'cpu'."""
+    if importlib.util.find_spec("torch") is None:
+        return "cpu"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _rest(m: np.ndarray) -> np.float32:
+    """The smallest max-similarity among unranked frames (ranked frames hold +inf); 1 when none is left."""
+    low = m.min()
+    return np.float32(1.0) if np.isinf(low) else low
+
+
+def _greedy_plain(x: np.ndarray, seed: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.float32]:
+    """The reference loop: picks, their scores, and the smallest max-similarity left after the last."""
+    m = max_similarity(x, seed)
+    m[seed] = np.inf
+    order = np.empty(k, dtype=np.int64)
+    score = np.empty(k, dtype=np.float32)
+    sims = np.empty(x.shape[0], dtype=np.float32)
+    for i in range(k):
+        p = int(np.argmin(m))  # first minimum: ties go to the lowest row
+        order[i], score[i] = p, m[p]
+        m[p] = np.inf
+        np.dot(x, x[p], out=sims)
+        np.maximum(m, sims, out=m)
+    return order, score, _rest(m)
+
+
+def _greedy_torch(
+    x: np.ndarray, seed: np.ndarray, k: int, device: str
+) -> tuple[np.ndarray, np.ndarray, np.float32]:
+    """The plain loop in torch on `device`; no host synchronisation inside the loop."""
+    import torch
+
+    dev = torch.device(device)
+    xt = torch.from_numpy(x).to(dev)
+    m = torch.from_numpy(max_similarity(x, seed)).to(dev)
+    m[torch.from_numpy(seed).to(dev)] = float("inf")
+    order = torch.empty(k, dtype=torch.int64, device=dev)
+    score = torch.empty(k, dtype=torch.float32, device=dev)
+    for i in range(k):
+        p = torch.argmin(m)  # torch documents the first minimal index
+        order[i] = p
+        score[i] = m[p]
+        m.index_fill_(0, p.view(1), float("inf"))
+        torch.maximum(m, torch.mv(xt, xt[p]), out=m)
+    return order.cpu().numpy(), score.cpu().numpy(), _rest(m.cpu().numpy())
+
+
+def _greedy_clustered(index: CoverageIndex, k: int) -> tuple[np.ndarray, np.ndarray, np.float32]:
+    """The greedy over a CoverageIndex: repeatedly rank the frame it reports as least covered."""
+    order = np.empty(k, dtype=np.int64)
+    score = np.empty(k, dtype=np.float32)
+    for i in range(k):
+        p, value = index.least_covered()
+        order[i], score[i] = p, value
+        index.add(p)
+    p, value = index.least_covered()
+    return order, score, np.float32(1.0) if p < 0 else value
+
+
+def _nearest_centre(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Index of the most similar centre for every row (blocked)."""
+    step = max(1, _BLOCK_ELEMENTS // max(1, centres.shape[0]))
+    return np.concatenate([np.argmax(x[a : a + step] @ centres.T, axis=1) for a in range(0, x.shape[0], step)])
+
+
+def spherical_kmeans(x: np.ndarray, n_clusters: int, rng: np.random.Generator, iters: int = 8) -> np.ndarray:
+    """Unit centres from a few Lloyd rounds on a sample (at most 40 rows per centre)."""
+    n = x.shape[0]
+    sample = x[np.sort(rng.choice(n, size=min(n, 40 * n_clusters), replace=False))]
+    centres = sample[rng.choice(sample.shape[0], size=n_clusters, replace=False)].copy()
+    for _ in range(iters):
+        labels = _nearest_centre(sample, centres)
+        sums = np.zeros_like(centres)
+        np.add.at(sums, labels, sample)
+        norms = np.linalg.norm(sums, axis=1)
+        filled = norms > 0
+        centres[filled] = sums[filled] / norms[filled, None]
+    return centres
+
+
+class CoverageIndex:
+    """Exact running max-similarity m of every frame to a growing ranked set, pruned by clusters.
+
+    `add(rows)` ranks frames and raises every m they can raise: a cluster is skipped when its
+    bound shows no row in it is closer to a new frame than its current m. Ranked rows hold +inf.
+    Memory: one reordered copy of the embeddings plus O(N) vectors.
+    """
+
+    def __init__(
+        self,
+        x: np.ndarray,
+        initial: np.ndarray,
+        ranked: np.ndarray | None = None,
+        n_clusters: int | None = None,
+        random_seed: int = 0,
+    ) -> None:
+        n = x.shape[0]
+        n_clusters = n_clusters or max(1, min(n, int(2 * np.sqrt(n))))
+        centres = spherical_kmeans(x, n_clusters, np.random.default_rng(random_seed))
+        labels = _nearest_centre(x, centres)
+        self.perm = np.argsort(labels, kind="stable")  # clusters contiguous, rows ascending inside
+        self.pos = np.empty(n, dtype=np.int64)
+        self.pos[self.perm] = np.arange(n)
+        counts = np.bincount(labels, minlength=n_clusters)
+        self.centres = np.ascontiguousarray(centres[counts > 0])
+        self.offsets = np.concatenate([[0], np.cumsum(counts[counts > 0])]).astype(np.int64)
+        self.cluster_of = np.repeat(np.arange(self.centres.shape[0]), np.diff(self.offsets))
+        self.x = x[self.perm]
+        own = np.empty(n, dtype=np.float64)
+        step = max(1, _BLOCK_ELEMENTS // x.shape[1])
+        for a in range(0, n, step):
+            rows = self.x[a : a + step].astype(np.float64)
+            centre = self.centres[self.cluster_of[a : a + step]].astype(np.float64)
+            own[a : a + step] = np.einsum("ij,ij->i", rows, centre)
+        # angular radius of each cluster, widened by the float32 error of the products
+        cos_radius = np.minimum.reduceat(own, self.offsets[:-1]) - _DOT_SLACK
+        self.radius = np.arccos(np.clip(cos_radius, -1.0, 1.0))
+        self.m = np.asarray(initial, dtype=np.float32)[self.perm].copy()
+        if ranked is not None:
+            self.m[self.pos[ranked]] = np.inf
+        self.cmin = np.minimum.reduceat(self.m, self.offsets[:-1])
+
+    def add(self, rows: np.ndarray) -> None:
+        """Rank `rows` (original row indices) and raise every m they can raise."""
+        q = self.pos[np.asarray(rows, dtype=np.int64)]
+        self.m[q] = np.inf
+        picked = self.x[q]
+        near = (picked @ self.centres.T).astype(np.float64)
+        angle = np.arccos(np.minimum(near + _DOT_SLACK, 1.0))  # a lower bound of the true angle
+        bound = np.cos(np.maximum(angle - self.radius, 0.0)) + _DOT_SLACK
+        hit = bound > self.cmin
+        touched = np.union1d(np.flatnonzero(hit.any(axis=0)), self.cluster_of[q])
+        for c in touched:
+            a, b = self.offsets[c], self.offsets[c + 1]
+            seg = self.m[a:b]
+            raising = picked[hit[:, c]]
+            if raising.shape[0]:
+                np.maximum(seg, (self.x[a:b] @ raising.T).max(axis=1), out=seg)
+            self.cmin[c] = seg.min()
+
+    def least_covered(self) -> tuple[int, np.float32]:
+        """The unranked row with the smallest m (ties: lowest row) and m; (-1, inf) when all are ranked."""
+        low = self.cmin.min()
+        if np.isinf(low):
+            return -1, low
+        at = np.flatnonzero(self.m == low)
+        return int(self.perm[at].min()), low
+
+
+def _greedy_clustered(
+    index: CoverageIndex, k: int, batch: int = 1024
+) -> tuple[np.ndarray, np.ndarray, np.float32]:
+    """The greedy in batches: simulate it exactly on the `batch` least-covered rows, then update all.
+
+    Rows outside the batch have m at least `ceiling` (the next smallest), and m only grows, so
+    every simulated pick whose m is below `ceiling` is the true greedy pick. The picks of a batch
+    then raise m for all rows in one pass of blocked matrix products.
+    """
+    order = np.empty(k, dtype=np.int64)
+    score = np.empty(k, dtype=np.float32)
+    done = 0
+    m = index.m
+    while done < k:
+        left = np.flatnonzero(np.isfinite(m)) if np.isinf(np.partition(m, min(batch, m.size - 1))[min(batch, m.size - 1)]) else None
+        if left is not None:
+            cand, ceiling = left, np.float32(np.inf)
+        else:
+            part = np.argpartition(m, batch)
+            cand, ceiling = part[:batch], m[part[batch]]
+        cand = cand[np.argsort(index.perm[cand])]  # ascending rows: argmin breaks ties low
+        vals = m[cand].copy()
+        sims = index.x[cand] @ index.x[cand].T
+        chosen = []
+        while done + len(chosen) < k:
+            j = int(np.argmin(vals))
+            if not vals[j] < ceiling:
+                break
+            score[done + len(chosen)] = vals[j]
+            chosen.append(j)
+            vals[j] = np.inf
+            np.maximum(vals, sims[j], out=vals)
+        if chosen:
+            rows = index.perm[cand[chosen]]
+        else:  # the batch is one block of exact ties with the rows outside: one plain step
+            p, score[done] = index.least_covered()
+            rows = np.array([p])
+        order[done : done + rows.size] = rows
+        index.add(rows)
+        done += rows.size
+    p, value = index.least_covered()
+    return order, score, np.float32(1.0) if p < 0 else value
