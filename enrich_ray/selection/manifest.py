@@ -1,0 +1,63 @@
+"""The ranked manifest a person reads: one row per ranked frame, with running coverage and cost."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from enrich_ray.config import SelectionConfig
+from enrich_ray.selection.enrich import coverage_curve
+from enrich_ray.selection.ranking import Ranking
+
+FRAME_COLUMNS = ["image_id", "frame_index", "source_uri", "patient_key", "study_uid", "series_uid", "modality"]
+# running counts of distinct groups covered so far: manifest column <- frames column
+COVERED = {"patients_covered": "patient_key", "studies_covered": "study_uid", "series_covered": "series_uid"}
+
+
+def build_manifest(
+    ranking: Ranking,
+    frames: pd.DataFrame,
+    cfg: SelectionConfig,
+    embeddings: np.ndarray,
+    *,
+    with_coverage: bool = True,
+) -> pd.DataFrame:
+    """One row per ranked frame, in rank order, with running coverage, groups covered and label hours.
+
+    `frames` has one row per embedding row. `coverage_similarity` is, after this row, the
+    smallest max-similarity of any frame to the ranked set (ENRICH: the next pick's score;
+    NaN on seed rows). Other rankers get it from an exact running max (cluster-pruned, but
+    still up to O(N d) a row early on): pass with_coverage=False to leave the column out.
+    """
+    missing = [c for c in FRAME_COLUMNS if c not in frames.columns]
+    if missing:
+        raise ValueError(f"frames lack the columns {missing}")
+    if len(frames) != np.asarray(embeddings).shape[0]:
+        raise ValueError(f"frames has {len(frames)} rows but there are {np.asarray(embeddings).shape[0]} embeddings")
+    order = ranking.order
+    picked = frames.iloc[order].reset_index(drop=True)
+    out = pd.DataFrame(
+        {
+            "rank": np.arange(1, order.size + 1, dtype=np.int64),
+            "image_id": picked["image_id"],
+            "frame_index": picked["frame_index"],
+            "source_uri": picked["source_uri"],
+            "ranker": ranking.ranker,
+            "score": ranking.score.astype(np.float32),
+            "is_seed": np.arange(order.size) < ranking.n_seed,
+            "patient_key": picked["patient_key"],
+            "study_uid": picked["study_uid"],
+            "series_uid": picked["series_uid"],
+            "modality": picked["modality"],
+        }
+    )
+    if with_coverage:
+        coverage = ranking.coverage
+        if coverage is None:
+            coverage = coverage_curve(embeddings, order, ranking.n_seed)
+        out["coverage_similarity"] = coverage.astype(np.float32)
+    for column, key in COVERED.items():
+        values = picked[key]
+        out[column] = (values.notna() & ~values.duplicated()).cumsum().astype(np.int64)
+    out["label_hours_classification"] = out["rank"] * cfg.seconds_per_image / 3600.0
+    out["label_hours_segmentation"] = out["rank"] * cfg.seconds_per_segmentation / 3600.0
+    return out

@@ -1,0 +1,54 @@
+"""One interface over every ranker, chosen by name (SelectionConfig.ranker)."""
+from __future__ import annotations
+
+import numpy as np
+
+from enrich_ray.config import SelectionConfig
+from enrich_ray.selection.baseline import random_ranking
+from enrich_ray.selection.enrich import enrich_greedy
+from enrich_ray.selection.examine import examine_ranking
+from enrich_ray.selection.ranking import Ranking
+from enrich_ray.selection.smi import smi_ranking
+
+RANKERS = ("enrich", "random", "examine", "smi")
+
+
+def rank(
+    name: str,
+    embeddings: np.ndarray,
+    seed: np.ndarray | list[int],
+    k: int | None,
+    cfg: SelectionConfig,
+    query: np.ndarray | list[int] | None = None,
+) -> Ranking:
+    """Rank frames with the ranker `name`: the seed rows first, then k picks (None: all it ranks).
+
+    `query` (row indices of exemplar frames) is required by `smi` and ignored by the others.
+    """
+    if name == "enrich":
+        return enrich_greedy(embeddings, seed, k)
+    if name == "random":
+        return random_ranking(np.asarray(embeddings).shape[0], seed, k, cfg.random_seed)
+    if name == "examine":
+        return examine_ranking(
+            embeddings,
+            seed,
+            k,
+            exact=cfg.examine_exact,
+            most_valuable_first=cfg.examine_most_valuable_first,
+            exponential=cfg.examine_exponential,
+        )
+    if name == "smi":
+        if query is None:
+            raise ValueError("the smi ranker needs a query set (selection.smi_query): none was given")
+        return smi_ranking(
+            embeddings,
+            seed,
+            query,
+            k,
+            function=cfg.smi_function,
+            eta=cfg.smi_eta,
+            lam=cfg.smi_lambda,
+            pool=cfg.smi_pool,
+        )
+    raise ValueError(f"unknown ranker {name!r}: choose one of {', '.join(RANKERS)}")
