@@ -9,7 +9,8 @@ Two ways to build it, both numpy in and numpy out:
   neighbour across a cluster border is still found); the frames whose nearest centroid is c are
   then compared with everything in c's list by ONE matrix product, and the top-k taken per row.
   It costs about n_assign·N²/n_clusters·d multiply-adds, all in sgemm, instead of N independent
-  index queries.
+  index queries. Clusters are joined by one worker thread per core, each matrix product on one
+  thread (torch), largest clusters first.
 
 Self-matches are removed by index, never by similarity, so an exact duplicate of a frame stays in
 its row with similarity 1.
@@ -17,17 +18,23 @@ its row with similarity 1.
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import faiss
 import numpy as np
 import pyarrow as pa
+import torch
 
 from enrich_ray.config import IndexConfig
 
 EXACT_MAX_ROWS = 100_000  # 'auto': a flat (exact) index up to this many frames
 EXACT_GRAPH_MAX_ROWS = 20_000  # 'auto': the exact graph up to this many frames
 QUERY_BLOCK_BYTES = 256 * 1024 * 1024  # similarity block size of the exact path
+ASSIGN_BLOCK = 8192  # frames per block when assigning frames to centroids
 TOPK_GROUP = 32  # column groups of the top-k filter (see topk_rows)
 GRAPH_ASSIGN = 8  # lists each frame is stored in: recall@10 >= 0.95 on clustered data (bench_knn.py)
 KMEANS_POINTS_PER_CENTROID = 64  # k-means trains on at most this many frames per centroid
@@ -224,31 +231,38 @@ def clustered_knn_graph(
     n, d = x.shape
     n_clusters = n_clusters or graph_clusters(n, n_assign)
     n_assign = max(1, min(n_assign, n_clusters))
-    centroids = train_centroids(x, n_clusters, train_sample, seed)
-    _, assign = _nearest_centroids(centroids, x, n_assign)
-
-    # Every (cluster, frame) pair, grouped by cluster; a stable sort keeps each cluster's primary
-    # members (assign[:, 0] == c) first, in row order, so the query block is the list's head.
-    pair_cluster = assign.T.ravel()
-    pair_row = np.tile(np.arange(n, dtype=np.int64), n_assign)
-    order = np.argsort(pair_cluster, kind="stable")
-    members = pair_row[order]
-    list_end = np.cumsum(np.bincount(pair_cluster, minlength=n_clusters))
-    list_start = list_end - np.bincount(pair_cluster, minlength=n_clusters)
-    n_primary = np.bincount(assign[:, 0], minlength=n_clusters)
-
+    centroids = torch.from_numpy(train_centroids(x, n_clusters, train_sample, seed))
+    assign = np.empty((n, n_assign), dtype=np.int64)
     neighbors = np.full((n, k), -1, dtype=np.int64)
     similarities = np.full((n, k), -np.inf, dtype=np.float32)
-    for c in range(n_clusters):
+
+    def assign_rows(start: int) -> None:
+        sims = torch.from_numpy(x[start : start + ASSIGN_BLOCK]) @ centroids.T
+        assign[start : start + ASSIGN_BLOCK] = torch.topk(sims, n_assign, dim=1).indices.numpy()
+
+    def join_cluster(c: int) -> None:
         nq = n_primary[c]
-        if nq == 0:
-            continue
         cand = members[list_start[c] : list_end[c]]
         block, ids = _gather_padded(x, cand)
-        sims = block[:nq] @ block.T
+        t = torch.from_numpy(block)
+        sims = (t[:nq] @ t.T).numpy()
         sims[:, len(cand) :] = -np.inf
         sims[np.arange(nq), np.arange(nq)] = -np.inf
         similarities[cand[:nq]], neighbors[cand[:nq]] = topk_rows(sims, ids, k)
+
+    with _one_blas_thread_per_worker(), ThreadPoolExecutor(_workers()) as pool:
+        list(pool.map(assign_rows, range(0, n, ASSIGN_BLOCK)))
+        # Every (cluster, frame) pair, grouped by cluster; a stable sort keeps each cluster's primary
+        # members (assign[:, 0] == c) first, in row order, so the query block is the list's head.
+        pair_cluster = assign.T.ravel()
+        pair_row = np.tile(np.arange(n, dtype=np.int64), n_assign)
+        members = pair_row[np.argsort(pair_cluster, kind="stable")]
+        list_size = np.bincount(pair_cluster, minlength=n_clusters)
+        list_end = np.cumsum(list_size)
+        list_start = list_end - list_size
+        n_primary = np.bincount(assign[:, 0], minlength=n_clusters)
+        busy = np.flatnonzero(n_primary)
+        list(pool.map(join_cluster, busy[np.argsort(-(n_primary * list_size)[busy], kind="stable")]))
 
     # A frame whose cluster lists hold fewer than min(k, N-1) others gets its exact row instead.
     need = min(k, n - 1)
@@ -273,10 +287,21 @@ def train_centroids(x: np.ndarray, n_clusters: int, train_sample: int, seed: int
     return np.ascontiguousarray(kmeans.centroids, dtype=np.float32)
 
 
-def _nearest_centroids(centroids: np.ndarray, x: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
-    index = faiss.IndexFlatIP(centroids.shape[1])
-    index.add(centroids)
-    return index.search(x, m)
+@contextmanager
+def _one_blas_thread_per_worker() -> Iterator[None]:
+    """torch matrix products on one thread each while the join runs its own worker threads
+    (on a busy machine one BLAS call spread over every core waits for the slowest core)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _workers() -> int:
+    """Cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def resolve_kind(kind: str, n: int) -> str:
