@@ -1,0 +1,197 @@
+"""Seeds, random, EXAMINE and targeted SMI against brute-force references, on real images."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from enrich_ray.config import SelectionConfig
+from enrich_ray.selection import rank, seed_rows
+from enrich_ray.selection.examine import examine_ranking, examine_scores
+from enrich_ray.selection.smi import FLQMI, FLVMI, kernel, smi_ranking
+
+
+@pytest.fixture(scope="module")
+def pneumonia(pneumonia_npz):
+    """Raw-pixel unit embeddings (mean image removed) and labels of 400 PneumoniaMNIST images."""
+    data = np.load(pneumonia_npz)
+    images = data["train_images"][:400].reshape(400, -1).astype(np.float64)
+    x = images - images.mean(axis=0)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), data["train_labels"][:400, 0]
+
+
+def test_seed_rows_count_fraction_mask():
+    cfg = SelectionConfig(seed_count=5, random_seed=3)
+    a = seed_rows(100, cfg, None)
+    assert a.dtype == np.int64 and a.size == 5 and np.unique(a).size == 5
+    np.testing.assert_array_equal(a, seed_rows(100, cfg, None))
+    assert not np.array_equal(a, seed_rows(100, dataclasses.replace(cfg, random_seed=4), None))
+    assert seed_rows(100, SelectionConfig(seed_fraction=0.1), None).size == 10
+    assert seed_rows(3, SelectionConfig(seed_fraction=0.01), None).size == 1
+    mask = np.zeros(100, dtype=bool)
+    mask[[4, 9]] = True
+    assert seed_rows(100, cfg, mask).tolist() == [4, 9]
+    with pytest.raises(ValueError, match="no frame"):
+        seed_rows(100, cfg, np.zeros(100, dtype=bool))
+    with pytest.raises(ValueError, match="shape"):
+        seed_rows(100, cfg, np.zeros(99, dtype=bool))
+    with pytest.raises(ValueError, match="seed_count"):
+        seed_rows(4, SelectionConfig(seed_count=5), None)
+    with pytest.raises(ValueError, match="seed_fraction"):
+        seed_rows(4, SelectionConfig(seed_fraction=1.5), None)
+
+
+def test_random_is_a_seeded_permutation_after_the_seeds():
+    cfg = SelectionConfig(random_seed=1)
+    x = np.eye(50, dtype=np.float32)
+    r = rank("random", x, [3, 1], None, cfg)
+    assert r.order[:2].tolist() == [3, 1] and np.array_equal(np.sort(r.order), np.arange(50))
+    np.testing.assert_array_equal(r.order, rank("random", x, [3, 1], None, cfg).order)
+    assert not np.array_equal(r.order, rank("random", x, [3, 1], None, SelectionConfig(random_seed=2)).order)
+    assert rank("random", x, [0], 7, cfg).order.size == 8
+
+
+def brute_examine(x: np.ndarray) -> np.ndarray:
+    """σ1(X) − σ1(X without row i) by one SVD per row."""
+    x = x.astype(np.float64)
+    top = np.linalg.svd(x, compute_uv=False)[0]
+    return np.array([top - np.linalg.svd(np.delete(x, i, axis=0), compute_uv=False)[0] for i in range(len(x))])
+
+
+def test_examine_matches_leave_one_out_svd(pneumonia):
+    x = pneumonia[0][:50]
+    brute = brute_examine(x)
+    np.testing.assert_allclose(examine_scores(x), brute, atol=1e-9, rtol=1e-7)
+    rough = examine_scores(x, exact=False)
+    assert np.corrcoef(rough, brute)[0, 1] > 0.99  # the first-order form keeps the picture
+    # a synthetic case where the top two eigenvalues nearly meet
+    rng = np.random.default_rng(0)
+    y = rng.standard_normal((40, 6)) * np.array([3, 2.99, 1, 1, 1, 1])
+    y = (y / np.linalg.norm(y, axis=1, keepdims=True)).astype(np.float32)
+    np.testing.assert_allclose(examine_scores(y), brute_examine(y), atol=1e-9, rtol=1e-7)
+
+
+def test_examine_order_seeds_and_transform(pneumonia):
+    x = pneumonia[0][:120]
+    scores = examine_scores(x)
+    r = examine_ranking(x, [5], 20)
+    assert r.order[0] == 5 and np.isnan(r.score[0])
+    rest = np.setdiff1d(np.arange(120), [5])
+    np.testing.assert_array_equal(r.order[1:], rest[np.argsort(-scores[rest], kind="stable")][:20])
+    low = examine_ranking(x, [5], 20, most_valuable_first=False)
+    np.testing.assert_array_equal(low.order[1:], rest[np.argsort(scores[rest], kind="stable")][:20])
+    e = examine_ranking(x, [5], 20, exponential=True)
+    np.testing.assert_array_equal(e.order, r.order)
+    np.testing.assert_allclose(e.score[1:], np.exp(r.score[1:]), rtol=1e-6)
+
+
+def step_gains(value, n: int, picks: list[int]) -> list[np.ndarray]:
+    """f(A + x) - f(A) for every x at each step of the pick sequence (-inf for rows already chosen)."""
+    out = []
+    for t in range(len(picks)):
+        chosen = list(picks[:t])
+        base = value(chosen)
+        out.append(np.array([value(chosen + [i]) - base if i not in chosen else -np.inf for i in range(n)]))
+    return out
+
+
+def brute_greedy(value, n: int, k: int) -> tuple[list[int], list[np.ndarray]]:
+    """Plain greedy: evaluate f(A + x) for every x each step; ties to the lowest row."""
+    chosen: list[int] = []
+    gains = []
+    for _ in range(k):
+        g = step_gains(value, n, chosen + [0])[-1]
+        chosen.append(int(np.argmax(g)))
+        gains.append(g)
+    return chosen, gains
+
+
+def smi_values(data, query, eta, lam, function):
+    """f(A) over the ground set `data` (A: row indices into it), straight from the formulas (DESIGN.md §3)."""
+    s_xq, s_xx, s_qq = kernel(data, query), kernel(data, data), kernel(query, query)
+
+    def flvmi(a):
+        if not a:
+            return 0.0
+        return s_xq[a].max(axis=0).sum() + eta * s_xq[a].max(axis=1).sum()
+
+    def flqmi(a):
+        if not a:
+            return 0.0
+        return np.minimum(s_xx[:, a].max(axis=1), eta * s_xq.max(axis=1)).sum()
+
+    def logdetmi(a):
+        if not a:
+            return 0.0
+        sa = s_xx[np.ix_(a, a)] + lam * np.eye(len(a))
+        inner = sa - eta**2 * s_xq[a] @ np.linalg.solve(s_qq + lam * np.eye(len(query)), s_xq[a].T)
+        return np.linalg.slogdet(sa)[1] - np.linalg.slogdet(inner)[1]
+
+    return {"flvmi": flvmi, "flqmi": flqmi, "logdetmi": logdetmi}[function]
+
+
+def first_near_tie(gains_per_step: list[np.ndarray]) -> int:
+    """The first step at which the best gain is within 1e-6 of the second best."""
+    for i, g in enumerate(gains_per_step):
+        top = np.sort(g)[-2:]
+        if top.size == 2 and top[1] - top[0] < 1e-6:
+            return i
+    return len(gains_per_step)
+
+
+@pytest.mark.parametrize("function, eta", [("flvmi", 1.0), ("flvmi", 0.3), ("flqmi", 1.0), ("flqmi", 0.9), ("logdetmi", 1.0), ("logdetmi", 0.7)])
+def test_smi_greedy_matches_brute_force(pneumonia, function, eta):
+    x = pneumonia[0][:60]
+    q = np.array([3, 17, 40])
+    r = smi_ranking(x, [0], q, 12, function=function, eta=eta, lam=1.0, pool=60)
+    cand = np.arange(1, 60)  # the pool (all rows but the seed), ascending
+    on_pool = smi_values(x[cand], x[q], eta, 1.0, function)
+    order, gains = brute_greedy(on_pool, cand.size, 12)
+    stop = first_near_tie(gains)
+    assert stop >= 2
+    picks = np.searchsorted(cand, r.order[1:])
+    np.testing.assert_array_equal(picks[:stop], order[:stop])
+    for t, g in enumerate(step_gains(on_pool, cand.size, list(picks))):  # later picks: valid greedy picks
+        assert g[picks[t]] >= g.max() - 1e-6
+        assert abs(r.score[1 + t] - g[picks[t]]) <= 1e-5 * max(1.0, abs(g[picks[t]]))
+
+
+def test_gcmi_is_top_k_by_query_similarity(pneumonia):
+    x = pneumonia[0][:100]
+    q = np.array([1, 2])
+    r = smi_ranking(x, [0], q, 10, function="gcmi", lam=0.5)
+    total = kernel(x, x[q]).sum(axis=1)
+    total[0] = -np.inf
+    np.testing.assert_array_equal(r.order[1:], np.argsort(-total, kind="stable")[:10])
+    np.testing.assert_allclose(r.score[1:], total[r.order[1:]], rtol=1e-6)
+
+
+def test_lazy_gains_are_the_vectorised_gains(pneumonia):
+    x, q = pneumonia[0][:50], pneumonia[0][50:53]
+    for f in (FLVMI(x, q, 1.0), FLQMI(x, q, 1.0)):
+        allg = f.gains(np.arange(50), None)
+        assert np.array_equal(np.array([f.gains(np.array([i]), None)[0] for i in range(50)]), allg)
+
+
+def test_targeted_selection_finds_the_query_class(pneumonia):
+    x, labels = pneumonia
+    rare = np.flatnonzero(labels == 0)  # normal chest X-rays: the minority class here
+    q = rare[:5]
+    picks = smi_ranking(x, [int(np.flatnonzero(labels == 1)[0])], q, 40, function="flvmi").order[1:]
+    share = np.isin(picks, rare).mean()
+    assert share > 1.5 * np.mean(labels == 0), f"only {share:.0%} of FLVMI picks are of the query class"
+
+
+def test_rank_dispatches_by_name(pneumonia):
+    x = pneumonia[0][:80]
+    cfg = SelectionConfig(smi_function="flqmi", smi_pool=30)
+    for name in ("enrich", "random", "examine"):
+        r = rank(name, x, [2], 5, cfg)
+        assert r.ranker == name and r.order[0] == 2 and r.order.size == 6 and np.unique(r.order).size == 6
+    s = rank("smi", x, [2], 50, cfg, query=[4, 5])
+    assert s.ranker == "smi:flqmi" and s.order.size == 31  # the pool caps the ranking
+    with pytest.raises(ValueError, match="query"):
+        rank("smi", x, [2], 5, cfg)
+    with pytest.raises(ValueError, match="unknown ranker"):
+        rank("kmeans", x, [2], 5, cfg)
