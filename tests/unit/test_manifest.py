@@ -1,0 +1,82 @@
+"""The ranked manifest: keys, running coverage and groups, label hours, on real images."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from enrich_ray.config import SelectionConfig
+from enrich_ray.selection import build_manifest, enrich_greedy, rank
+
+
+@pytest.fixture(scope="module")
+def archive(pneumonia_npz):
+    """300 real PneumoniaMNIST frames: raw-pixel unit embeddings and a frames table (10 patients)."""
+    images = np.load(pneumonia_npz)["train_images"][:300].reshape(300, -1).astype(np.float64)
+    x = images - images.mean(axis=0)
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    rows = np.arange(300)
+    frames = pd.DataFrame(
+        {
+            "image_id": [f"img{r // 3:04d}" for r in rows],  # three frames per image
+            "frame_index": (rows % 3).astype(np.int32),
+            "source_uri": [f"s3://bucket/scan ({r // 3}).dcm" for r in rows],
+            "patient_key": [None if r % 50 == 0 else f"p{r % 10}" for r in rows],
+            "study_uid": [f"1.2.{r % 20}" for r in rows],
+            "series_uid": [f"1.2.{r % 20}.{r % 40}" for r in rows],
+            "modality": "CR",
+        }
+    )
+    return x, frames
+
+
+def plain_coverage(x: np.ndarray, order: np.ndarray, n_seed: int) -> np.ndarray:
+    """Smallest max-similarity to the ranked set after each position, by brute force (float64)."""
+    x64 = x.astype(np.float64)
+    sims = x64 @ x64.T
+    out = np.full(order.size, np.nan)
+    for i in range(n_seed, order.size):
+        out[i] = sims[:, order[: i + 1]].max(axis=1).min()
+    return out
+
+
+def test_enrich_manifest(archive):
+    x, frames = archive
+    cfg = SelectionConfig(seconds_per_image=3.0, seconds_per_segmentation=300.0)
+    ranking = enrich_greedy(x, [5, 6], 40)
+    m = build_manifest(ranking, frames, cfg, x)
+    assert len(m) == 42 and m["rank"].tolist() == list(range(1, 43))
+    assert m["is_seed"].tolist() == [True, True] + [False] * 40
+    assert m["ranker"].eq("enrich").all()
+    picked = frames.iloc[ranking.order].reset_index(drop=True)
+    for column in ["image_id", "frame_index", "source_uri", "patient_key", "study_uid", "series_uid", "modality"]:
+        assert m[column].equals(picked[column])
+    np.testing.assert_allclose(m["coverage_similarity"], plain_coverage(x, ranking.order, 2), atol=1e-6)
+    np.testing.assert_array_equal(m["score"].to_numpy()[3:], m["coverage_similarity"].to_numpy()[2:-1])
+    for column, key in [("patients_covered", "patient_key"), ("studies_covered", "study_uid"), ("series_covered", "series_uid")]:
+        expected = [picked[key].iloc[: i + 1].dropna().nunique() for i in range(42)]
+        assert m[column].tolist() == expected
+    assert m["patients_covered"].max() <= 10
+    np.testing.assert_allclose(m["label_hours_classification"], m["rank"] * 3.0 / 3600)
+    np.testing.assert_allclose(m["label_hours_segmentation"].iloc[-1], 42 * 300.0 / 3600)
+
+
+def test_other_rankers_get_coverage_from_a_running_max(archive):
+    x, frames = archive
+    cfg = SelectionConfig()
+    ranking = rank("random", x, [0], 30, cfg)
+    m = build_manifest(ranking, frames, cfg, x)
+    np.testing.assert_allclose(m["coverage_similarity"], plain_coverage(x, ranking.order, 1), atol=1e-6)
+    assert "coverage_similarity" not in build_manifest(ranking, frames, cfg, x, with_coverage=False)
+    # the same budget covers the archive better with ENRICH than at random
+    enrich = build_manifest(enrich_greedy(x, [0], 30), frames, cfg, x)
+    assert enrich["coverage_similarity"].iloc[-1] > m["coverage_similarity"].iloc[-1]
+
+
+def test_bad_frames_are_a_clear_error(archive):
+    x, frames = archive
+    ranking = enrich_greedy(x, [0], 3)
+    with pytest.raises(ValueError, match="rows"):
+        build_manifest(ranking, frames.iloc[:10], SelectionConfig(), x)
+    with pytest.raises(ValueError, match="series_uid"):
+        build_manifest(ranking, frames.drop(columns="series_uid"), SelectionConfig(), x)
