@@ -199,8 +199,11 @@ def spherical_kmeans(x: np.ndarray, n_clusters: int, rng: np.random.Generator, i
     centres = sample[rng.choice(sample.shape[0], size=n_clusters, replace=False)].copy()
     for _ in range(iters):
         labels = _nearest_centre(sample, centres)
+        by_label = np.argsort(labels, kind="stable")
+        sorted_labels = labels[by_label]
+        starts = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]])
         sums = np.zeros_like(centres)
-        np.add.at(sums, labels, sample)
+        sums[sorted_labels[starts]] = np.add.reduceat(sample[by_label], starts, axis=0)
         norms = np.linalg.norm(sums, axis=1)
         filled = norms > 0
         centres[filled] = sums[filled] / norms[filled, None]
@@ -289,10 +292,10 @@ def _greedy_clustered(
     score = np.empty(k, dtype=np.float32)
     done = 0
     m = index.m
+    unranked = int(np.isfinite(m).sum())
     while done < k:
-        left = np.flatnonzero(np.isfinite(m)) if np.isinf(np.partition(m, min(batch, m.size - 1))[min(batch, m.size - 1)]) else None
-        if left is not None:
-            cand, ceiling = left, np.float32(np.inf)
+        if unranked <= batch:
+            cand, ceiling = np.flatnonzero(np.isfinite(m)), np.float32(np.inf)
         else:
             part = np.argpartition(m, batch)
             cand, ceiling = part[:batch], m[part[batch]]
@@ -316,5 +319,6 @@ def _greedy_clustered(
         order[done : done + rows.size] = rows
         index.add(rows)
         done += rows.size
+        unranked -= rows.size
     p, value = index.least_covered()
     return order, score, np.float32(1.0) if p < 0 else value

@@ -90,12 +90,14 @@ def test_fast_paths_match_the_plain_loop(problem, batch, n_clusters):
     x, seed, k = problem
     reference = enrich_greedy(x, seed, k, method="plain")
     assert_valid_greedy(x, reference.order, reference.score, seed.size)
+    stop = first_near_tie(x, reference.order, seed.size)
     order, score, _ = clustered(x, seed, reference.order.size - seed.size, batch, min(n_clusters, x.shape[0]))
-    assert_same_as_reference(x, reference, order, score)
+    assert_same_as_reference(x, reference, order, score, stop)
     for method in ("clustered", "torch"):
         fast = enrich_greedy(x, seed, k, method=method)
-        assert_same_as_reference(x, reference, fast.order, fast.score)
-        np.testing.assert_allclose(fast.coverage, reference.coverage, atol=TOL)
+        assert_same_as_reference(x, reference, fast.order, fast.score, stop)
+        np.testing.assert_array_equal(fast.coverage[seed.size : -1], fast.score[seed.size + 1 :])
+        np.testing.assert_allclose(fast.coverage[: stop - 1], reference.coverage[: stop - 1], atol=TOL)
 
 
 def test_real_images_all_paths_agree(pneumonia_npz):
