@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from enrich_ray import schema
-from enrich_ray.config import Config, config_dict
+from enrich_ray.config import Config, ConfigError, config_dict
 from enrich_ray.io.fs import StorageError, resolve
 from enrich_ray.io.pack import ERRORS_NAME, archive_shards
 from enrich_ray.pipelines.run_folder import RunFolder
@@ -305,8 +305,8 @@ def _rank(run: RunFolder, cfg: Config) -> dict:
         return {"ranked": 0}
     labeled = labeled_mask(cfg.selection.seed_manifest, frames, cfg)
     seed = seed_rows(len(frames), cfg.selection, labeled)
-    graph = load_graph(run)
-    ranking = rank(cfg.selection.ranker, emb, seed, cfg.selection.k, cfg.selection, knn=graph if graph.k else None)
+    query = query_rows(cfg.selection.smi_query, frames, cfg) if cfg.selection.ranker == "smi" else None
+    ranking = rank(cfg.selection.ranker, emb, seed, cfg.selection.k, cfg.selection, query=query)
     manifest = build_manifest(ranking, frames, cfg.selection, emb)
     run.write_table("manifest.parquet", manifest)
     with run.loc.fs.open(run.path("manifest.csv").path, "w") as fh:
@@ -314,19 +314,28 @@ def _rank(run: RunFolder, cfg: Config) -> dict:
     return {"ranked": len(manifest), "seed": len(seed)}
 
 
-def labeled_mask(seed_manifest: str | None, frames: pd.DataFrame, cfg: Config) -> np.ndarray | None:
-    """Which frames are already labeled, from a file of image ids (a CSV or Parquet with an image_id column)."""
-    if not seed_manifest:
-        return None
+def query_rows(smi_query: str | None, frames: pd.DataFrame, cfg: Config) -> np.ndarray:
+    """Rows of the targeted ranker's query set Q, from a file of image ids (selection.smi_query)."""
+    if not smi_query:
+        raise ConfigError("selection.ranker=smi needs selection.smi_query: a CSV or Parquet file of exemplar image ids")
+    rows = np.flatnonzero(labeled_mask(smi_query, frames, cfg, "selection.smi_query"))
+    if not rows.size:
+        raise ConfigError(f"selection.smi_query {smi_query}: none of its image ids is among the embedded frames")
+    return rows
 
-    loc = resolve(seed_manifest, cfg.storage)
+
+def labeled_mask(uri: str | None, frames: pd.DataFrame, cfg: Config, setting: str = "selection.seed_manifest") -> np.ndarray | None:
+    """Which frames a file of image ids names (a CSV or Parquet with an image_id column): the labeled set."""
+    if not uri:
+        return None
+    loc = resolve(uri, cfg.storage)
     if not loc.fs.exists(loc.path):
-        raise StorageError(f"selection.seed_manifest not found: {seed_manifest}")
+        raise StorageError(f"{setting} not found: {uri}")
     with loc.fs.open(loc.path, "rb") as fh:
-        labeled = pd.read_parquet(fh) if loc.path.endswith(".parquet") else pd.read_csv(fh)
-    if "image_id" not in labeled.columns:
-        raise StorageError(f"selection.seed_manifest {seed_manifest} has no image_id column")
-    return frames["image_id"].isin(set(labeled["image_id"].astype(str))).to_numpy()
+        named = pd.read_parquet(fh) if loc.path.endswith(".parquet") else pd.read_csv(fh)
+    if "image_id" not in named.columns:
+        raise StorageError(f"{setting} {uri} has no image_id column")
+    return frames["image_id"].isin(set(named["image_id"].astype(str))).to_numpy()
 
 
 def _errors(run: RunFolder, archive: str, cfg: Config) -> pd.DataFrame:
