@@ -334,12 +334,18 @@ def _ranking_section(manifest: pd.DataFrame, top: pd.DataFrame, sel: SelectionCo
     return "".join(out)
 
 
+def _hours(seconds: float) -> str:
+    """Hours with one decimal, or two below ten hours."""
+    hours = seconds / 3600.0
+    return f"{hours:,.1f}" if hours >= 10 else f"{hours:.2f}"
+
+
 def _labeling_table(manifest: pd.DataFrame, sel: SelectionConfig) -> str:
     """Hours an expert needs for the top 100, 1,000 and all ranked frames."""
     n = len(manifest)
     counts = [(f"top {k:,}", k) for k in LABEL_COUNTS if k < n] + [(f"all {n:,}", n)]
     rows = [
-        [label, f"{k:,}", f"{k * sel.seconds_per_image / 3600:,.1f}", f"{k * sel.seconds_per_segmentation / 3600:,.1f}"]
+        [label, f"{k:,}", _hours(k * sel.seconds_per_image), _hours(k * sel.seconds_per_segmentation)]
         for label, k in counts
     ]
     return (
@@ -395,9 +401,14 @@ def _outliers_section(outliers: pd.DataFrame, shown: pd.DataFrame, thumbs: _Thum
         return "".join(out)
     n_flagged = int(outliers["flagged"].astype(bool).sum())
     out.append(
-        f"<p>Frames least like anything else in the archive (lowest similarity to their nearest "
-        f"neighbour). {n_flagged:,} are flagged past the robust cut-off: check them for wrong "
-        "modality, corrupt pixels or rare findings.</p>"
+        "<p>Frames least like anything else in the archive (lowest similarity to their nearest "
+        "neighbours). "
+        + (
+            f"{n_flagged:,} are flagged past the robust cut-off: check them for wrong modality, corrupt "
+            "pixels or rare findings.</p>"
+            if n_flagged
+            else f"None is flagged past the robust cut-off; the {len(shown):,} least like the rest are shown.</p>"
+        )
     )
     if thumbs.enabled:
         out.append('<div class="gallery" id="gallery-outliers">')

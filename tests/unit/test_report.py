@@ -180,7 +180,7 @@ def test_page_has_every_section_and_only_inline_resources(inputs, tmp_path):
     assert "<script" not in page
     assert not re.search(r'(src|href)="(?!data:)', page), "the page must not load anything from outside"
     # labeling time at 3600 s a frame: 14 frames take 14.0 hours
-    assert f"<td>all {N_FRAMES}</td><td>{N_FRAMES}</td><td>{N_FRAMES}.0</td>" in page
+    assert f"<td>all {N_FRAMES}</td><td>{N_FRAMES}</td><td>{N_FRAMES}.0</td><td>1.17</td>" in page
     assert "decode" in page and "1.2" in page and "2.60.0" in page
     assert 'id="collapse-warning"' not in page
 
