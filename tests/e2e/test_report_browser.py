@@ -5,7 +5,6 @@ Needs the Debian package `chromium` (/usr/bin/chromium); skips with the reason w
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -98,4 +97,3 @@ def test_screenshot_shows_plots_and_galleries(report: Path, tmp_path: Path):
     blue = (rgb[..., 2] - rgb[..., 0] > 80).sum()
     red = (rgb[..., 0] - rgb[..., 2] > 80).sum()
     assert blue > 200 and red > 200, (blue, red)
-    shutil.rmtree(tmp_path / "profile", ignore_errors=True)
