@@ -12,8 +12,9 @@ Two ways to build it, both numpy in and numpy out:
   index queries. Clusters are joined by one worker thread per core, each matrix product on one
   thread (torch), largest clusters first.
 
-Self-matches are removed by index, never by similarity, so an exact duplicate of a frame stays in
-its row with similarity 1.
+`knn_graph` picks: exact for IndexConfig.kind 'flat', or 'auto' up to EXACT_GRAPH_MAX_ROWS frames;
+the clustered join otherwise. Self-matches are removed by index, never by similarity, so an exact
+duplicate of a frame stays in its row with similarity 1.
 """
 from __future__ import annotations
 
@@ -86,7 +87,7 @@ class KnnGraph:
         )
 
     @classmethod
-    def from_arrow(cls, table: pa.Table) -> "KnnGraph":
+    def from_arrow(cls, table: pa.Table) -> KnnGraph:
         """Read back `to_arrow` output (in any row order; list or fixed-size list columns)."""
         missing = {"row", "neighbors", "similarities"} - set(table.column_names)
         if missing:
@@ -209,8 +210,8 @@ def _exact_rows(x: np.ndarray, rows: np.ndarray, k: int) -> KnnGraph:
 
 
 def graph_clusters(n: int, n_assign: int = GRAPH_ASSIGN) -> int:
-    """Coarse clusters of the fast graph: sqrt(n_assign·N) balances the two costs, assigning every
-    frame to the centroids (N·C dot products) and the join (N·n_assign·N/C), with at least MIN_POINTS_PER_CENTROID frames a cluster."""
+    """Coarse clusters of the fast graph: sqrt(n_assign·N) balances assigning every frame to the
+    centroids (N·C dot products) against the join (N·n_assign·N/C); at least 39 frames a cluster."""
     return max(1, min(n // MIN_POINTS_PER_CENTROID, round(math.sqrt(n_assign * n))))
 
 
@@ -228,10 +229,10 @@ def clustered_knn_graph(
     """
     x = unit_rows(embeddings)
     _check_k(k)
-    n, d = x.shape
+    n = len(x)
     n_clusters = n_clusters or graph_clusters(n, n_assign)
-    n_assign = max(1, min(n_assign, n_clusters))
     centroids = torch.from_numpy(train_centroids(x, n_clusters, train_sample, seed))
+    n_assign = min(n_assign, n_clusters)
     assign = np.empty((n, n_assign), dtype=np.int64)
     neighbors = np.full((n, k), -1, dtype=np.int64)
     similarities = np.full((n, k), -np.inf, dtype=np.float32)
@@ -274,10 +275,12 @@ def clustered_knn_graph(
 
 
 def train_centroids(x: np.ndarray, n_clusters: int, train_sample: int, seed: int = 0) -> np.ndarray:
-    """Spherical k-means centroids (unit rows) from a seeded random sample of the frames."""
+    """Spherical k-means centroids (unit rows) from a seeded random sample of the frames (at least
+    MIN_POINTS_PER_CENTROID a centroid; k-means itself uses at most KMEANS_POINTS_PER_CENTROID)."""
     n, d = x.shape
     rng = np.random.default_rng(seed)
-    sample = x if n <= train_sample else x[np.sort(rng.choice(n, train_sample, replace=False))]
+    size = min(n, max(train_sample, MIN_POINTS_PER_CENTROID * n_clusters))
+    sample = x if size == n else x[np.sort(rng.choice(n, size, replace=False))]
     if n_clusters == 1:
         return unit_rows(sample.mean(axis=0, keepdims=True) + 1e-12)
     kmeans = faiss.Kmeans(

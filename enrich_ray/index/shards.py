@@ -96,7 +96,7 @@ class ShardedIndex:
             json.dump(manifest, f, indent=2)
 
     @classmethod
-    def load(cls, uri: str, storage: StorageConfig | None = None) -> "ShardedIndex":
+    def load(cls, uri: str, storage: StorageConfig | None = None) -> ShardedIndex:
         """Read an index written by `save`."""
         loc = resolve(uri, storage)
         manifest_path = loc.join(MANIFEST).path

@@ -60,7 +60,7 @@ def test_exact_graph_equals_brute_force_with_ties_and_duplicates():
 def test_exact_graph_pads_when_fewer_others_than_k():
     x = unit(np.random.default_rng(2).standard_normal((4, 5)))
     graph = exact_knn_graph(x, 6)
-    neighbors, sims = brute_force(x, 6)
+    neighbors, _ = brute_force(x, 6)
     np.testing.assert_array_equal(graph.neighbors, neighbors)
     assert (graph.neighbors[:, 3:] == -1).all() and np.isneginf(graph.similarities[:, 3:]).all()
     single = exact_knn_graph(x[:1], 3)
@@ -113,7 +113,7 @@ def test_ivf_index_recall_and_shards_agree():
     centroids = [index.shards[i].quantizer.reconstruct_n(0, index.shards[i].nlist) for i in range(3)]
     assert all(np.array_equal(centroids[0], c) for c in centroids[1:])
     queries = np.random.default_rng(7).choice(len(x), 300, replace=False)
-    sims, ids = index.search(x[queries], 11)
+    _, ids = index.search(x[queries], 11)
     exact = x[queries] @ x.T
     truth = np.argpartition(-exact, 11, axis=1)[:, :11]
     assert recall(ids, truth) >= 0.95
