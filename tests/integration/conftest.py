@@ -18,11 +18,24 @@ SAMPLE_DICOM = [
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():
-    """A local Ray with more logical CPUs than the actors use, so reads never starve."""
+def fault_marker(tmp_path_factory) -> Path:
+    """The file an embedding actor claims before it kills itself (embed.fail_after_batches)."""
+    return tmp_path_factory.mktemp("fault") / "fired"
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(fault_marker):
+    """A local Ray with more logical CPUs than the actors use, so reads never starve.
+
+    Workers inherit the environment when the cluster starts, so the fault marker is set here.
+    """
+    import os
+
     from enrich_ray import runtime
     from enrich_ray.config import RuntimeConfig
+    from enrich_ray.embed.encoder import FAULT_MARKER_ENV
 
+    os.environ[FAULT_MARKER_ENV] = str(fault_marker)
     runtime.init(RuntimeConfig(num_cpus=4, no_progress_timeout_s=300))
     yield
     runtime.shutdown()
