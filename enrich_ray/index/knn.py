@@ -37,7 +37,7 @@ EXACT_GRAPH_MAX_ROWS = 20_000  # 'auto': the exact graph up to this many frames
 QUERY_BLOCK_BYTES = 256 * 1024 * 1024  # similarity block size of the exact path
 ASSIGN_BLOCK = 8192  # frames per block when assigning frames to centroids
 TOPK_GROUP = 32  # column groups of the top-k filter (see topk_rows)
-GRAPH_ASSIGN = 8  # lists each frame is stored in: recall@10 >= 0.95 on clustered data (bench_knn.py)
+GRAPH_ASSIGN = 12  # cluster lists each frame is stored in: recall@10 0.95 at 1M (bench_knn.py; 8 gave 0.93)
 KMEANS_POINTS_PER_CENTROID = 64  # k-means trains on at most this many frames per centroid
 MIN_POINTS_PER_CENTROID = 39  # faiss warns when k-means has fewer training frames per centroid
 
@@ -209,10 +209,11 @@ def _exact_rows(x: np.ndarray, rows: np.ndarray, k: int) -> KnnGraph:
     return KnnGraph(neighbors, similarities)
 
 
-def graph_clusters(n: int, n_assign: int = GRAPH_ASSIGN) -> int:
-    """Coarse clusters of the fast graph: sqrt(n_assign·N) balances assigning every frame to the
-    centroids (N·C dot products) against the join (N·n_assign·N/C); at least 39 frames a cluster."""
-    return max(1, min(n // MIN_POINTS_PER_CENTROID, round(math.sqrt(n_assign * n))))
+def graph_clusters(n: int) -> int:
+    """Coarse clusters of the fast graph: about sqrt(8·N) (354 frames a cluster at 1M), at least 39
+    frames each. Cost per frame: C dot products to assign it, n_assign·N/C in the join; at 1M with
+    n_assign 12, sqrt(8·N) clusters gave recall 0.950 and sqrt(12·N) 0.947 at more CPU time."""
+    return max(1, min(n // MIN_POINTS_PER_CENTROID, round(math.sqrt(8 * n))))
 
 
 def clustered_knn_graph(
@@ -230,7 +231,7 @@ def clustered_knn_graph(
     x = unit_rows(embeddings)
     _check_k(k)
     n = len(x)
-    n_clusters = n_clusters or graph_clusters(n, n_assign)
+    n_clusters = n_clusters or graph_clusters(n)
     centroids = torch.from_numpy(train_centroids(x, n_clusters, train_sample, seed))
     n_assign = min(n_assign, n_clusters)
     assign = np.empty((n, n_assign), dtype=np.int64)
