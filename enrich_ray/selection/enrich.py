@@ -239,7 +239,7 @@ class CoverageIndex:
         self.cluster_of = np.repeat(np.arange(self.centres.shape[0]), np.diff(self.offsets))
         self.x = x[self.perm]
         own = np.empty(n, dtype=np.float64)
-        step = max(1, _BLOCK_ELEMENTS // x.shape[1])
+        step = max(1, _BLOCK_ELEMENTS // (4 * x.shape[1]))  # two float64 blocks of 64 MB
         for a in range(0, n, step):
             rows = self.x[a : a + step].astype(np.float64)
             centre = self.centres[self.cluster_of[a : a + step]].astype(np.float64)
