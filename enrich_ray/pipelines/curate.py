@@ -298,10 +298,9 @@ def _rank(run: RunFolder, cfg: Config) -> dict:
 
     frames, emb = load_embeddings(run)
     if len(frames) == 0:
-        run.write_table("manifest.parquet", pd.DataFrame(columns=["rank", "image_id", "frame_index", "source_uri", "ranker", "score", "is_seed"]))
-        pd.DataFrame(columns=["rank", "image_id", "frame_index", "source_uri", "ranker", "score", "is_seed"]).to_csv(
-            run.loc.fs.open(run.path("manifest.csv").path, "w"), index=False
-        )
+        empty = pd.DataFrame(columns=["rank", "image_id", "frame_index", "source_uri", "ranker", "score", "is_seed"])
+        run.write_table("manifest.parquet", empty)
+        run.write_csv("manifest.csv", empty)
         return {"ranked": 0}
     labeled = labeled_mask(cfg.selection.seed_manifest, frames, cfg)
     seed = seed_rows(len(frames), cfg.selection, labeled)
@@ -309,8 +308,7 @@ def _rank(run: RunFolder, cfg: Config) -> dict:
     ranking = rank(cfg.selection.ranker, emb, seed, cfg.selection.k, cfg.selection, query=query)
     manifest = build_manifest(ranking, frames, cfg.selection, emb)
     run.write_table("manifest.parquet", manifest)
-    with run.loc.fs.open(run.path("manifest.csv").path, "w") as fh:
-        manifest.to_csv(fh, index=False)
+    run.write_csv("manifest.csv", manifest)
     return {"ranked": len(manifest), "seed": len(seed)}
 
 
@@ -379,9 +377,9 @@ def _report(run: RunFolder, archive: str, cfg: Config, timings: dict) -> dict:
     decode_frame_errors = int(((errors["stage"] == "decode") & errors["frame_index"].notna()).sum())
     embed_errors = int((errors["stage"] == "embed").sum())
     images_with_frames = schema.result_rows(decoded).column("image_id").unique()
-    images_failed = set(errors.loc[(errors["stage"] == "decode") & errors["frame_index"].isna(), "image_id"].dropna())
+    images_failed = set(errors.loc[errors["stage"] == "decode", "image_id"].dropna())  # whole-file or every frame
     accounted = len(set(images_with_frames.to_pylist()) | images_failed)
-    manifest = pd.read_parquet(run.loc.fs.open(run.path("manifest.parquet").path, "rb"))
+    manifest = run.read_table("manifest.parquet").to_pandas()
     counts = {
         "archive_images": archive_rows,
         "images_accounted": accounted,
@@ -419,8 +417,8 @@ def _report(run: RunFolder, archive: str, cfg: Config, timings: dict) -> dict:
     }
     run.write_json("summary.json", summary)
     run.write_bytes("config.yaml", yaml.safe_dump(config_dict(cfg), sort_keys=False).encode())
-    dups = pd.read_parquet(run.loc.fs.open(run.path("duplicates.parquet").path, "rb"))
-    outl = pd.read_parquet(run.loc.fs.open(run.path("outliers.parquet").path, "rb"))
+    dups = run.read_table("duplicates.parquet").to_pandas()
+    outl = run.read_table("outliers.parquet").to_pandas()
     if len(manifest) and "row" not in manifest.columns:
         row_of = {k: r for r, k in enumerate(zip(frames["image_id"], frames["frame_index"]))}
         manifest = manifest.assign(row=[row_of[k] for k in zip(manifest["image_id"], manifest["frame_index"])])

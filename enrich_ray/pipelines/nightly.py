@@ -251,11 +251,9 @@ def _run_night(cat: Catalog, shards: list[str], night: str, cfg: Config, model: 
     night_run.write_table("duplicates.parquet", dups)
     night_run.write_table("outliers.parquet", outl)
     night_run.write_table("manifest.parquet", manifest)
-    with out.fs.open(night_run.path("manifest.csv").path, "w") as fh:
-        manifest.to_csv(fh, index=False)
+    night_run.write_csv("manifest.csv", manifest)
     top = manifest[~manifest["is_seed"]].head(cfg.selection.k or len(manifest))
-    with out.fs.open(night_run.path("top.csv").path, "w") as fh:
-        top.to_csv(fh, index=False)
+    night_run.write_csv("top.csv", top)
     errors = stages._errors(work, _archive_root(shards), cfg)
     night_run.write_table("errors.parquet", errors)
     counts = {

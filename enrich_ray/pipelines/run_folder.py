@@ -97,6 +97,11 @@ class RunFolder:
         with self.loc.fs.open(self.path(name).path, "wb") as fh:
             pq.write_table(table, fh)
 
+    def write_csv(self, name: str, df: pd.DataFrame) -> None:
+        """Write a table as CSV, for people and spreadsheets."""
+        with self.loc.fs.open(self.path(name).path, "w") as fh:
+            df.to_csv(fh, index=False)
+
     def write_bytes(self, name: str, data: bytes) -> None:
         """Write a file's bytes."""
         with self.loc.fs.open(self.path(name).path, "wb") as fh:

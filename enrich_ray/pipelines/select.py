@@ -67,6 +67,5 @@ def select(embeddings: str, out: str, cfg: Config, ranker: str | None, seed: str
     run = RunFolder(out, cfg.storage)
     run.loc.fs.makedirs(run.loc.path, exist_ok=True)
     run.write_table("manifest.parquet", manifest)
-    with run.loc.fs.open(run.path("manifest.csv").path, "w") as fh:
-        manifest.to_csv(fh, index=False)
+    run.write_csv("manifest.csv", manifest)
     return len(manifest)
