@@ -26,8 +26,9 @@ def read_embeddings(uri: str, cfg: Config) -> tuple[pd.DataFrame, np.ndarray]:
     frames = table.select([c for c in FRAME_COLUMNS if c in table.column_names]).to_pandas()
     if "frame_index" not in frames:
         frames["frame_index"] = 0
-    if "source_uri" not in frames:
-        frames["source_uri"] = None
+    for column in FRAME_COLUMNS:  # a table from elsewhere may carry no source or group columns
+        if column not in frames:
+            frames[column] = None
     emb = np.asarray(table.column("embedding").to_pylist(), dtype=np.float32)
     norms = np.linalg.norm(emb, axis=1, keepdims=True)
     emb = emb / np.where(norms > 0, norms, 1)

@@ -1,0 +1,50 @@
+"""`enrich-ray select` ranks an existing embeddings table; the manifest matches the library call."""
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from enrich_ray.cli import main
+from enrich_ray.selection import enrich_greedy
+
+
+def _embeddings(pneumonia_npz, path, n=400):
+    images = np.load(pneumonia_npz)["train_images"][:n].reshape(n, -1).astype(np.float32)
+    x = images - images.mean(axis=0)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    ids = [f"img{i:04d}" for i in range(n)]
+    table = pa.table({"image_id": ids, "frame_index": pa.array(np.zeros(n, np.int32)),
+                      "source_uri": [f"npz://train/{i}" for i in range(n)],
+                      "embedding": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), x.shape[1])})
+    pq.write_table(table, path)
+    return ids, x
+
+
+def test_select_matches_enrich_greedy(pneumonia_npz, tmp_path, capsys):
+    ids, x = _embeddings(pneumonia_npz, tmp_path / "emb.parquet")
+    assert main(["select", "--embeddings", str(tmp_path / "emb.parquet"), "--out", str(tmp_path / "out"),
+                 "--seed", "3", "--k", "50", "--set", "selection.random_seed=7"]) == 0
+    manifest = pd.read_parquet(tmp_path / "out" / "manifest.parquet")
+    assert len(manifest) == 53 and list(manifest["rank"]) == list(range(1, 54))
+    seeds = [ids.index(i) for i in manifest.loc[manifest["is_seed"], "image_id"]]
+    assert len(seeds) == 3 and manifest["is_seed"].iloc[:3].all()
+    ref = enrich_greedy(x, np.array(seeds), k=50)
+    assert list(manifest["image_id"]) == [ids[i] for i in ref.order]
+    np.testing.assert_allclose(manifest["score"].to_numpy()[3:], ref.score[3:], atol=1e-6)
+    assert len(pd.read_csv(tmp_path / "out" / "manifest.csv")) == 53
+    assert "ranked 53 frames" in capsys.readouterr().out
+
+
+def test_select_builds_on_the_labeled_set(pneumonia_npz, tmp_path):
+    ids, x = _embeddings(pneumonia_npz, tmp_path / "emb.parquet")
+    pd.DataFrame({"image_id": ids[10:15]}).to_csv(tmp_path / "labeled.csv", index=False)
+    assert main(["select", "--embeddings", str(tmp_path / "emb.parquet"), "--out", str(tmp_path / "out"),
+                 "--seed", str(tmp_path / "labeled.csv"), "--k", "20"]) == 0
+    manifest = pd.read_parquet(tmp_path / "out" / "manifest.parquet")
+    assert set(manifest.loc[manifest["is_seed"], "image_id"]) == set(ids[10:15])
+    assert not manifest.loc[~manifest["is_seed"], "image_id"].isin(ids[10:15]).any()
+
+
+def test_select_bad_input_is_one_line(tmp_path, capsys):
+    assert main(["select", "--embeddings", str(tmp_path / "none.parquet"), "--out", str(tmp_path / "o")]) == 2
+    assert "embeddings not found" in capsys.readouterr().err
