@@ -4,6 +4,11 @@ Encoder: four 4x4 stride-2 convolutions with 32 channels, fully connected 256, 2
 2 x latent_dim (posterior mean and log-variance); the decoder mirrors it and returns logits.
 Loss: Bernoulli reconstruction (summed over pixels) plus β·KL (Higgins) or γ·|KL − C| with
 the capacity C raised linearly from 0 to capacity_max over capacity_iters steps (Burgess).
+
+The embedding of a frame is its posterior mean minus `latent_center` (the mean posterior
+mean over the training sample, set once after training and saved with the weights). Under
+weak KL pressure the posterior means share a large common offset; uncentred, every cosine
+is then close to 1 and nearest neighbours carry no information (see diagnostics.py).
 """
 from __future__ import annotations
 
@@ -50,6 +55,7 @@ class BetaVAE(nn.Module):
             nn.ConvTranspose2d(CHANNELS, CHANNELS, 4, 2, 1), nn.ReLU(inplace=True),
             nn.ConvTranspose2d(CHANNELS, 1, 4, 2, 1),
         )
+        self.register_buffer("latent_center", torch.zeros(latent_dim))
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -77,6 +83,11 @@ class BetaVAE(nn.Module):
         """Posterior mean and log-variance of (N, 1, 64, 64) frames in [0, 1]."""
         mu, logvar = self.encoder(x).chunk(2, dim=1)
         return mu, logvar.clamp(*LOGVAR_RANGE)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The embedding before normalisation: posterior mean minus the training sample's mean of it."""
+        mu, _ = self.encode(x)
+        return mu - self.latent_center
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Reconstruction logits (N, 1, 64, 64) of latent codes."""

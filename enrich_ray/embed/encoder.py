@@ -2,7 +2,8 @@
 
 The runtime wraps an embedder in a Ray Data actor pool; each actor builds one (the model is
 loaded once) and calls `embed_batch` batch after batch. The β-VAE embedding of a frame is
-its posterior mean, L2-normalised.
+its posterior mean, centred on the training sample's mean posterior mean (stored with the
+weights, see beta_vae.py), L2-normalised.
 
 Zero-vector rule: a vector whose norm is below ZERO_NORM becomes the fixed unit vector
 (1, ..., 1)/√d, so a blank frame never yields NaN and all such frames share one embedding.
@@ -25,6 +26,7 @@ import os
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from enrich_ray import schema
@@ -67,14 +69,17 @@ def fixed_list_rows(
             reasons = {i: f"{column} has {have} values, expected {width}" for i in range(n)}
             dense = np.zeros((n, width), np.float32)
     elif pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
-        lists = col.to_pylist()
-        width = width if width is not None else next((len(v) for v in lists if v is not None), 0)
+        lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+        present = ~col.is_null().to_numpy(zero_copy_only=False)
+        if width is None:
+            width = int(lengths[present][0]) if present.any() else 0
+        starts = np.concatenate([[0], np.cumsum(lengths[present])[:-1]]).astype(np.int64)
+        flat = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32)  # null lists dropped
         dense = np.zeros((n, width), dtype=np.float32)
-        for i, v in enumerate(lists):
-            if v is not None and len(v) != width:
-                reasons[i] = f"{column} has {len(v)} values, expected {width}"
-            elif v is not None:
-                dense[i] = np.asarray([np.nan if e is None else e for e in v], dtype=np.float32)
+        good = lengths[present] == width
+        dense[np.flatnonzero(present)[good]] = flat[starts[good][:, None] + np.arange(width)]
+        for i in np.flatnonzero(present & (lengths != width)):
+            reasons[int(i)] = f"{column} has {lengths[i]} values, expected {width}"
     else:
         raise ValueError(f"column {column!r} has type {col.type}, expected a list of floats")
     for i in np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False)):
@@ -172,7 +177,7 @@ class Embedder(abc.ABC):
 
 
 class VAEEmbedder(Embedder):
-    """The β-VAE posterior mean of each frame, L2-normalised; the model is loaded once."""
+    """The β-VAE posterior mean of each frame, centred and L2-normalised; the model is loaded once."""
 
     def __init__(self, cfg: EmbedConfig, decode: DecodeConfig, storage: StorageConfig | None = None):
         super().__init__(cfg)
@@ -196,7 +201,7 @@ class VAEEmbedder(Embedder):
 
     @torch.inference_mode()
     def embed_array(self, frames: np.ndarray) -> np.ndarray:
-        """Unit posterior means of (N, s, s) or (N, s*s) frames in [0, 1].
+        """Unit centred posterior means of (N, s, s) or (N, s*s) frames in [0, 1].
 
         Every forward pass sees exactly batch_size frames (the last chunk zero-padded): the
         kernels then compute each frame the same way whatever its neighbours, so the result
@@ -210,6 +215,6 @@ class VAEEmbedder(Embedder):
             if n < step:
                 x = torch.cat([x, x.new_zeros((step - n, *x.shape[1:]))])
             with autocast(self.device, self.cfg.amp):
-                mu, _ = self.model.encode(x)
-            out[start : start + n] = unit_rows(mu[:n].float().cpu().numpy())
+                z = self.model.embed(x)
+            out[start : start + n] = unit_rows(z[:n].float().cpu().numpy())
         return out

@@ -5,7 +5,8 @@ and the reparameterisation noise. Stops when the validation objective has not im
 `patience` epochs (with the capacity loss, only once C has reached its cap) or at max_epochs,
 and keeps the best epoch's weights. GPU when there is one (bfloat16 autocast), CPU otherwise.
 Beside the checkpoint: metrics.json (validation reconstruction and KL, KL per latent unit,
-active units, participation ratio, nearest-neighbour cosine quantiles) and loss_curve.png.
+active units, participation ratio and nearest-neighbour cosine quantiles of the embeddings,
+centred as the encoder centres them, and of the uncentred posterior means) and loss_curve.png.
 """
 from __future__ import annotations
 
@@ -192,9 +193,12 @@ def train_vae(
     model.load_state_dict(best[2])
     val = _evaluate(model, x_val, vae, step, amp)
     mu, logvar = _posterior(model, torch.cat([x_train, x_val]), amp)
+    center = mu[: len(x_train)].mean(axis=0)
+    model.latent_center.copy_(torch.from_numpy(center))
     kl_unit = diagnostics.mean_kl_per_unit(mu, logvar)
     mean_image = x_train.mean(dim=0, keepdim=True)
-    emb = diagnostics.embedding_diagnostics(unit_rows(mu))
+    emb = diagnostics.embedding_diagnostics(unit_rows(mu - center))
+    uncentred = diagnostics.embedding_diagnostics(unit_rows(mu))
     metrics = {
         "val_recon": val["recon"],
         "val_kl": val["kl"],
@@ -206,6 +210,8 @@ def train_vae(
         "participation_ratio_mean": diagnostics.participation_ratio(mu),
         "nn_similarity": emb["nn_similarity"],
         "nn_share_above_0.9": emb["nn_share_above_0.9"],
+        "latent_center_norm": float(np.linalg.norm(center)),
+        "uncentred": uncentred,
         "kl_per_unit": [float(v) for v in kl_unit],
         "epochs": len(history),
         "best_epoch": best[1],

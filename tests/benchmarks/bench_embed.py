@@ -93,6 +93,7 @@ def throughput(args) -> None:
 def quality(args) -> None:
     from enrich_ray.config import DecodeConfig, EmbedConfig, VAEConfig
     from enrich_ray.embed import diagnostics
+    from enrich_ray.embed.encoder import unit_rows
     from enrich_ray.embed.registry import fit_state, make_embedder
     from enrich_ray.embed.train import sample_indices, train_vae
 
@@ -111,8 +112,11 @@ def quality(args) -> None:
             print(f"pixels 16x16 center={center!s:5s}: participation ratio {d['participation_ratio']:.1f}, "
                   f"nn cosine {fmt(d['nn_similarity'])}, share > 0.9: {d['nn_share_above_0.9']:.2f}")
         sample = frames[sample_indices(len(frames), vae)]
-        with tempfile.TemporaryDirectory() as out:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(args.out or tmp, name)
             r = train_vae(sample, vae, DecodeConfig(), out, progress=True)
+            emb = make_embedder(EmbedConfig(model=out), DecodeConfig()).embed_array(frames)
+            mu = embed_means(out, frames)
         m = r.metrics
         print(f"vae: {m['epochs']} epochs ({m['stopped']}, best {m['best_epoch']}), {m['seconds']:.0f} s, "
               f"val recon {m['val_recon']:.1f} KL {m['val_kl']:.1f} nats, val mse {m['val_mse']:.5f} "
@@ -120,6 +124,22 @@ def quality(args) -> None:
         print(f"vae: active units {m['active_units']}/{m['latent_dim']}, participation ratio {m['participation_ratio']:.1f} "
               f"(of means: {m['participation_ratio_mean']:.1f}), nn cosine {fmt(m['nn_similarity'])}, "
               f"share > 0.9: {m['nn_share_above_0.9']:.2f}")
+        for label, x in [("all frames", emb), ("all frames, means centred", mu - mu.mean(axis=0))]:
+            d = diagnostics.embedding_diagnostics(unit_rows(x))
+            print(f"vae embeddings ({label}): participation ratio {d['participation_ratio']:.1f}, "
+                  f"nn cosine {fmt(d['nn_similarity'])}, share > 0.9: {d['nn_share_above_0.9']:.2f}")
+
+
+def embed_means(model_dir: str, frames: np.ndarray) -> np.ndarray:
+    """Raw posterior means (before normalisation) of frames, for the centring comparison."""
+    import torch
+
+    from enrich_ray.embed.checkpoint import load_model
+
+    model = load_model(model_dir).model
+    with torch.inference_mode():
+        return np.concatenate([model.encode(torch.from_numpy(frames[s : s + 512, None]))[0].numpy()
+                               for s in range(0, len(frames), 512)])
 
 
 def fmt(q: dict) -> str:
@@ -132,6 +152,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quality", action="store_true", help="train on PneumoniaMNIST and BUSI and print diagnostics")
     p.add_argument("--only", choices=["pneumoniamnist", "busi"])
+    p.add_argument("--out", help="keep the trained model folders here (default: a temporary folder)")
     for name, typ in [("beta", float), ("loss", str), ("lr", float), ("max_epochs", int), ("sample_size", int),
                       ("gamma", float), ("capacity_max", float), ("capacity_iters", int), ("batch_size", int),
                       ("patience", int), ("latent_dim", int)]:

@@ -13,12 +13,13 @@ import cv2
 import numpy as np
 import pyarrow as pa
 import pytest
+import torch
 
 from enrich_ray import schema
 from enrich_ray.config import DecodeConfig, EmbedConfig, VAEConfig
 from enrich_ray.embed import diagnostics
 from enrich_ray.embed.beta_vae import build_model
-from enrich_ray.embed.checkpoint import save_checkpoint
+from enrich_ray.embed.checkpoint import load_model, save_checkpoint
 from enrich_ray.embed.encoder import FAULT_MARKER_ENV, unit_rows
 from enrich_ray.embed.registry import (
     PixelState,
@@ -35,9 +36,11 @@ DECODE = DecodeConfig()
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> str:
-    """A seeded, untrained β-VAE saved as a model folder (the encoder's contract does not need training)."""
+    """A seeded, untrained β-VAE with a latent centre, saved as a model folder (the encoder's contract needs no training)."""
     out = tmp_path_factory.mktemp("model")
-    save_checkpoint(build_model(VAEConfig(seed=3)), VAEConfig(seed=3), DECODE, str(out))
+    model = build_model(VAEConfig(seed=3))
+    model.latent_center.copy_(torch.linspace(-0.5, 0.5, 128))
+    save_checkpoint(model, VAEConfig(seed=3), DECODE, str(out))
     return str(out)
 
 
@@ -88,6 +91,14 @@ def test_embed_batch_schema_keys_and_unit_norm(model_dir, xray_frames):
     for name in ["image_id", "frame_index", "source_uri", "patient_key", "study_uid", "series_uid", "modality"]:
         assert table.column(name).to_pylist() == frames.column(name).to_pylist()
     np.testing.assert_array_equal(x, emb.embed_array(xray_frames))
+    # reference: the posterior mean minus the stored latent centre, divided by its norm
+    model = load_model(model_dir).model
+    with torch.no_grad():
+        mu = model.encode(torch.from_numpy(xray_frames[:, None]))[0].double().numpy()
+    ref = mu - np.linspace(-0.5, 0.5, 128)
+    np.testing.assert_allclose(x, ref / np.linalg.norm(ref, axis=1, keepdims=True), atol=1e-5)
+    empty, no_errors = emb.embed_batch(frames.slice(0, 0))
+    assert empty.schema == table.schema and empty.num_rows == no_errors.num_rows == 0
     # real X-rays are not all the same point, even for an untrained encoder
     assert diagnostics.nn_similarity(x).min() < 1.0
 
@@ -185,7 +196,7 @@ def test_pixel_baseline_matches_cv2_reference_and_centres_on_a_fitted_mean(xray_
 
 
 def test_precomputed_embeddings_read_from_a_column():
-    vectors = [[3.0, 4.0, 0.0], [0.0, 0.0, 0.0], None, [1.0, 2.0], [1.0, float("nan"), 0.0], [0.0, -2.0, 0.0]]
+    vectors = [[3.0, 4.0, 0.0], [0.0, 0.0, 0.0], None, [1.0, 2.0], [1.0, None, 0.0], [0.0, -2.0, 0.0]]
     table = pa.table({
         "image_id": [f"i{k}" for k in range(6)],
         "frame_index": pa.array([0] * 6, pa.int32()),
@@ -202,6 +213,12 @@ def test_precomputed_embeddings_read_from_a_column():
     np.testing.assert_allclose(got["i1"], np.full(3, 1 / np.sqrt(3)), atol=1e-7)
     np.testing.assert_allclose(got["i5"], [0.0, -1.0, 0.0])
     assert sorted(errors.column("image_id").to_pylist()) == ["i2", "i3", "i4"]
+    nan_row = table.set_column(2, "vec", pa.array([[1.0, float("nan"), 0.0]] * 6, pa.list_(pa.float32())))
+    assert emb.embed_batch(nan_row)[1].num_rows == 6
+    fixed = pa.FixedSizeListArray.from_arrays(pa.array(np.arange(24, dtype=np.float32)), 4)
+    wrong_width = table.set_column(2, "vec", fixed)  # a fixed-size column of another dimension
+    out4, errors4 = emb.embed_batch(wrong_width)
+    assert out4.num_rows == 0 and errors4.num_rows == 6 and "expected 3" in errors4.column("message")[0].as_py()
     assert set(errors.column("stage").to_pylist()) == {"embed"}
     assert out.column("source_uri").null_count == out.num_rows  # absent input columns stay null
 

@@ -17,7 +17,7 @@ from enrich_ray.embed import diagnostics
 from enrich_ray.embed.beta_vae import BetaVAE, build_model, capacity_at, kl_per_unit, vae_loss
 from enrich_ray.embed.checkpoint import WEIGHTS, CheckpointError, load_model, save_checkpoint
 from enrich_ray.embed.device import amp_dtype, autocast, frames_to_device, select_device
-from enrich_ray.embed.train import sample_indices, train_vae
+from enrich_ray.embed.train import _split, sample_indices, train_vae
 
 DECODE = DecodeConfig()
 
@@ -155,6 +155,11 @@ def test_training_on_pneumoniamnist_beats_the_mean_image(pneumonia_npz, tmp_path
     assert json.loads((out / "decode.json").read_text())["size"] == 64
 
     loaded = load_model(str(out))
+    train_rows, _ = _split(len(frames), vae)
+    with torch.no_grad():  # the latent centre is the training split's mean posterior mean
+        center = loaded.model.encode(torch.from_numpy(frames[train_rows, None]))[0].mean(0)
+    torch.testing.assert_close(loaded.model.latent_center, center, atol=1e-4, rtol=1e-4)
+    assert float(loaded.model.latent_center.norm()) == pytest.approx(metrics["latent_center_norm"], rel=1e-5)
     with torch.no_grad():
         x = torch.from_numpy(held_out[:, None])
         recon = torch.sigmoid(loaded.model.decode(loaded.model.encode(x)[0])).numpy()[:, 0]
