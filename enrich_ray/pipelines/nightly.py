@@ -175,6 +175,7 @@ def nightly(catalog: str, archive: str, night: str, cfg: Config, model: str | No
     cat.acquire()
     try:
         if night in cat.nights and not force:
+            cat.run.clear([f"_work/{night}"])  # left by a run killed after its commit
             return NightResult(f"night {night} is already in catalog {catalog}; nothing changed (--force redoes it)", 0)
         return _run_night(cat, shards, night, cfg, model, force)
     finally:
@@ -186,11 +187,21 @@ def _run_night(cat: Catalog, shards: list[str], night: str, cfg: Config, model: 
     from enrich_ray.embed.checkpoint import load_model
 
     t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    tick = [time.perf_counter()]
+
+    def lap(step: str) -> None:
+        now = time.perf_counter()
+        timings[step] = round(timings.get(step, 0.0) + now - tick[0], 3)
+        tick[0] = now
+
+    redo = night in cat.nights  # --force on a committed night: its rows leave the history and the index
     history, hist_emb = cat.history(exclude=night)
     work = RunFolder(cat.run.path(f"_work/{night}").uri(), cfg.storage)
     work.loc.fs.makedirs(work.loc.path, exist_ok=True)
-    if force and cat.run.loc.fs.exists(work.loc.path):
+    if force:
         work.clear(["_stages"])
+    lap("load_history")
 
     # Tonight's archive, less the images the catalog already holds (re-sent scans).
     known = set(history["image_id"])
@@ -200,6 +211,7 @@ def _run_night(cat: Catalog, shards: list[str], night: str, cfg: Config, model: 
         work.clear(["archive"])
         _write_new_archive(shards, known, work, cfg)
         work.mark("select", {"new_images": len(set(archive_ids) - known), "resent": len(resent)})
+    lap("select_new")
 
     # The frozen model: the catalog's, else --model, else trained on the first night.
     model_uri = cat.run.path("model").uri()
@@ -209,8 +221,7 @@ def _run_night(cat: Catalog, shards: list[str], night: str, cfg: Config, model: 
             _copy_tree(resolve(model, cfg.storage), cat.run.path("model"))
         else:
             runtime.init(cfg.runtime)
-            stages._decode(work, work.files("archive"), cfg, runtime)
-            work.mark("decode", {})
+            work.mark("decode", stages._decode(work, work.files("archive"), cfg, runtime))
             frames = stages._frames_sample(work, cfg.vae.sample_size, cfg.vae.seed)
             if len(frames) < 2:
                 raise StorageError(f"night {night}: {len(frames)} decodable frame(s), too few to train the first model")
@@ -218,6 +229,7 @@ def _run_night(cat: Catalog, shards: list[str], night: str, cfg: Config, model: 
 
             train_vae(frames, cfg.vae, cfg.decode, model_uri, cfg.storage)
         work.mark("model", {})
+    lap("model")
     model_hash = load_model(model_uri, cfg.storage).model_hash
     if cat.state["model_hash"] not in (None, model_hash):
         raise ConfigError(
@@ -232,6 +244,7 @@ def _run_night(cat: Catalog, shards: list[str], night: str, cfg: Config, model: 
             runtime.init(cfg.runtime)
             info = stages._decode(work, work.files("archive"), cfg, runtime) if stage == "decode" else stages._embed(work, cfg, runtime)
             work.mark(stage, info)
+        lap(stage)
     new_frames, new_emb = _frames_and_vectors(work.read_table("embeddings"))
     embedded = int(work.marker("embed").get("embedded", len(new_frames)))
 
@@ -240,13 +253,16 @@ def _run_night(cat: Catalog, shards: list[str], night: str, cfg: Config, model: 
     cat.run.clear([f"nights/{night}"])
     out.fs.makedirs(out.path, exist_ok=True)
 
-    index_version = _update_index(cat, hist_emb, new_emb, cfg)
+    index_version = _update_index(cat, hist_emb, new_emb, cfg, rebuild=redo)
+    lap("index")
     all_emb = new_emb if not len(history) else np.concatenate([hist_emb, new_emb]) if len(new_emb) else hist_emb
     all_frames = pd.concat([history, new_frames.assign(night=night)], ignore_index=True)
     graph = _night_graph(cat, index_version, all_emb, len(history), cfg)
     dups = _night_duplicates(graph, all_frames, len(history), resent, history, cfg)
     outl = _night_outliers(graph, all_frames, len(history), cfg)
+    lap("duplicates_outliers")
     manifest, seeds = _night_ranking(cat, history, hist_emb, new_frames, new_emb, cfg)
+    lap("rank")
 
     night_run.write_table("duplicates.parquet", dups)
     night_run.write_table("outliers.parquet", outl)
@@ -266,17 +282,21 @@ def _run_night(cat: Catalog, shards: list[str], night: str, cfg: Config, model: 
         "ranked_tonight": int((~manifest["is_seed"]).sum()),
         "history_frames": len(history),
     }
-    summary = {"night": night, "counts": counts, "model_hash": model_hash, "seconds": round(time.perf_counter() - t0, 2)}
-    night_run.write_json("summary.json", summary)
-    _night_report(night_run, summary, manifest, dups, outl, errors, graph, len(history), work, new_frames, cfg)
+    _night_report(night_run, {"night": night, "counts": counts}, manifest, dups, outl, errors, graph, len(history), work, new_frames, cfg)
+    lap("write_outputs")
 
     # Commit: the night's embeddings, then catalog.json (the one write that makes it visible).
     part = cat.run.path(f"embeddings/night={night}")
     cat.run.clear([f"embeddings/night={night}"])
     part.fs.makedirs(part.path, exist_ok=True)
     cat.run.write_table(f"embeddings/night={night}/part-00000.parquet", schema.result_rows(work.read_table("embeddings")))
+    lap("commit_embeddings")
+    summary = {"night": night, "counts": counts, "model_hash": model_hash, "timings_s": timings,
+               "seconds": round(time.perf_counter() - t0, 2)}
+    night_run.write_json("summary.json", summary)
+    previous_index = cat.state["index"]
     cat.commit(night, {"frames": len(new_frames), "committed": _now()}, index_version, model_hash)
-    cat.run.clear([f"_work/{night}"])
+    cat.run.clear([f"_work/{night}"] + ([f"index/{previous_index}"] if previous_index not in (None, index_version) else []))
     return NightResult(
         f"night {night}: {counts['new_images']} new images ({embedded} frames embedded), {len(resent)} re-sent, "
         f"{counts['error_rows']} error rows; tonight's list: {out.uri()}/top.csv; report: {out.uri()}/report.html",
@@ -321,12 +341,12 @@ def _copy_tree(src, dst) -> None:
             fh.write(src.fs.cat_file(path))
 
 
-def _update_index(cat: Catalog, hist_emb: np.ndarray, new_emb: np.ndarray, cfg: Config) -> str | None:
+def _update_index(cat: Catalog, hist_emb: np.ndarray, new_emb: np.ndarray, cfg: Config, rebuild: bool) -> str | None:
     """Add tonight's embeddings to the catalog's index as a new version (the old one stays until commit)."""
     from enrich_ray.index.shards import ShardedIndex, build_index
 
-    version = f"v{len(cat.nights) + 1:05d}"
-    if cat.state["index"] and len(hist_emb):
+    version = f"v{int(cat.state['index'][1:]) + 1:05d}" if cat.state["index"] else "v00001"
+    if cat.state["index"] and len(hist_emb) and not rebuild:
         index = ShardedIndex.load(cat.run.path(f"index/{cat.state['index']}").uri(), cfg.storage)
         if len(new_emb):
             index.add(new_emb)
