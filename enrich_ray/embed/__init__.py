@@ -1,6 +1,12 @@
 """Frames to unit embeddings: the β-VAE (model, training, checkpoints) and the embedder registry."""
 from enrich_ray.embed.checkpoint import CheckpointError, LoadedModel, load_model
-from enrich_ray.embed.registry import PixelState, PrecomputedState, fit_state, make_embedder, state_from_json
+from enrich_ray.embed.registry import (
+    PixelState,
+    PrecomputedState,
+    fit_state,
+    make_embedder,
+    state_from_json,
+)
 from enrich_ray.embed.train import TrainResult, sample_indices, train_vae
 
 __all__ = [

@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
@@ -129,7 +130,7 @@ def load_model(uri: str, storage: StorageConfig | None = None) -> LoadedModel:
     weights = _read(loc, WEIGHTS)
     try:
         state = load_safetensors(weights)
-    except Exception as exc:  # safetensors raises its own error types for bad headers and short files
+    except SafetensorError as exc:
         raise CheckpointError(f"{weights_uri}: not a readable safetensors file (truncated or corrupted): {exc}") from None
     model = BetaVAE(vae.latent_dim)
     expected = model.state_dict()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 
 import numpy as np
 import torch
@@ -60,7 +61,7 @@ def frames_to_device(pixels: np.ndarray, device: torch.device, size: int) -> tor
     """
     arr = np.ascontiguousarray(pixels, dtype=np.float32)
     n = arr.shape[0]
-    side = int(round(np.sqrt(arr[0].size))) if n else size
+    side = math.isqrt(arr[0].size) if n else size
     if n and side * side != arr[0].size:
         raise ValueError(f"frames of {arr[0].size} pixels are not square")
     x = torch.from_numpy(arr.reshape(n, 1, side, side)).to(device, non_blocking=True)

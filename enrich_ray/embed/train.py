@@ -7,6 +7,13 @@ and keeps the best epoch's weights. GPU when there is one (bfloat16 autocast), C
 Beside the checkpoint: metrics.json (validation reconstruction and KL, KL per latent unit,
 active units, participation ratio and nearest-neighbour cosine quantiles of the embeddings,
 centred as the encoder centres them, and of the uncentred posterior means) and loss_curve.png.
+
+Defaults (VAEConfig) and why: the β form with β = 0.1. β = 1 left 4-8 effective dimensions
+of 128 and β = 4 about 2 nats of KL; β = 0.1 kept 128/128 units active on BUSI (KL ~95 nats
+after 30 epochs). Adam at lr 1e-3, batch 32: the model needs a few hundred steps to leave
+the mean image, and 5,000 frames give ~140 steps an epoch; at most 30 epochs, patience 4.
+The capacity form (loss='capacity') raises C to 100 nats, about the KL β = 0.1 settles at,
+over 2,000 steps; with the capacity form early stopping waits until C has reached its cap.
 """
 from __future__ import annotations
 
@@ -24,7 +31,13 @@ from matplotlib.figure import Figure
 
 from enrich_ray.config import DecodeConfig, StorageConfig, VAEConfig
 from enrich_ray.embed import checkpoint, diagnostics
-from enrich_ray.embed.beta_vae import INPUT_SIZE, BetaVAE, build_model, capacity_at, vae_loss
+from enrich_ray.embed.beta_vae import (
+    INPUT_SIZE,
+    BetaVAE,
+    build_model,
+    capacity_at,
+    vae_loss,
+)
 from enrich_ray.embed.device import autocast, best_device, frames_to_device
 from enrich_ray.embed.encoder import unit_rows
 from enrich_ray.io.fs import resolve
@@ -54,7 +67,7 @@ def sample_indices(n_total: int, vae: VAEConfig) -> np.ndarray:
 def _split(n: int, vae: VAEConfig) -> tuple[np.ndarray, np.ndarray]:
     """Seeded (train, validation) index split; at least one frame on each side."""
     order = np.random.default_rng(vae.seed + 1).permutation(n)
-    n_val = min(n - 1, max(1, int(round(n * vae.val_fraction))))
+    n_val = min(n - 1, max(1, round(n * vae.val_fraction)))
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
@@ -218,8 +231,8 @@ def train_vae(
         "stopped": stopped,
         "steps": step,
         "step_seconds_median": float(np.median(step_seconds)) if step_seconds else None,
-        "n_train": int(len(train_idx)),
-        "n_val": int(len(val_idx)),
+        "n_train": len(train_idx),
+        "n_val": len(val_idx),
         "device": device.type,
         "seconds": time.perf_counter() - t0,
         "history": history,

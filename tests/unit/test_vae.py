@@ -14,8 +14,18 @@ from torch.distributions import Normal, kl_divergence
 
 from enrich_ray.config import DecodeConfig, VAEConfig
 from enrich_ray.embed import diagnostics
-from enrich_ray.embed.beta_vae import BetaVAE, build_model, capacity_at, kl_per_unit, vae_loss
-from enrich_ray.embed.checkpoint import WEIGHTS, CheckpointError, load_model, save_checkpoint
+from enrich_ray.embed.beta_vae import (
+    build_model,
+    capacity_at,
+    kl_per_unit,
+    vae_loss,
+)
+from enrich_ray.embed.checkpoint import (
+    WEIGHTS,
+    CheckpointError,
+    load_model,
+    save_checkpoint,
+)
 from enrich_ray.embed.device import amp_dtype, autocast, frames_to_device, select_device
 from enrich_ray.embed.train import _split, sample_indices, train_vae
 
