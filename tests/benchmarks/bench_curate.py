@@ -21,7 +21,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -63,8 +62,23 @@ def synthetic_archive(out: Path, frames: int, prototypes: int, side: int, exact_
     return {"frames_generated": frames, "distinct_images": len(rows), "exact_copies": exact, "prototypes": prototypes}
 
 
+def _rss_by_process() -> list[tuple[str, int]]:
+    """(command line, resident bytes) of every process, read from /proc (Linux)."""
+    out = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        out.append((cmd, pages * os.sysconf("SC_PAGE_SIZE")))
+    return out
+
+
 class PeakMemory:
-    """Samples the resident memory of this process and of every Ray worker process."""
+    """Samples the resident memory of this process and of every Ray worker process (every 0.5 s)."""
 
     def __init__(self) -> None:
         self.driver = 0
@@ -74,17 +88,13 @@ class PeakMemory:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        me = psutil.Process()
+        me = str(os.getpid())
         while not self._stop.is_set():
-            self.driver = max(self.driver, me.memory_info().rss)
-            total = 0
-            for p in psutil.process_iter(["cmdline", "memory_info"]):
-                cmd = " ".join(p.info["cmdline"] or [])
-                if "ray::" in cmd and p.info["memory_info"]:
-                    rss = p.info["memory_info"].rss
-                    self.worker = max(self.worker, rss)
-                    total += rss
-            self.workers_total = max(self.workers_total, total)
+            self.driver = max(self.driver, int(Path(f"/proc/{me}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE"))
+            workers = [rss for cmd, rss in _rss_by_process() if "ray::" in cmd]
+            if workers:
+                self.worker = max(self.worker, max(workers))
+                self.workers_total = max(self.workers_total, sum(workers))
             time.sleep(0.5)
 
     def __enter__(self) -> "PeakMemory":
