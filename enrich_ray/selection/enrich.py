@@ -174,18 +174,6 @@ def _greedy_torch(
     return order.cpu().numpy(), score.cpu().numpy(), _rest(m.cpu().numpy())
 
 
-def _greedy_clustered(index: CoverageIndex, k: int) -> tuple[np.ndarray, np.ndarray, np.float32]:
-    """The greedy over a CoverageIndex: repeatedly rank the frame it reports as least covered."""
-    order = np.empty(k, dtype=np.int64)
-    score = np.empty(k, dtype=np.float32)
-    for i in range(k):
-        p, value = index.least_covered()
-        order[i], score[i] = p, value
-        index.add(p)
-    p, value = index.least_covered()
-    return order, score, np.float32(1.0) if p < 0 else value
-
-
 def _nearest_centre(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
     """Index of the most similar centre for every row (blocked)."""
     step = max(1, _BLOCK_ELEMENTS // max(1, centres.shape[0]))

@@ -25,7 +25,7 @@ def seed_rows(n: int, cfg: SelectionConfig, labeled_mask: np.ndarray | None = No
     if cfg.seed_fraction is not None:
         if not 0.0 < cfg.seed_fraction <= 1.0:
             raise ValueError(f"selection.seed_fraction must be in (0, 1], got {cfg.seed_fraction}")
-        count = max(1, int(round(cfg.seed_fraction * n)))
+        count = max(1, round(cfg.seed_fraction * n))
     elif cfg.seed_count is not None:
         if not 1 <= cfg.seed_count <= n:
             raise ValueError(f"selection.seed_count must be between 1 and the {n} frames, got {cfg.seed_count}")

@@ -7,7 +7,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from enrich_ray.selection import enrich
-from enrich_ray.selection.enrich import CoverageIndex, coverage_curve, enrich_greedy, max_similarity
+from enrich_ray.selection.enrich import (
+    CoverageIndex,
+    coverage_curve,
+    enrich_greedy,
+    max_similarity,
+)
 
 TOL = 1e-6
 
