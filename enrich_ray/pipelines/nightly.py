@@ -295,7 +295,7 @@ def _run_night(cat: Catalog, shards: list[str], night: str, cfg: Config, model: 
                "seconds": round(time.perf_counter() - t0, 2)}
     night_run.write_json("summary.json", summary)
     previous_index = cat.state["index"]
-    cat.commit(night, {"frames": len(new_frames), "committed": _now()}, index_version, model_hash)
+    cat.commit(night, {"frames": len(new_frames), "archive": _archive_root(shards), "committed": _now()}, index_version, model_hash)
     cat.run.clear([f"_work/{night}"] + ([f"index/{previous_index}"] if previous_index not in (None, index_version) else []))
     return NightResult(
         f"night {night}: {counts['new_images']} new images ({embedded} frames embedded), {len(resent)} re-sent, "
