@@ -26,8 +26,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from enrich_ray.config import DecodeConfig, StorageConfig, VAEConfig
 from enrich_ray.embed import checkpoint, diagnostics
@@ -106,6 +104,10 @@ def _posterior(model: BetaVAE, x: torch.Tensor, amp: bool) -> tuple[np.ndarray, 
 
 def _loss_curve(history: list[dict]) -> bytes:
     """PNG of training and validation loss, and validation reconstruction and KL, per epoch."""
+    # imported here: embedding actors import this package and never plot
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(9, 3.5))
     FigureCanvasAgg(fig)
     epochs = [h["epoch"] for h in history]
