@@ -34,6 +34,9 @@ EXAMPLES = {
     "nightly": """examples:
   enrich-ray nightly --catalog ./catalog --archive ./archive/2026-11-20 --night 2026-11-20
   enrich-ray nightly --catalog s3://curation/catalog --archive s3://curation/archive/2026-11-20 --night 2026-11-20""",
+    "reembed": """examples:
+  enrich-ray train-vae --archive ./archive/2026-11-20 --out ./model-v2
+  enrich-ray reembed --catalog ./catalog --model ./model-v2""",
     "evaluate": """examples:
   enrich-ray evaluate --dataset ../shared/data/pneumoniamnist_28/pneumoniamnist.npz --out ./eval/pneumonia""",
     "demo": """examples:
@@ -90,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--night", required=True, help="YYYY-MM-DD")
     p.add_argument("--model", help="a trained model folder for the first night (default: train one)")
     p.add_argument("--force", action="store_true", help="redo a night already in the catalog")
+
+    p = add("reembed", "embed every night of a catalog again with another model (an explicit model change)", str(CONFIGS / "nightly.yaml"))
+    p.add_argument("--catalog", required=True)
+    p.add_argument("--model", required=True, help="the new model folder")
 
     p = add("evaluate", "show on a labeled dataset whether ranking pays off (paper Fig. 1 and 3)", str(CONFIGS / "evaluate.yaml"))
     p.add_argument("--dataset", required=True, help="MedMNIST .npz, or an archive with label and split columns")
@@ -174,6 +181,14 @@ def _nightly(args: argparse.Namespace, cfg: Config) -> int:
     return result.exit_code
 
 
+def _reembed(args: argparse.Namespace, cfg: Config) -> int:
+    from enrich_ray.pipelines.nightly import reembed
+
+    result = reembed(args.catalog, args.model, cfg)
+    print(result.message)
+    return result.exit_code
+
+
 def _evaluate(args: argparse.Namespace, cfg: Config) -> int:
     from enrich_ray.pipelines.evaluate import run_evaluation
 
@@ -203,6 +218,7 @@ COMMANDS = {
     "curate": _curate,
     "select": _select,
     "nightly": _nightly,
+    "reembed": _reembed,
     "evaluate": _evaluate,
     "demo": _demo,
 }

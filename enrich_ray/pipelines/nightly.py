@@ -71,6 +71,8 @@ class Catalog:
         fs.makedirs(path, exist_ok=True)
         file = self.run.path(CATALOG_FILE).path
         self.state = json.loads(fs.cat_file(file)) if fs.exists(file) else {"nights": [], "model_hash": None, "index": None}
+        self.state.setdefault("model", "model")
+        self.state.setdefault("embeddings", "embeddings")
 
     @property
     def nights(self) -> list[str]:
@@ -108,7 +110,10 @@ class Catalog:
     def commit(self, night: str, entry: dict, index_version: str | None, model_hash: str) -> None:
         """Make the night visible: catalog.json is rewritten last, in one write."""
         nights = [n for n in self.state["nights"] if n["night"] != night] + [{"night": night, **entry}]
-        state = {**self.state, "nights": nights, "model_hash": model_hash, "index": index_version}
+        self.write_state({**self.state, "nights": nights, "model_hash": model_hash, "index": index_version})
+
+    def write_state(self, state: dict) -> None:
+        """Replace catalog.json in one move: the catalog's commit point."""
         tmp = f"{CATALOG_FILE}.tmp"
         self.run.write_json(tmp, state)
         self.run.loc.fs.mv(self.run.path(tmp).path, self.run.path(CATALOG_FILE).path)
@@ -120,13 +125,17 @@ class Catalog:
         for night in self.nights:
             if night == exclude:
                 continue
-            table = self.run.read_table(f"embeddings/night={night}")
+            table = self.run.read_table(self.partition(night))
             f, e = _frames_and_vectors(table)
             frames.append(f.assign(night=night))
             vectors.append(e)
         if not frames:
             return pd.DataFrame(columns=[*stages.FRAME_COLUMNS, "night"]), np.zeros((0, 0), np.float32)
         return pd.concat(frames, ignore_index=True), np.concatenate(vectors)
+
+    def partition(self, night: str) -> str:
+        """The folder of a night's embeddings under the current model."""
+        return f"{self.state['embeddings']}/night={night}"
 
     def labeled_ids(self) -> set[str]:
         """Image ids of the labeled set, from every file under labeled/."""
@@ -209,16 +218,16 @@ def _run_night(cat: Catalog, shards: list[str], night: str, cfg: Config, model: 
     resent = sorted(set(archive_ids) & known)
     if not work.is_done("select"):
         work.clear(["archive"])
-        _write_new_archive(shards, known, work, cfg)
+        _write_archive_subset(shards, work, cfg, exclude=known)
         work.mark("select", {"new_images": len(set(archive_ids) - known), "resent": len(resent)})
     lap("select_new")
 
     # The frozen model: the catalog's, else --model, else trained on the first night.
-    model_uri = cat.run.path("model").uri()
+    model_uri = cat.run.path(cat.state["model"]).uri()
     if cat.state["model_hash"] is None and not work.is_done("model"):
         work.clear(["decoded"])
         if model:
-            _copy_tree(resolve(model, cfg.storage), cat.run.path("model"))
+            _copy_tree(resolve(model, cfg.storage), cat.run.path(cat.state["model"]))
         else:
             runtime.init(cfg.runtime)
             work.mark("decode", stages._decode(work, work.files("archive"), cfg, runtime))
@@ -231,10 +240,11 @@ def _run_night(cat: Catalog, shards: list[str], night: str, cfg: Config, model: 
         work.mark("model", {})
     lap("model")
     model_hash = load_model(model_uri, cfg.storage).model_hash
-    if cat.state["model_hash"] not in (None, model_hash):
+    given = load_model(model, cfg.storage).model_hash if model else model_hash
+    if given != model_hash:
         raise ConfigError(
-            f"catalog {cat.uri} holds embeddings of model {cat.state['model_hash'][:12]}, but {model_uri} is "
-            f"{model_hash[:12]}: embeddings of two models never mix; re-embed the catalog explicitly"
+            f"catalog {cat.uri} holds embeddings of model {model_hash[:12]}, but --model {model} is {given[:12]}: "
+            f"embeddings of two models never mix; run `enrich-ray reembed --catalog {cat.uri} --model {model}` first"
         )
     cfg = dataclasses.replace(cfg, embed=dataclasses.replace(cfg.embed, embedder="vae", model=model_uri))
 
@@ -286,10 +296,9 @@ def _run_night(cat: Catalog, shards: list[str], night: str, cfg: Config, model: 
     lap("write_outputs")
 
     # Commit: the night's embeddings, then catalog.json (the one write that makes it visible).
-    part = cat.run.path(f"embeddings/night={night}")
-    cat.run.clear([f"embeddings/night={night}"])
-    part.fs.makedirs(part.path, exist_ok=True)
-    cat.run.write_table(f"embeddings/night={night}/part-00000.parquet", schema.result_rows(work.read_table("embeddings")))
+    cat.run.clear([cat.partition(night)])
+    cat.run.loc.fs.makedirs(cat.run.path(cat.partition(night)).path, exist_ok=True)
+    cat.run.write_table(f"{cat.partition(night)}/part-00000.parquet", schema.result_rows(work.read_table("embeddings")))
     lap("commit_embeddings")
     summary = {"night": night, "counts": counts, "model_hash": model_hash, "timings_s": timings,
                "seconds": round(time.perf_counter() - t0, 2)}
@@ -318,15 +327,18 @@ def _archive_ids(shards: list[str], cfg: Config) -> list[str]:
     return ids
 
 
-def _write_new_archive(shards: list[str], known: set[str], work: RunFolder, cfg: Config) -> None:
-    """Copy the archive rows whose image_id the catalog does not hold into the night's work folder."""
+def _write_archive_subset(shards: list[str], work: RunFolder, cfg: Config, *, exclude: set[str] = frozenset(),
+                          only: set[str] | None = None) -> None:
+    """Copy the archive rows to embed into a work folder: not in `exclude`, and in `only` when given."""
     work.loc.fs.makedirs(work.path("archive").path, exist_ok=True)
     for i, uri in enumerate(shards):
         loc = resolve(uri, cfg.storage)
         with loc.fs.open(loc.path, "rb") as fh:
             table = pq.read_table(fh)
-        if known:
-            table = table.filter(pc.invert(pc.is_in(table["image_id"], pa.array(sorted(known)))))
+        if exclude:
+            table = table.filter(pc.invert(pc.is_in(table["image_id"], pa.array(sorted(exclude)))))
+        if only is not None:
+            table = table.filter(pc.is_in(table["image_id"], pa.array(sorted(only), pa.string())))
         work.write_table(f"archive/part-{i:05d}.parquet", table)
 
 
@@ -459,3 +471,57 @@ def _night_report(run: RunFolder, summary: dict, manifest, dups, outl, errors, g
     page = render_report({"counts": summary["counts"], "run": {"night": summary["night"]}},
                          shown, tonight(dups), tonight(outl), errors, nn, thumbs, cfg.report)
     run.write_bytes("report.html", page.encode())
+
+
+def reembed(catalog: str, model: str, cfg: Config) -> NightResult:
+    """Embed every committed night again with another model: the explicit step a model change needs.
+
+    Each night's images are read again from the archive the night recorded, decoded and embedded
+    with the new model into a new embeddings folder; the index is rebuilt; catalog.json switches
+    model, embeddings and index in one write. Until then the catalog keeps serving the old model.
+    """
+    from enrich_ray import runtime
+    from enrich_ray.embed.checkpoint import load_model
+    from enrich_ray.index.shards import build_index
+
+    cat = Catalog(catalog, cfg)
+    cat.acquire()
+    try:
+        if not cat.nights:
+            raise StorageError(f"catalog {catalog} has no committed night to re-embed")
+        new_hash = load_model(model, cfg.storage).model_hash
+        if new_hash == cat.state["model_hash"]:
+            return NightResult(f"catalog {catalog} is already embedded with model {new_hash[:12]}; nothing changed", 0)
+        tag = new_hash[:12]
+        model_dir, emb_dir = f"model-{tag}", f"embeddings-{tag}"
+        _copy_tree(resolve(model, cfg.storage), cat.run.path(model_dir))
+        cfg = dataclasses.replace(cfg, embed=dataclasses.replace(cfg.embed, embedder="vae", model=cat.run.path(model_dir).uri()))
+        vectors = []
+        for entry in cat.state["nights"]:
+            night = entry["night"]
+            if "archive" not in entry:
+                raise StorageError(f"night {night} recorded no archive: it cannot be read again to re-embed")
+            work = RunFolder(cat.run.path(f"_reembed/{tag}/{night}").uri(), cfg.storage)
+            if not work.is_done("embed"):
+                keep = set(cat.run.read_table(cat.partition(night), columns=["image_id"]).column("image_id").to_pylist())
+                work.clear(["archive", "decoded", "embeddings", "_stages"])
+                _write_archive_subset(archive_shards(entry["archive"], cfg.storage), work, cfg, only=keep)
+                runtime.init(cfg.runtime)
+                work.mark("decode", stages._decode(work, work.files("archive"), cfg, runtime))
+                work.mark("embed", stages._embed(work, cfg, runtime))
+            table = schema.result_rows(work.read_table("embeddings"))
+            cat.run.clear([f"{emb_dir}/night={night}"])
+            cat.run.loc.fs.makedirs(cat.run.path(f"{emb_dir}/night={night}").path, exist_ok=True)
+            cat.run.write_table(f"{emb_dir}/night={night}/part-00000.parquet", table)
+            vectors.append(_frames_and_vectors(table)[1])
+        version = f"v{int(cat.state['index'][1:]) + 1:05d}" if cat.state["index"] else "v00001"
+        emb = np.concatenate([v for v in vectors if v.size]) if any(v.size for v in vectors) else np.zeros((0, 0), np.float32)
+        if len(emb):
+            build_index(emb, cfg.index).save(cat.run.path(f"index/{version}").uri(), cfg.storage)
+        old = {k: cat.state[k] for k in ("model", "embeddings", "index")}
+        cat.write_state({**cat.state, "model_hash": new_hash, "model": model_dir, "embeddings": emb_dir,
+                         "index": version if len(emb) else None})
+        cat.run.clear([old["model"], old["embeddings"], f"_reembed/{tag}"] + ([f"index/{old['index']}"] if old["index"] else []))
+        return NightResult(f"catalog {catalog}: {len(emb)} frames of {len(cat.nights)} nights re-embedded with model {tag}", 0)
+    finally:
+        cat.release()

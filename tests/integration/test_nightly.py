@@ -13,7 +13,10 @@ from PIL import Image
 from enrich_ray.config import load_config
 from enrich_ray.io.pack import pack
 from enrich_ray.pipelines import nightly as nightly_mod
-from enrich_ray.pipelines.nightly import CatalogBusy, nightly
+from enrich_ray.config import ConfigError
+from enrich_ray.embed.checkpoint import load_model
+from enrich_ray.pipelines.curate import train_model
+from enrich_ray.pipelines.nightly import CatalogBusy, nightly, reembed
 from enrich_ray.selection import enrich_greedy
 
 pytestmark = pytest.mark.ray
@@ -120,6 +123,21 @@ def test_three_nights(ray_cluster, nights, tmp_path, monkeypatch):
     before = _catalog_json(catalog)
     again = nightly(str(catalog), archives[2], NIGHTS[2], cfg)
     assert "already in catalog" in again.message and _catalog_json(catalog) == before
+
+    # A model change never mixes embeddings: refused until the catalog is re-embedded explicitly.
+    other = tmp_path / "model-v2"
+    train_model(archives[1], str(other), load_config(None, [*SETTINGS, "vae.seed=7"]))
+    new_hash = load_model(str(other)).model_hash
+    with pytest.raises(ConfigError, match="reembed"):
+        nightly(str(catalog), archives[2], "2026-11-21", cfg, model=str(other))
+    reembed(str(catalog), str(other), cfg)
+    state = json.loads(_catalog_json(catalog))
+    assert state["model_hash"] == new_hash and [n["night"] for n in state["nights"]] == NIGHTS
+    again = pd.read_parquet(catalog / state["embeddings"])
+    assert len(again) == 32 and set(again["model_hash"]) == {new_hash}
+    assert sorted(again["image_id"]) == sorted(emb["image_id"])
+    assert not (catalog / "embeddings").exists() and not (catalog / "model").exists()
+
     (catalog / "_lock").write_text('{"host": "other", "pid": 1}')
     with pytest.raises(CatalogBusy, match="held by another run"):
         nightly(str(catalog), archives[2], "2026-11-21", cfg)
