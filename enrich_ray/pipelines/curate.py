@@ -305,7 +305,7 @@ def _rank(run: RunFolder, cfg: Config) -> dict:
     labeled = labeled_mask(cfg.selection.seed_manifest, frames, cfg)
     seed = seed_rows(len(frames), cfg.selection, labeled)
     query = query_rows(cfg.selection.smi_query, frames, cfg) if cfg.selection.ranker == "smi" else None
-    ranking = rank(cfg.selection.ranker, emb, seed, cfg.selection.k, cfg.selection, query=query)
+    ranking = rank(cfg.selection.ranker, emb, seed, cfg.selection.k, cfg.selection, query=query, progress=True)
     manifest = build_manifest(ranking, frames, cfg.selection, emb)
     run.write_table("manifest.parquet", manifest)
     run.write_csv("manifest.csv", manifest)

@@ -446,7 +446,7 @@ def _night_ranking(cat: Catalog, history: pd.DataFrame, hist_emb: np.ndarray, ne
     else:
         seed = seed_rows(len(new_frames), cfg.selection, None)
     sel = dataclasses.replace(cfg.selection, k=None)
-    ranking = rank(sel.ranker, emb, seed, None, sel)
+    ranking = rank(sel.ranker, emb, seed, None, sel, progress=True)
     return build_manifest(ranking, frames, sel, emb), int(lab_mask.sum())
 
 

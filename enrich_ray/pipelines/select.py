@@ -63,7 +63,7 @@ def select(embeddings: str, out: str, cfg: Config, ranker: str | None, seed: str
     if len(frames) == 0:
         raise StorageError(f"{embeddings} holds no embeddings")
     labeled = labeled_mask(sel.seed_manifest, frames, cfg)
-    ranking = rank(sel.ranker, emb, seed_rows(len(frames), sel, labeled), sel.k, sel)
+    ranking = rank(sel.ranker, emb, seed_rows(len(frames), sel, labeled), sel.k, sel, progress=True)
     manifest = build_manifest(ranking, frames, sel, emb)
     run = RunFolder(out, cfg.storage)
     run.loc.fs.makedirs(run.loc.path, exist_ok=True)

@@ -18,6 +18,7 @@ import importlib.util
 from typing import Literal
 
 import numpy as np
+from tqdm import tqdm
 
 from enrich_ray.selection.ranking import Ranking, check_embeddings, check_k, check_seed
 
@@ -39,27 +40,29 @@ def enrich_greedy(
     *,
     method: Method = "auto",
     device: str | None = None,
+    progress: bool = False,
 ) -> Ranking:
     """Rank frames by ENRICH after the seed set; `order`, `score` and `coverage` per position.
 
     `score` of a pick is its maximum similarity to everything before it (NaN for seeds);
     `coverage[i]` is the next pick's score (the smallest max-similarity left after pick i).
     `method="auto"` runs torch on a GPU when one is there (or on `device` if given), the plain
-    loop below PLAIN_MAX_ROWS frames and the clustered path above.
+    loop below PLAIN_MAX_ROWS frames and the clustered path above. `progress` shows a bar of picks.
     """
     x = check_embeddings(embeddings)
     seed = check_seed(seed, x.shape[0])
     k = check_k(k, x.shape[0], seed.size)
     method = _choose_method(method, device, x.shape[0])
-    if method == "torch":
-        order, score, rest = _greedy_torch(x, seed, k, device or _default_device())
-    elif method == "plain":
-        order, score, rest = _greedy_plain(x, seed, k)
-    elif method == "clustered":
-        index = CoverageIndex(x, max_similarity(x, seed), ranked=seed)
-        order, score, rest = _greedy_clustered(index, k)
-    else:
-        raise ValueError(f"unknown method {method!r}: choose auto, plain, clustered or torch")
+    with tqdm(total=k, desc=f"rank: enrich ({method})", unit="frame", disable=not progress) as bar:
+        if method == "torch":
+            order, score, rest = _greedy_torch(x, seed, k, device or _default_device(), bar)
+        elif method == "plain":
+            order, score, rest = _greedy_plain(x, seed, k, bar)
+        elif method == "clustered":
+            index = CoverageIndex(x, max_similarity(x, seed), ranked=seed)
+            order, score, rest = _greedy_clustered(index, k, bar)
+        else:
+            raise ValueError(f"unknown method {method!r}: choose auto, plain, clustered or torch")
     n_seed = seed.size
     coverage = np.full(n_seed + k, np.nan, dtype=np.float32)
     coverage[n_seed : n_seed + k - 1] = score[1:]
@@ -137,7 +140,7 @@ def _rest(m: np.ndarray) -> np.float32:
     return np.float32(1.0) if np.isinf(low) else low
 
 
-def _greedy_plain(x: np.ndarray, seed: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.float32]:
+def _greedy_plain(x: np.ndarray, seed: np.ndarray, k: int, bar: tqdm | None = None) -> tuple[np.ndarray, np.ndarray, np.float32]:
     """The reference loop: picks, their scores, and the smallest max-similarity left after the last."""
     m = max_similarity(x, seed)
     m[seed] = np.inf
@@ -150,11 +153,13 @@ def _greedy_plain(x: np.ndarray, seed: np.ndarray, k: int) -> tuple[np.ndarray, 
         m[p] = np.inf
         np.dot(x, x[p], out=sims)
         np.maximum(m, sims, out=m)
+        if bar is not None:
+            bar.update()
     return order, score, _rest(m)
 
 
 def _greedy_torch(
-    x: np.ndarray, seed: np.ndarray, k: int, device: str
+    x: np.ndarray, seed: np.ndarray, k: int, device: str, bar: tqdm | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.float32]:
     """The plain loop in torch on `device`; no host synchronisation inside the loop."""
     import torch
@@ -171,6 +176,8 @@ def _greedy_torch(
         score[i] = m[p]
         m.index_fill_(0, p.view(1), float("inf"))
         torch.maximum(m, torch.mv(xt, xt[p]), out=m)
+        if bar is not None:
+            bar.update()
     return order.cpu().numpy(), score.cpu().numpy(), _rest(m.cpu().numpy())
 
 
@@ -268,7 +275,7 @@ class CoverageIndex:
 
 
 def _greedy_clustered(
-    index: CoverageIndex, k: int, batch: int = 1024
+    index: CoverageIndex, k: int, bar: tqdm | None = None, batch: int = 1024
 ) -> tuple[np.ndarray, np.ndarray, np.float32]:
     """The greedy in batches: simulate it exactly on the `batch` least-covered rows, then update all.
 
@@ -308,5 +315,7 @@ def _greedy_clustered(
         index.add(rows)
         done += rows.size
         unranked -= rows.size
+        if bar is not None:
+            bar.update(rows.size)
     p, value = index.least_covered()
     return order, score, np.float32(1.0) if p < 0 else value

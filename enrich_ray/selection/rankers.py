@@ -20,13 +20,15 @@ def rank(
     k: int | None,
     cfg: SelectionConfig,
     query: np.ndarray | list[int] | None = None,
+    progress: bool = False,
 ) -> Ranking:
     """Rank frames with the ranker `name`: the seed rows first, then k picks (None: all it ranks).
 
-    `query` (row indices of exemplar frames) is required by `smi` and ignored by the others.
+    `query` (row indices of exemplar frames) is required by `smi` and ignored by the others;
+    `progress` shows a bar of ENRICH's picks (the others take one pass).
     """
     if name == "enrich":
-        return enrich_greedy(embeddings, seed, k)
+        return enrich_greedy(embeddings, seed, k, progress=progress)
     if name == "random":
         return random_ranking(np.asarray(embeddings).shape[0], seed, k, cfg.random_seed)
     if name == "examine":
