@@ -258,6 +258,14 @@ def _path_duplicates(archive: str, cfg: Config, frames: pd.DataFrame, first_grou
     return pd.DataFrame(rows)
 
 
+def _flag_blank_frames(run: RunFolder, outl: pd.DataFrame) -> pd.DataFrame:
+    """Blank (constant) frames are always flagged: an embedding may find them close to dark frames."""
+    keys = schema.result_rows(run.read_table("decoded", columns=["image_id", "frame_index", "is_constant", "stage"]))
+    blank = keys.filter(keys["is_constant"]).select(["image_id", "frame_index"]).to_pandas()
+    is_blank = pd.MultiIndex.from_frame(outl[["image_id", "frame_index"]]).isin(pd.MultiIndex.from_frame(blank))
+    return outl.assign(is_constant=is_blank, flagged=outl["flagged"].to_numpy() | is_blank)
+
+
 def _analyze(run: RunFolder, archive: str, cfg: Config) -> dict:
     from enrich_ray.analysis.duplicates import near_duplicates
     from enrich_ray.analysis.outliers import outliers
@@ -273,7 +281,7 @@ def _analyze(run: RunFolder, archive: str, cfg: Config) -> dict:
             plot_redundancy({"this archive": nn}, f"{tmp}/redundancy.png")
             run.write_bytes("redundancy.png", Path(f"{tmp}/redundancy.png").read_bytes())
         dups = _with_keys(near_duplicates(graph, cfg.analysis.near_duplicate_threshold, emb), frames)
-        outl = _with_keys(outliers(graph, cfg.analysis.outlier_mad_k), frames)
+        outl = _flag_blank_frames(run, _with_keys(outliers(graph, cfg.analysis.outlier_mad_k), frames))
     else:
         stats = {}
         dups = pd.DataFrame(columns=["group_id", "row", "kind", "similarity", "is_representative", "group_size", "image_id", "frame_index", "source_uri"])

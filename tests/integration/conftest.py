@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from tests.conftest import testdata_path
 
@@ -51,6 +52,7 @@ def sample_source(tmp_path_factory) -> Path:
     for f in sorted(busi.glob("*.png"))[:12]:
         shutil.copy(f, src / f.name)
     (src / "readme.txt").write_text("skipped: not an image")
+    Image.new("L", (120, 90), 0).save(src / "blank frame.png")  # a black frame: valid, flagged
     (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
     return src
 

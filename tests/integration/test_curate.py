@@ -69,6 +69,9 @@ def test_outputs_have_the_documented_columns(pixel_run):
     dups = pd.read_parquet(out / "duplicates.parquet")
     mr_family = dups[dups["source_uri"].str.contains("MR_small")]
     assert mr_family["group_id"].nunique() == 1 and len(mr_family) == 5  # one image, five encodings
+    outliers = pd.read_parquet(out / "outliers.parquet")
+    blank = outliers[outliers["source_uri"].str.endswith("blank frame.png")]
+    assert len(blank) == 1 and blank["flagged"].all() and blank["is_constant"].all()
     html = (out / "report.html").read_text()
     assert "<img" in html and "MR_truncated.dcm" in html
 
