@@ -132,7 +132,7 @@ def load_all(catalog: Path) -> np.ndarray:
     """Every committed embedding of the catalog."""
     table = pq.read_table(catalog / "embeddings", columns=["embedding"])
     col = table.column("embedding").combine_chunks()
-    return col.flatten().to_numpy().reshape(-1, col.type.list_size)
+    return col.flatten().to_numpy().reshape(-1, col.type.list_size).copy()  # writable, as torch wants
 
 
 if __name__ == "__main__":
