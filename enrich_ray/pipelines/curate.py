@@ -180,19 +180,24 @@ def _embed(run: RunFolder, cfg: Config, runtime) -> dict:
     return {"embedded": len(stage) - errors, "errors": errors}
 
 
-def load_embeddings(run: RunFolder) -> tuple[pd.DataFrame, np.ndarray]:
-    """The embedded frames (keys and group columns) and their unit vectors, sorted by frame key."""
-    table = run.read_table("embeddings")
+def frames_and_vectors(table: pa.Table) -> tuple[pd.DataFrame, np.ndarray]:
+    """Frame keys (and group columns) and vectors of an embeddings table's result rows, sorted by frame key."""
     table = schema.result_rows(table)
     frames = table.select([c for c in FRAME_COLUMNS if c in table.column_names]).to_pandas()
     if table.num_rows == 0:
         return frames, np.zeros((0, 0), np.float32)
-    emb_col = table.column("embedding").combine_chunks()
-    dim = emb_col.type.list_size
-    emb = emb_col.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32)
+    col = table.column("embedding").combine_chunks()
+    lengths = set(pc.list_value_length(col).to_pylist())
+    if len(lengths) != 1 or col.null_count:
+        raise StorageError(f"embeddings must all have one length and none may be null: found lengths {sorted(map(str, lengths))}")
+    emb = col.flatten().to_numpy(zero_copy_only=False).reshape(-1, lengths.pop()).astype(np.float32)
     order = np.lexsort((frames["frame_index"].to_numpy(), frames["image_id"].to_numpy()))
-    frames = frames.iloc[order].reset_index(drop=True)
-    return frames, np.ascontiguousarray(emb[order])
+    return frames.iloc[order].reset_index(drop=True), np.ascontiguousarray(emb[order])
+
+
+def load_embeddings(run: RunFolder) -> tuple[pd.DataFrame, np.ndarray]:
+    """The run's embedded frames and their unit vectors, sorted by frame key (the rows of everything after)."""
+    return frames_and_vectors(run.read_table("embeddings"))
 
 
 def _index(run: RunFolder, cfg: Config) -> dict:

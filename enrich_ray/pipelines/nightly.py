@@ -126,7 +126,7 @@ class Catalog:
             if night == exclude:
                 continue
             table = self.run.read_table(self.partition(night))
-            f, e = _frames_and_vectors(table)
+            f, e = stages.frames_and_vectors(table)
             frames.append(f.assign(night=night))
             vectors.append(e)
         if not frames:
@@ -159,18 +159,6 @@ class Catalog:
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def _frames_and_vectors(table: pa.Table) -> tuple[pd.DataFrame, np.ndarray]:
-    """Frame keys and vectors of an embeddings table, sorted by frame key."""
-    table = schema.result_rows(table)
-    frames = table.select([c for c in stages.FRAME_COLUMNS if c in table.column_names]).to_pandas()
-    if table.num_rows == 0:
-        return frames, np.zeros((0, 0), np.float32)
-    col = table.column("embedding").combine_chunks()
-    emb = col.flatten().to_numpy(zero_copy_only=False).reshape(-1, col.type.list_size).astype(np.float32)
-    order = np.lexsort((frames["frame_index"].to_numpy(), frames["image_id"].to_numpy()))
-    return frames.iloc[order].reset_index(drop=True), np.ascontiguousarray(emb[order])
 
 
 def nightly(catalog: str, archive: str, night: str, cfg: Config, model: str | None = None, force: bool = False) -> NightResult:
@@ -255,7 +243,7 @@ def _run_night(cat: Catalog, shards: list[str], night: str, cfg: Config, model: 
             info = stages._decode(work, work.files("archive"), cfg, runtime) if stage == "decode" else stages._embed(work, cfg, runtime)
             work.mark(stage, info)
         lap(stage)
-    new_frames, new_emb = _frames_and_vectors(work.read_table("embeddings"))
+    new_frames, new_emb = stages.frames_and_vectors(work.read_table("embeddings"))
     embedded = int(work.marker("embed").get("embedded", len(new_frames)))
 
     out = cat.run.path(f"nights/{night}")
@@ -513,7 +501,7 @@ def reembed(catalog: str, model: str, cfg: Config) -> NightResult:
             cat.run.clear([f"{emb_dir}/night={night}"])
             cat.run.loc.fs.makedirs(cat.run.path(f"{emb_dir}/night={night}").path, exist_ok=True)
             cat.run.write_table(f"{emb_dir}/night={night}/part-00000.parquet", table)
-            vectors.append(_frames_and_vectors(table)[1])
+            vectors.append(stages.frames_and_vectors(table)[1])
         version = f"v{int(cat.state['index'][1:]) + 1:05d}" if cat.state["index"] else "v00001"
         emb = np.concatenate([v for v in vectors if v.size]) if any(v.size for v in vectors) else np.zeros((0, 0), np.float32)
         if len(emb):

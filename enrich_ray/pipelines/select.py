@@ -5,12 +5,12 @@ import dataclasses
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.dataset as pads
 
-from enrich_ray import schema
 from enrich_ray.config import Config, ConfigError
 from enrich_ray.io.fs import StorageError, resolve
-from enrich_ray.pipelines.curate import FRAME_COLUMNS, labeled_mask
+from enrich_ray.pipelines.curate import FRAME_COLUMNS, frames_and_vectors, labeled_mask
 from enrich_ray.pipelines.run_folder import RunFolder
 
 
@@ -19,21 +19,18 @@ def read_embeddings(uri: str, cfg: Config) -> tuple[pd.DataFrame, np.ndarray]:
     loc = resolve(uri, cfg.storage)
     if not loc.fs.exists(loc.path):
         raise StorageError(f"embeddings not found: {uri}")
-    table = schema.result_rows(pads.dataset(loc.path, filesystem=loc.arrow_fs(), format="parquet").to_table())
+    table = pads.dataset(loc.path, filesystem=loc.arrow_fs(), format="parquet").to_table()
     for column in ("image_id", "embedding"):
         if column not in table.column_names:
             raise StorageError(f"{uri}: no {column} column (found {', '.join(table.column_names)})")
-    frames = table.select([c for c in FRAME_COLUMNS if c in table.column_names]).to_pandas()
-    if "frame_index" not in frames:
-        frames["frame_index"] = 0
+    if "frame_index" not in table.column_names:
+        table = table.append_column("frame_index", pa.array(np.zeros(table.num_rows, np.int32)))
+    frames, emb = frames_and_vectors(table)
     for column in FRAME_COLUMNS:  # a table from elsewhere may carry no source or group columns
         if column not in frames:
             frames[column] = None
-    emb = np.asarray(table.column("embedding").to_pylist(), dtype=np.float32)
     norms = np.linalg.norm(emb, axis=1, keepdims=True)
-    emb = emb / np.where(norms > 0, norms, 1)
-    order = np.lexsort((frames["frame_index"].to_numpy(), frames["image_id"].to_numpy()))
-    return frames.iloc[order].reset_index(drop=True), np.ascontiguousarray(emb[order])
+    return frames, emb / np.where(norms > 0, norms, 1)
 
 
 def select(embeddings: str, out: str, cfg: Config, ranker: str | None, seed: str | None, k: int | None) -> int:
