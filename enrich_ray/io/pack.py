@@ -16,6 +16,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
@@ -208,3 +209,13 @@ def archive_shards(archive: str, storage: StorageConfig | None = None) -> list[s
     except PermissionError as exc:
         raise StorageError(f"no permission to read archive {archive}: {exc}") from None
     return [Location(loc.fs, p, loc.protocol).uri() for p in names]
+
+
+def archive_table(archive: str, columns: list[str], storage: StorageConfig | None = None) -> pa.Table:
+    """Some columns of every row of an archive (never `data` unless asked for), read on this process."""
+    shards = archive_shards(archive, storage)
+    if not shards:
+        return schema.ARCHIVE.empty_table().select(columns)
+    loc = resolve(shards[0], storage)
+    paths = [resolve(uri, storage).path for uri in shards]
+    return pads.dataset(paths, filesystem=loc.arrow_fs(), format="parquet").to_table(columns=columns)

@@ -23,14 +23,13 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import yaml
 
 from enrich_ray import schema
 from enrich_ray.config import Config, ConfigError, config_dict
 from enrich_ray.io.fs import StorageError, resolve
-from enrich_ray.io.pack import ERRORS_NAME, archive_shards
+from enrich_ray.io.pack import ERRORS_NAME, archive_shards, archive_table
 from enrich_ray.pipelines.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
@@ -70,7 +69,8 @@ def curate(archive: str, out: str, cfg: Config, model: str | None = None, force:
         raise StorageError(f"archive {archive} holds no Parquet shards (part-*.parquet): pack it first")
     run = RunFolder(out, cfg.storage)
     run.open_run(cfg, force)
-    if cfg.embed.embedder == "vae" and not cfg.embed.model:
+    train_here = cfg.embed.embedder == "vae" and not cfg.embed.model
+    if train_here:
         cfg = dataclasses.replace(cfg, embed=dataclasses.replace(cfg.embed, model=run.path("model").uri()))
 
     timings: dict[str, float] = {}
@@ -84,7 +84,7 @@ def curate(archive: str, out: str, cfg: Config, model: str | None = None, force:
         "report": lambda: _report(run, archive, cfg, timings),
     }
     for stage in STAGES:
-        if stage == "train" and (cfg.embed.embedder != "vae" or model):
+        if stage == "train" and not train_here:
             continue
         if run.is_done(stage) and not force:
             timings[stage] = run.marker(stage).get("seconds", 0.0)
@@ -109,6 +109,7 @@ def curate(archive: str, out: str, cfg: Config, model: str | None = None, force:
 
 
 def _decode(run: RunFolder, shards: list[str], cfg: Config, runtime) -> dict:
+    """Every archive row to frames or error rows, in Ray tasks, into decoded/."""
     ds = runtime.read_parquet(shards, cfg.storage)
     runtime.write_parquet(runtime.decode(ds, cfg.decode), run.path("decoded").uri(), cfg.storage)
     stage_col = run.read_table("decoded", columns=["stage"]).column("stage")
@@ -238,10 +239,7 @@ def _with_keys(df: pd.DataFrame, frames: pd.DataFrame) -> pd.DataFrame:
 
 def _path_duplicates(archive: str, cfg: Config, frames: pd.DataFrame, first_group: int) -> pd.DataFrame:
     """Byte-identical files found at several paths: one 'exact' group per image, a row per path."""
-
-    loc = resolve(archive_shards(archive, cfg.storage)[0], cfg.storage)
-    paths = [resolve(u, cfg.storage).path for u in archive_shards(archive, cfg.storage)]
-    table = pads.dataset(paths, filesystem=loc.arrow_fs(), format="parquet").to_table(columns=["image_id", "source_uris"])
+    table = archive_table(archive, ["image_id", "source_uris"], cfg.storage)
     multi = table.filter(pc.greater(pc.list_value_length(table["source_uris"]), 1)).to_pandas()
     rows = []
     row_of = {k: r for r, k in enumerate(zip(frames["image_id"], frames["frame_index"]))}
@@ -381,7 +379,7 @@ def _report(run: RunFolder, archive: str, cfg: Config, timings: dict) -> dict:
     graph = load_graph(run)
     errors = _errors(run, archive, cfg)
     run.write_table("errors.parquet", errors)
-    archive_rows = _archive_rows(archive, cfg)
+    archive_rows = archive_table(archive, ["image_id"], cfg.storage).num_rows
     decoded = run.read_table("decoded", columns=["image_id", "frame_index", "stage"])
     frames_decoded = schema.result_rows(decoded).num_rows
     decode_file_errors = int(
@@ -439,16 +437,6 @@ def _report(run: RunFolder, archive: str, cfg: Config, timings: dict) -> dict:
     nn = graph.nn_similarity if graph.k else np.zeros(0, np.float32)
     run.write_bytes("report.html", render_report(summary, manifest, dups, outl, errors, nn, thumbs, cfg.report).encode())
     return {"counts": counts, "checks": checks}
-
-
-def _archive_rows(archive: str, cfg: Config) -> int:
-
-    total = 0
-    for uri in archive_shards(archive, cfg.storage):
-        loc = resolve(uri, cfg.storage)
-        with loc.fs.open(loc.path, "rb") as fh:
-            total += pq.ParquetFile(fh).metadata.num_rows
-    return total
 
 
 def train_model(archive: str, out: str, cfg: Config):

@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 from enrich_ray import schema
 from enrich_ray.config import Config, ConfigError
 from enrich_ray.io.fs import StorageError, resolve
-from enrich_ray.io.pack import archive_shards
+from enrich_ray.io.pack import archive_shards, archive_table
 from enrich_ray.pipelines import curate as stages
 from enrich_ray.pipelines.run_folder import RunFolder
 
@@ -202,7 +202,7 @@ def _run_night(cat: Catalog, shards: list[str], night: str, cfg: Config, model: 
 
     # Tonight's archive, less the images the catalog already holds (re-sent scans).
     known = set(history["image_id"])
-    archive_ids = _archive_ids(shards, cfg)
+    archive_ids = archive_table(_archive_root(shards), ["image_id"], cfg.storage).column("image_id").to_pylist()
     resent = sorted(set(archive_ids) & known)
     if not work.is_done("select"):
         work.clear(["archive"])
@@ -304,15 +304,6 @@ def _run_night(cat: Catalog, shards: list[str], night: str, cfg: Config, model: 
 
 def _archive_root(shards: list[str]) -> str:
     return shards[0].rsplit("/", 1)[0]
-
-
-def _archive_ids(shards: list[str], cfg: Config) -> list[str]:
-    ids: list[str] = []
-    for uri in shards:
-        loc = resolve(uri, cfg.storage)
-        with loc.fs.open(loc.path, "rb") as fh:
-            ids.extend(pq.read_table(fh, columns=["image_id"]).column("image_id").to_pylist())
-    return ids
 
 
 def _write_archive_subset(shards: list[str], work: RunFolder, cfg: Config, *, exclude: set[str] = frozenset(),
