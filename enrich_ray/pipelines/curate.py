@@ -10,6 +10,7 @@ manifest, so results never depend on the order a distributed stage wrote them in
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import platform
 import tempfile
@@ -315,12 +316,55 @@ def _rank(run: RunFolder, cfg: Config) -> dict:
         return {"ranked": 0}
     labeled = labeled_mask(cfg.selection.seed_manifest, frames, cfg)
     seed = seed_rows(len(frames), cfg.selection, labeled)
-    query = query_rows(cfg.selection.smi_query, frames, cfg) if cfg.selection.ranker == "smi" else None
-    ranking = rank(cfg.selection.ranker, emb, seed, cfg.selection.k, cfg.selection, query=query, progress=True)
+    sel = cfg.selection
+    if sel.ranker == "smi" and sel.smi_query and _is_folder(sel.smi_query, cfg):
+        ranking = _rank_toward_exemplars(emb, seed, exemplar_embeddings(sel.smi_query, run, cfg), cfg)
+    else:
+        query = query_rows(sel.smi_query, frames, cfg) if sel.ranker == "smi" else None
+        ranking = rank(sel.ranker, emb, seed, sel.k, sel, query=query, progress=True)
     manifest = build_manifest(ranking, frames, cfg.selection, emb)
     run.write_table("manifest.parquet", manifest)
     run.write_csv("manifest.csv", manifest)
     return {"ranked": len(manifest), "seed": len(seed)}
+
+
+def _is_folder(uri: str, cfg: Config) -> bool:
+    loc = resolve(uri, cfg.storage)
+    return loc.fs.isdir(loc.path)
+
+
+def exemplar_embeddings(folder: str, run: RunFolder, cfg: Config) -> np.ndarray:
+    """A folder of exemplar images embedded by the run's own embedder: the targeted ranker's query set."""
+    from enrich_ray.decode.sniff import sniff_format
+    from enrich_ray.decode.stage import decode_batch
+    from enrich_ray.embed.registry import make_embedder, state_from_json
+    from enrich_ray.io.pack import list_sources
+
+    rows = []
+    for loc, uri in list_sources([folder], cfg.storage):
+        data = loc.fs.cat_file(loc.path)
+        fmt = sniff_format(data, uri)
+        if fmt:
+            rows.append({"image_id": hashlib.sha256(data).hexdigest(), "source_uri": uri, "source_uris": [uri],
+                         "format": fmt, "size_bytes": len(data), "data": data})
+    frames, _ = decode_batch(pa.Table.from_pylist(rows, schema=schema.ARCHIVE), cfg.decode)
+    if frames.num_rows == 0:
+        raise ConfigError(f"selection.smi_query {folder}: no decodable exemplar image in the folder")
+    state_file = run.path("embed_state.json")
+    state = state_from_json(state_file.fs.cat_file(state_file.path).decode()) if state_file.fs.exists(state_file.path) else None
+    embeddings, _ = make_embedder(cfg.embed, cfg.decode, cfg.storage, state).embed_batch(frames)
+    return frames_and_vectors(embeddings)[1]
+
+
+def _rank_toward_exemplars(emb: np.ndarray, seed: np.ndarray, exemplars: np.ndarray, cfg: Config):
+    """Targeted ranking with external exemplars: they join as query rows that are never ranked."""
+    from enrich_ray.selection import Ranking, rank
+
+    n = len(emb)
+    query = np.arange(n, n + len(exemplars), dtype=np.int64)
+    both = rank("smi", np.vstack([emb, exemplars]), np.concatenate([seed, query]), cfg.selection.k, cfg.selection, query=query)
+    keep = both.order < n
+    return Ranking(ranker="smi", order=both.order[keep], score=both.score[keep], n_seed=len(seed))
 
 
 def query_rows(smi_query: str | None, frames: pd.DataFrame, cfg: Config) -> np.ndarray:

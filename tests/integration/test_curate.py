@@ -190,3 +190,19 @@ def test_interrupted_run_resumes_to_identical_outputs(pixel_run, sample_archive,
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "report:" in done.stdout
     _assert_same(_outputs(out), _outputs(run))
+
+
+def test_targeted_ranking_toward_a_folder_of_exemplars(ray_cluster, sample_archive, busi_dir, tmp_path):
+    import shutil
+
+    exemplars = tmp_path / "exemplars"
+    exemplars.mkdir()
+    for f in sorted((busi_dir / "malignant").glob("*.png"))[:3]:  # ultrasound, not in the archive
+        shutil.copy(f, exemplars / f.name)
+    cfg = load_config(None, [*PIXELS, "selection.ranker=smi", f"selection.smi_query={exemplars}", "selection.k=5"])
+    curate(str(sample_archive), str(tmp_path / "smi"), cfg)
+    manifest = pd.read_parquet(tmp_path / "smi" / "manifest.parquet")
+    picks = manifest[~manifest["is_seed"]]
+    assert len(picks) == 5 and set(manifest["ranker"]) == {"smi"}
+    assert not picks["source_uri"].str.contains("malignant").any()  # exemplars are the query, never ranked
+    assert picks["source_uri"].str.contains("benign").iloc[:3].all()  # the ultrasound frames most like the exemplars
