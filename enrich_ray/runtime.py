@@ -39,6 +39,14 @@ def shutdown() -> None:
         ray.shutdown()
 
 
+def run_task(fn, *args, num_gpus: float = 0.0, **kwargs):
+    """fn(*args, **kwargs) as one Ray task, on a GPU node when num_gpus > 0; returns its result.
+
+    Training runs this way so that on a cluster whose head has no GPU it still gets one.
+    """
+    return ray.get(ray.remote(num_cpus=1, num_gpus=num_gpus)(fn).remote(*args, **kwargs))
+
+
 def read_parquet(uris: list[str], storage: StorageConfig | None, columns: list[str] | None = None) -> Dataset:
     """A Ray dataset over Parquet files on local disk or an object store."""
     loc = resolve(uris[0], storage)

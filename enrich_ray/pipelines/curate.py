@@ -77,7 +77,7 @@ def curate(archive: str, out: str, cfg: Config, model: str | None = None, force:
     timings: dict[str, float] = {}
     steps: dict[str, Callable[[], dict]] = {
         "decode": lambda: _decode(run, shards, cfg, runtime),
-        "train": lambda: _train(run, cfg),
+        "train": lambda: _train(run, cfg, runtime),
         "embed": lambda: _embed(run, cfg, runtime),
         "index": lambda: _index(run, cfg),
         "analyze": lambda: _analyze(run, archive, cfg),
@@ -92,7 +92,7 @@ def curate(archive: str, out: str, cfg: Config, model: str | None = None, force:
             log.info("%s: complete, skipped", stage)
             continue
         run.clear(OUTPUTS[stage])
-        if stage in ("decode", "embed"):
+        if stage in ("decode", "train", "embed"):
             runtime.init(cfg.runtime)
         t0 = time.perf_counter()
         log.info("%s: running", stage)
@@ -145,14 +145,16 @@ def _pixels_of(run: RunFolder, keys: pd.DataFrame) -> np.ndarray:
     return pixels[[where[(i, int(f))] for i, f in zip(keys["image_id"], keys["frame_index"])]]
 
 
-def _train(run: RunFolder, cfg: Config) -> dict:
+def _train(run: RunFolder, cfg: Config, runtime) -> dict:
+    """Train the β-VAE on a seeded sample of the decoded frames, in a Ray task (on a GPU when configured)."""
     from enrich_ray.embed.train import train_vae
 
     frames = _frames_sample(run, cfg.vae.sample_size, cfg.vae.seed)
     if len(frames) < 2:
         log.warning("train: %d decoded frame(s), too few to train the β-VAE; nothing will be embedded", len(frames))
         return {"trained": False, "frames": int(len(frames))}
-    result = train_vae(frames, cfg.vae, cfg.decode, run.path("model").uri(), cfg.storage)
+    result = runtime.run_task(train_vae, frames, cfg.vae, cfg.decode, run.path("model").uri(), cfg.storage,
+                              num_gpus=min(1.0, cfg.embed.num_gpus))
     return {"trained": True, "model_hash": result.model_hash, "metrics": result.metrics}
 
 
@@ -498,4 +500,4 @@ def train_model(archive: str, out: str, cfg: Config):
         frames = _frames_sample(run, cfg.vae.sample_size, cfg.vae.seed)
         if len(frames) < 2:
             raise StorageError(f"archive {archive} holds {len(frames)} decodable frame(s): too few to train on")
-        return train_vae(frames, cfg.vae, cfg.decode, out, cfg.storage)
+        return runtime.run_task(train_vae, frames, cfg.vae, cfg.decode, out, cfg.storage, num_gpus=min(1.0, cfg.embed.num_gpus))

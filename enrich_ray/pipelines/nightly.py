@@ -224,7 +224,7 @@ def _run_night(cat: Catalog, shards: list[str], night: str, cfg: Config, model: 
                 raise StorageError(f"night {night}: {len(frames)} decodable frame(s), too few to train the first model")
             from enrich_ray.embed.train import train_vae
 
-            train_vae(frames, cfg.vae, cfg.decode, model_uri, cfg.storage)
+            runtime.run_task(train_vae, frames, cfg.vae, cfg.decode, model_uri, cfg.storage, num_gpus=min(1.0, cfg.embed.num_gpus))
         work.mark("model", {})
     lap("model")
     model_hash = load_model(model_uri, cfg.storage).model_hash
