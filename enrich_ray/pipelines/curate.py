@@ -419,7 +419,7 @@ def _versions() -> dict:
 
 
 def _report(run: RunFolder, archive: str, cfg: Config, timings: dict) -> dict:
-    from enrich_ray.report.html import render_report
+    from enrich_ray.report.html import write_report
 
     frames, emb = load_embeddings(run)
     graph = load_graph(run)
@@ -481,7 +481,7 @@ def _report(run: RunFolder, archive: str, cfg: Config, timings: dict) -> dict:
         manifest = manifest.assign(row=[row_of[k] for k in zip(manifest["image_id"], manifest["frame_index"])])
     thumbs = (lambda rows: _pixels_of(run, frames.iloc[list(rows)])) if cfg.report.thumbnails and len(frames) else None
     nn = graph.nn_similarity if graph.k else np.zeros(0, np.float32)
-    run.write_bytes("report.html", render_report(summary, manifest, dups, outl, errors, nn, thumbs, cfg.report).encode())
+    write_report(run.path("report.html").uri(), summary, manifest, dups, outl, errors, nn, thumbs, cfg.report, cfg.storage)
     return {"counts": counts, "checks": checks}
 
 

@@ -438,7 +438,7 @@ def build_manifest_empty() -> pd.DataFrame:
 
 
 def _night_report(run: RunFolder, summary: dict, manifest, dups, outl, errors, graph, n_hist: int, work: RunFolder, new_frames, cfg: Config) -> None:
-    from enrich_ray.report.html import render_report
+    from enrich_ray.report.html import write_report
 
     nn = graph.nn_similarity[n_hist:] if graph.k else np.zeros(0, np.float32)
     shown = manifest[~manifest["is_seed"]].copy() if len(manifest) else manifest
@@ -446,10 +446,13 @@ def _night_report(run: RunFolder, summary: dict, manifest, dups, outl, errors, g
     if len(shown):
         shown["row"] = [row_of[k] for k in zip(shown["image_id"], shown["frame_index"])]
     thumbs = (lambda rows: stages._pixels_of(work, new_frames.iloc[list(rows)])) if cfg.report.thumbnails and len(new_frames) else None
-    tonight = lambda df: df[df["row"] >= n_hist].assign(row=lambda d: d["row"] - n_hist) if len(df) else df  # noqa: E731
-    page = render_report({"counts": summary["counts"], "run": {"night": summary["night"]}},
-                         shown, tonight(dups), tonight(outl), errors, nn, thumbs, cfg.report)
-    run.write_bytes("report.html", page.encode())
+
+    def tonight(df: pd.DataFrame) -> pd.DataFrame:
+        """Tonight's rows of an analysis table, renumbered from 0 like the thumbnails."""
+        return df[df["row"] >= n_hist].assign(row=lambda d: d["row"] - n_hist) if len(df) else df
+
+    write_report(run.path("report.html").uri(), {"counts": summary["counts"], "run": {"night": summary["night"]}},
+                 shown, tonight(dups), tonight(outl), errors, nn, thumbs, cfg.report, cfg.storage)
 
 
 def reembed(catalog: str, model: str, cfg: Config) -> NightResult:

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from enrich_ray.config import ReportConfig, SelectionConfig
+from enrich_ray.config import ReportConfig, SelectionConfig, StorageConfig
 from enrich_ray.io.fs import resolve
 from enrich_ray.report.plots import REDUNDANCY_THRESHOLDS, coverage_png, redundancy_png, share_above, thumbnail_png
 
@@ -95,10 +95,12 @@ def write_report(
     nn_similarity: np.ndarray,
     thumbnails: ThumbnailSource | None,
     cfg: ReportConfig,
+    storage: StorageConfig | None = None,
 ) -> None:
-    """Render the run's results as one self-contained HTML page at `path` (a local path or URI)."""
+    """Render the run's results as one self-contained HTML page at `path` (a local path or URI;
+    `storage` carries an object store's endpoint and credentials)."""
     page = render_report(summary, manifest, duplicates, outliers, errors, nn_similarity, thumbnails, cfg)
-    loc = resolve(path)
+    loc = resolve(path, storage)
     if loc.is_local:
         os.makedirs(os.path.dirname(loc.path) or ".", exist_ok=True)
     with loc.fs.open(loc.path, "w", encoding="utf-8") as fh:
