@@ -1,4 +1,4 @@
-"""Column names and Arrow schemas of every table the pipeline writes (DESIGN.md §2).
+"""Column names and Arrow schemas of every table the pipeline writes (docs/architecture.md §2).
 
 One home for the data contracts: stages build their outputs from these schemas, so a
 column is named once and the archive, frames, errors, embeddings and manifest agree.

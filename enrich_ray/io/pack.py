@@ -1,4 +1,4 @@
-"""Pack folders or buckets of DICOM/PNG/JPEG files into a Parquet archive (DESIGN.md §2).
+"""Pack folders or buckets of DICOM/PNG/JPEG files into a Parquet archive (docs/architecture.md §2).
 
 Two passes over the sources: the first reads every file once to hash it (the image_id),
 recognise its format by content and read its DICOM header; the second writes each distinct

@@ -1,7 +1,7 @@
 """The curate job: archive → frames → embeddings → index and kNN graph → analyses → ranking → report.
 
 Each stage reads what the stage before wrote under the run folder and ends by writing its
-marker, so a rerun resumes at the first incomplete stage (DESIGN.md §1). Ray runs the
+marker, so a rerun resumes at the first incomplete stage (docs/architecture.md §5). Ray runs the
 distributed stages (decode, embed); the graph, the analyses and the ranking run on the driver
 over numpy arrays. Every embedding row is addressed by its position in the embeddings sorted
 by (image_id, frame_index): the `row` of the graph, the duplicates, the outliers and the

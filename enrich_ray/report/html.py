@@ -67,7 +67,7 @@ def collapse_warnings(participation_ratio: float | None, median_nn_similarity: f
 
     The rule: participation ratio below 5 (the embeddings span fewer than about five directions)
     or median nearest-neighbour similarity above 0.95 (almost every frame has a near twin). A
-    ranking over a collapsed embedding is no better than random (DESIGN.md §3, β-VAE).
+    ranking over a collapsed embedding is no better than random (docs/architecture.md §3, embedding health).
     """
     reasons = []
     if participation_ratio is not None and np.isfinite(participation_ratio):

@@ -1,4 +1,4 @@
-"""One small local Ray cluster for the whole integration session (DESIGN.md §4), and sample archives."""
+"""One small local Ray cluster for the whole integration session (docs/architecture.md §4), and sample archives."""
 from __future__ import annotations
 
 import shutil

@@ -108,7 +108,7 @@ def brute_greedy(value, n: int, k: int) -> tuple[list[int], list[np.ndarray]]:
 
 
 def smi_values(data, query, eta, lam, function):
-    """f(A) over the ground set `data` (A: row indices into it), straight from the formulas (DESIGN.md §3)."""
+    """f(A) over the ground set `data` (A: row indices into it), straight from the formulas (docs/architecture.md §3)."""
     s_xq, s_xx, s_qq = kernel(data, query), kernel(data, data), kernel(query, query)
 
     def flvmi(a):
