@@ -76,7 +76,7 @@ def dockerfile_base() -> str:
 
 
 def entrypoint_script(entrypoint: str) -> tuple[Path, list[str]]:
-    """The script a `python jobs/x.py ...` entrypoint runs (relative to the repo root) and its args."""
+    """The script a `python jobs/<job>.py ...` entrypoint runs (relative to the repo root) and its args."""
     words = shlex.split(entrypoint)
     assert words[0] == "python" and words[1].endswith(".py"), f"not a python entrypoint: {entrypoint}"
     return ROOT / words[1], words[2:]
