@@ -1,4 +1,9 @@
-"""Seeds, random, EXAMINE and targeted SMI against brute-force references, on real images."""
+"""Seeds, random, EXAMINE and targeted SMI against brute-force references.
+
+Every test that takes `labeled` runs twice: on synthetic clustered embeddings with a planted rare
+class (always), and on raw-pixel embeddings of real PneumoniaMNIST images (skipped without
+../shared/data).
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -12,13 +17,40 @@ from enrich_ray.selection.examine import examine_ranking, examine_scores
 from enrich_ray.selection.smi import FLQMI, FLVMI, kernel, smi_ranking
 
 
-@pytest.fixture(scope="module")
-def pneumonia(pneumonia_npz):
-    """Raw-pixel unit embeddings (mean image removed) and labels of 400 PneumoniaMNIST images."""
-    data = np.load(pneumonia_npz)
+def unit(x: np.ndarray) -> np.ndarray:
+    """Rows centred on their mean and L2-normalised, float32."""
+    x = x - x.mean(axis=0)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def planted_clusters(n: int = 400, d: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Unit embeddings around 8 random centres, and labels: class 0 (about a quarter, the rare class)
+    lives around 2 of the centres, class 1 around the other 6."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((8, d))
+    labels = (rng.random(n) >= 0.25).astype(np.int64)
+    cluster = np.where(labels == 0, rng.integers(0, 2, n), rng.integers(2, 8, n))
+    return unit(centres[cluster] + 0.6 * rng.standard_normal((n, d))), labels
+
+
+@pytest.fixture(scope="module", params=["synthetic", "pneumoniamnist"])
+def labeled(request) -> tuple[np.ndarray, np.ndarray]:
+    """Unit embeddings and class labels of 400 frames: planted clusters, or raw pixels (mean image
+    removed) of 400 real PneumoniaMNIST images, where class 0 (normal) is the minority."""
+    if request.param == "synthetic":
+        return planted_clusters()
+    data = np.load(request.getfixturevalue("pneumonia_npz"))
     images = data["train_images"][:400].reshape(400, -1).astype(np.float64)
-    x = images - images.mean(axis=0)
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), data["train_labels"][:400, 0]
+    return unit(images), data["train_labels"][:400, 0]
+
+
+def test_planted_clusters_have_a_rare_class_and_unit_rows():
+    x, labels = planted_clusters()
+    assert x.shape == (400, 32) and np.allclose(np.linalg.norm(x, axis=1), 1, atol=1e-5)
+    assert 0.15 < np.mean(labels == 0) < 0.35
+    same = (x @ x.T)[np.ix_(labels == 0, labels == 0)].mean()
+    across = (x @ x.T)[np.ix_(labels == 0, labels == 1)].mean()
+    assert same > across + 0.2  # the rare class is a region of its own, so targeting it can succeed
 
 
 def test_seed_rows_count_fraction_mask():
@@ -59,8 +91,8 @@ def brute_examine(x: np.ndarray) -> np.ndarray:
     return np.array([top - np.linalg.svd(np.delete(x, i, axis=0), compute_uv=False)[0] for i in range(len(x))])
 
 
-def test_examine_matches_leave_one_out_svd(pneumonia):
-    x = pneumonia[0][:50]
+def test_examine_matches_leave_one_out_svd(labeled):
+    x = labeled[0][:50]
     brute = brute_examine(x)
     np.testing.assert_allclose(examine_scores(x), brute, atol=1e-9, rtol=1e-7)
     rough = examine_scores(x, exact=False)
@@ -72,8 +104,8 @@ def test_examine_matches_leave_one_out_svd(pneumonia):
     np.testing.assert_allclose(examine_scores(y), brute_examine(y), atol=1e-9, rtol=1e-7)
 
 
-def test_examine_order_seeds_and_transform(pneumonia):
-    x = pneumonia[0][:120]
+def test_examine_order_seeds_and_transform(labeled):
+    x = labeled[0][:120]
     scores = examine_scores(x)
     r = examine_ranking(x, [5], 20)
     assert r.order[0] == 5 and np.isnan(r.score[0])
@@ -141,8 +173,8 @@ def first_near_tie(gains_per_step: list[np.ndarray]) -> int:
 
 
 @pytest.mark.parametrize("function, eta", [("flvmi", 1.0), ("flvmi", 0.3), ("flqmi", 1.0), ("flqmi", 0.9), ("logdetmi", 1.0), ("logdetmi", 0.7)])
-def test_smi_greedy_matches_brute_force(pneumonia, function, eta):
-    x = pneumonia[0][:60]
+def test_smi_greedy_matches_brute_force(labeled, function, eta):
+    x = labeled[0][:60]
     q = np.array([3, 17, 40])
     r = smi_ranking(x, [0], q, 12, function=function, eta=eta, lam=1.0, pool=60)
     cand = np.arange(1, 60)  # the pool (all rows but the seed), ascending
@@ -157,8 +189,8 @@ def test_smi_greedy_matches_brute_force(pneumonia, function, eta):
         assert abs(r.score[1 + t] - g[picks[t]]) <= 1e-5 * max(1.0, abs(g[picks[t]]))
 
 
-def test_gcmi_is_top_k_by_query_similarity(pneumonia):
-    x = pneumonia[0][:100]
+def test_gcmi_is_top_k_by_query_similarity(labeled):
+    x = labeled[0][:100]
     q = np.array([1, 2])
     r = smi_ranking(x, [0], q, 10, function="gcmi", lam=0.5)
     total = kernel(x, x[q]).sum(axis=1)
@@ -167,24 +199,24 @@ def test_gcmi_is_top_k_by_query_similarity(pneumonia):
     np.testing.assert_allclose(r.score[1:], total[r.order[1:]], rtol=1e-6)
 
 
-def test_lazy_gains_are_the_vectorised_gains(pneumonia):
-    x, q = pneumonia[0][:50], pneumonia[0][50:53]
+def test_lazy_gains_are_the_vectorised_gains(labeled):
+    x, q = labeled[0][:50], labeled[0][50:53]
     for f in (FLVMI(x, q, 1.0), FLQMI(x, q, 1.0)):
         allg = f.gains(np.arange(50), None)
         assert np.array_equal(np.array([f.gains(np.array([i]), None)[0] for i in range(50)]), allg)
 
 
-def test_targeted_selection_finds_the_query_class(pneumonia):
-    x, labels = pneumonia
-    rare = np.flatnonzero(labels == 0)  # normal chest X-rays: the minority class here
+def test_targeted_selection_finds_the_query_class(labeled):
+    x, labels = labeled
+    rare = np.flatnonzero(labels == 0)  # the minority class (normal chest X-rays in PneumoniaMNIST)
     q = rare[:5]
     picks = smi_ranking(x, [int(np.flatnonzero(labels == 1)[0])], q, 40, function="flvmi").order[1:]
     share = np.isin(picks, rare).mean()
     assert share > 1.5 * np.mean(labels == 0), f"only {share:.0%} of FLVMI picks are of the query class"
 
 
-def test_rank_dispatches_by_name(pneumonia):
-    x = pneumonia[0][:80]
+def test_rank_dispatches_by_name(labeled):
+    x = labeled[0][:80]
     cfg = SelectionConfig(smi_function="flqmi", smi_pool=30)
     for name in ("enrich", "random", "examine"):
         r = rank(name, x, [2], 5, cfg)
