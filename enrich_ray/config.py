@@ -26,7 +26,6 @@ class RuntimeConfig:
     address: str | None = None  # None: RAY_ADDRESS, else start a local Ray
     num_cpus: int | None = None  # for a local Ray only; None: all cores
     no_progress_timeout_s: float = 600.0  # a stuck Ray Data job fails after this
-    read_parallelism: int | None = None
 
 
 @dataclass
@@ -313,6 +312,6 @@ def _redact(node: dict) -> None:
             node[key] = "***"
 
 
-def save_config(cfg: Config, path: str | Path) -> None:
-    """Write the effective config, secrets redacted, as YAML."""
-    Path(path).write_text(yaml.safe_dump(config_dict(cfg), sort_keys=False))
+def config_yaml(cfg: Config) -> str:
+    """The effective config as YAML text, secrets redacted: what a run saves as config.yaml."""
+    return yaml.safe_dump(config_dict(cfg), sort_keys=False)

@@ -25,10 +25,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import yaml
 
 from enrich_ray import schema
-from enrich_ray.config import Config, ConfigError, config_dict
+from enrich_ray.config import Config, ConfigError, config_dict, config_yaml
 from enrich_ray.io.fs import StorageError, resolve
 from enrich_ray.io.pack import ERRORS_NAME, archive_shards, archive_table
 from enrich_ray.pipelines.run_folder import RunFolder
@@ -473,7 +472,7 @@ def _report(run: RunFolder, archive: str, cfg: Config, timings: dict) -> dict:
         "config": config_dict(cfg),
     }
     run.write_json("summary.json", summary)
-    run.write_bytes("config.yaml", yaml.safe_dump(config_dict(cfg), sort_keys=False).encode())
+    run.write_bytes("config.yaml", config_yaml(cfg).encode())
     dups = run.read_table("duplicates.parquet").to_pandas()
     outl = run.read_table("outliers.parquet").to_pandas()
     if len(manifest) and "row" not in manifest.columns:

@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from enrich_ray.cli import main
-from enrich_ray.config import Config, ConfigError, config_dict, load_config, save_config
+from enrich_ray.config import Config, ConfigError, config_dict, config_yaml, load_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 JOB_CONFIGS = sorted(p for p in CONFIGS.glob("*.yaml") if p.name != "runtime_env.yaml")
@@ -21,6 +21,11 @@ def test_unknown_key_is_named(tmp_path):
     p.write_text("decode:\n  sise: 64\n")
     with pytest.raises(ConfigError, match=r"unknown setting 'decode\.sise'"):
         load_config(p)
+
+
+def test_removed_setting_is_refused():
+    with pytest.raises(ConfigError, match=r"unknown setting 'runtime\.read_parallelism'"):  # never read: removed
+        load_config(None, ["runtime.read_parallelism=4"])
 
 
 def test_unknown_section_is_named(tmp_path):
@@ -53,12 +58,13 @@ def test_overrides_parse_yaml_scalars():
 
 def test_saved_config_redacts_secrets_and_reloads(tmp_path):
     cfg = load_config(None, ["storage.secret_access_key=abc123", "storage.access_key_id=AKIA0000", "storage.endpoint_url=http://127.0.0.1:5000"])
-    save_config(cfg, tmp_path / "config.yaml")
-    text = (tmp_path / "config.yaml").read_text()
+    text = config_yaml(cfg)
     assert "abc123" not in text and "AKIA0000" not in text and "***" in text
     assert "http://127.0.0.1:5000" in text
     assert yaml.safe_load(text)["storage"]["secret_access_key"] == "***"
     assert config_dict(cfg, redact=False)["storage"]["secret_access_key"] == "abc123"
+    (tmp_path / "config.yaml").write_text(text)
+    assert load_config(tmp_path / "config.yaml").storage.endpoint_url == "http://127.0.0.1:5000"  # a run's config.yaml reloads
 
 
 def test_cli_reports_config_errors_in_one_line(tmp_path, capsys):
