@@ -8,13 +8,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
-
-from enrich_ray.config import Config, ConfigError, load_config
+from enrich_ray import __version__
+from enrich_ray.config import Config, ConfigError, load_config, packaged_config
 
 EXIT_BAD_INPUT = 2
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
 
 EXAMPLES = {
     "pack": """examples:
@@ -29,8 +26,8 @@ EXAMPLES = {
   enrich-ray curate --archive s3://bucket/archive --out s3://bucket/runs/x --model s3://bucket/model
   enrich-ray curate --archive ./archive --out ./runs/first --set selection.k=1000 --set report.thumbnails=false""",
     "select": """examples:
-  enrich-ray select --embeddings ./runs/first/embeddings --out ./ranked --ranker enrich --seed 1
-  enrich-ray select --embeddings ./emb.parquet --out ./ranked --seed labeled.csv --k 500""",
+  enrich-ray select --embeddings ./runs/first/embeddings --out ./ranked --ranker enrich --seed-set 1
+  enrich-ray select --embeddings ./emb.parquet --out ./ranked --seed-set labeled.csv --k 500""",
     "nightly": """examples:
   enrich-ray nightly --catalog ./catalog --archive ./archive/2026-11-20 --night 2026-11-20
   enrich-ray nightly --catalog s3://curation/catalog --archive s3://curation/archive/2026-11-20 --night 2026-11-20""",
@@ -44,8 +41,9 @@ EXAMPLES = {
 }
 
 
-def _common(p: argparse.ArgumentParser, config: str | None) -> None:
-    p.add_argument("--config", default=config, help=f"YAML config (default: {config or 'built-in defaults'})")
+def _common(p: argparse.ArgumentParser, config: str) -> None:
+    p.add_argument("--config", default=packaged_config(config),
+                   help=f"YAML config file (default: the {config} installed with enrich_ray, configs/ in its repository)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one setting; repeatable")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -57,25 +55,27 @@ def build_parser() -> argparse.ArgumentParser:
         prog="enrich-ray",
         description="Rank medical images by how much new information each adds (ENRICH), as a Ray job.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, help_: str, config: str | None) -> argparse.ArgumentParser:
+    def add(name: str, help_: str, config: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_, epilog=EXAMPLES[name],
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         _common(p, config)
         return p
 
-    curate_yaml = str(CONFIGS / "curate.yaml")
+    curate_yaml = "curate.yaml"
+    archive_help = "archive folder written by `enrich-ray pack` (local or s3://)"
     p = add("pack", "pack folders or buckets of DICOM/PNG/JPEG into a Parquet archive", curate_yaml)
     p.add_argument("sources", nargs="+", metavar="SRC", help="local folders/files or s3:// prefixes")
     p.add_argument("--out", required=True, help="archive folder (local or s3://)")
 
     p = add("train-vae", "train the β-VAE on a seeded sample of an archive's frames", curate_yaml)
-    p.add_argument("--archive", required=True)
+    p.add_argument("--archive", required=True, help=archive_help)
     p.add_argument("--out", required=True, help="model folder (local or s3://)")
 
     p = add("curate", "archive to ranked manifest and report: decode, embed, index, analyse, rank", curate_yaml)
-    p.add_argument("--archive", required=True)
+    p.add_argument("--archive", required=True, help=archive_help)
     p.add_argument("--out", required=True, help="run folder; rerunning with the same folder resumes")
     p.add_argument("--model", help="a trained model folder (default: train one in the run)")
     p.add_argument("--force", action="store_true", help="recompute every stage")
@@ -83,27 +83,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("select", "rank an existing embeddings table", curate_yaml)
     p.add_argument("--embeddings", required=True, help="Parquet file or folder with image_id, frame_index, embedding")
     p.add_argument("--out", required=True, help="folder for manifest.parquet and manifest.csv")
-    p.add_argument("--ranker", choices=["enrich", "random", "examine", "smi"])
-    p.add_argument("--seed", help="seed set: a count (5), a fraction (0.01) or a file of labeled image ids")
+    p.add_argument("--ranker", choices=["enrich", "random", "examine", "smi"],
+                   help="ranker (default: selection.ranker); smi also needs selection.smi_query, a file of image ids")
+    p.add_argument("--seed-set", "--seed", dest="seed_set", metavar="SEED_SET",
+                   help="the frames ranked first: a count (5), a fraction (0.01) or a file of labeled image ids "
+                        "(--seed is the old name; the random seed is selection.random_seed)")
     p.add_argument("--k", type=int, help="how many to rank after the seed set (default: all)")
 
-    p = add("nightly", "rank tonight's new scans against everything seen and labeled before", str(CONFIGS / "nightly.yaml"))
-    p.add_argument("--catalog", required=True)
-    p.add_argument("--archive", required=True)
-    p.add_argument("--night", required=True, help="YYYY-MM-DD")
+    p = add("nightly", "rank tonight's new scans against everything seen and labeled before", "nightly.yaml")
+    p.add_argument("--catalog", required=True, help="catalog folder of every night so far (local or s3://); created on the first night")
+    p.add_argument("--archive", required=True, help="tonight's archive, written by `enrich-ray pack` (local or s3://)")
+    p.add_argument("--night", required=True, help="the night's date, YYYY-MM-DD")
     p.add_argument("--model", help="a trained model folder for the first night (default: train one)")
     p.add_argument("--force", action="store_true", help="redo a night already in the catalog")
 
-    p = add("reembed", "embed every night of a catalog again with another model (an explicit model change)", str(CONFIGS / "nightly.yaml"))
-    p.add_argument("--catalog", required=True)
+    p = add("reembed", "embed every night of a catalog again with another model (an explicit model change)", "nightly.yaml")
+    p.add_argument("--catalog", required=True, help="catalog folder written by `enrich-ray nightly` (local or s3://)")
     p.add_argument("--model", required=True, help="the new model folder")
 
-    p = add("evaluate", "show on a labeled dataset whether ranking pays off (paper Fig. 1 and 3)", str(CONFIGS / "evaluate.yaml"))
+    p = add("evaluate", "show on a labeled dataset whether ranking pays off (paper Fig. 1 and 3)", "evaluate.yaml")
     p.add_argument("--dataset", required=True, help="MedMNIST .npz, or an archive with label and split columns")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="folder for the figures, tables and summary")
 
-    p = add("demo", "pack pydicom's real test DICOM files and curate them on a local Ray", str(CONFIGS / "demo.yaml"))
-    p.add_argument("--out", default="runs/demo")
+    p = add("demo", "pack pydicom's real test DICOM files and curate them on a local Ray", "demo.yaml")
+    p.add_argument("--out", default="runs/demo", help="folder for the demo's archive and run (default: runs/demo)")
     return parser
 
 
@@ -168,7 +171,7 @@ def _print_result(result) -> None:
 def _select(args: argparse.Namespace, cfg: Config) -> int:
     from enrich_ray.pipelines.select import select
 
-    n = select(args.embeddings, args.out, cfg, ranker=args.ranker, seed=args.seed, k=args.k)
+    n = select(args.embeddings, args.out, cfg, ranker=args.ranker, seed_set=args.seed_set, k=args.k)
     print(f"ranked {n} frames into {args.out}/manifest.parquet and manifest.csv")
     return 0
 
