@@ -122,9 +122,6 @@ class AnalysisConfig:
     near_duplicate_threshold: float = 0.98
     outlier_mad_k: float = 3.5
     outlier_top: int = 50
-    outlier_scales: list[int] = field(default_factory=lambda: [1, 10, 50])  # k-th neighbours read; the last exceeds a bad series
-    outlier_rare_share: float = 0.05  # a header value held by fewer frames than this share is rare
-    outlier_colour_min: float = 0.1  # colourfulness (Hasler-Süsstrunk, RGB in [0, 1]) above which a frame is in colour
 
 
 @dataclass
@@ -147,7 +144,6 @@ class SelectionConfig:
     smi_pool: int = 2000
     seconds_per_image: float = 3.0  # classification label time; the paper used 3 s
     seconds_per_segmentation: float = 300.0
-    exclude_junk: bool = True  # flagged foreign frames, blank frames and exact copies leave the ranking
 
 
 @dataclass
@@ -165,26 +161,16 @@ class EvaluateConfig:
     rankers: list[Literal["enrich", "random", "examine", "smi"]] = field(default_factory=lambda: ["enrich", "random", "examine"])
     embedders: list[Literal["vae", "pixels"]] = field(default_factory=lambda: ["vae", "pixels"])
     fractions: list[float] = field(default_factory=lambda: [0.02, 0.05, 0.1, 0.2, 0.4])  # the first: the random seed set
-    increment: int | None = None  # the paper's fixed increments: seed set, then +increment images until the full set
     replicates: int = 3  # seed sets, each ranked by every ranker
-    models_per_replicate: int = 10  # classifiers trained on each ranked subset, seeded apart
+    models_per_replicate: int = 2  # classifiers trained on each ranked subset, seeded apart
     query_label: int | str | None = None  # smi's query: the seed set's images of this class
-    max_epochs: int = 20  # step cap per classifier: this many epochs of its subset ...
-    min_steps: int = 50  # ... but at least this many steps
-    max_steps: int = 400  # ... and at most this many
-    check_every: int = 25  # validation check every max(one epoch, this many) steps
-    patience: int = 4  # checks without a lower validation loss before stopping
+    train_steps: int = 100  # optimizer steps per classifier, whatever the subset size
     batch_size: int = 64
     lr: float = 2e-3
     width: int = 16  # channels of the classifier's first stage
-    threads: int = 0  # torch CPU threads; 0: torch's default (OMP_NUM_THREADS, else the cores)
     alpha: float = 0.05  # Mann-Whitney level for the marks and for 'matches the full set'
-    power: float = 0.8  # for the smallest detectable difference reported beside each p
-    natural_images: bool = True  # Fig. 1: embed scikit-image's bundled faces and photographs the same way
     label_column: str = "label"  # archives only
     split_column: str = "split"  # archives only: train | val | test
-    val_fraction: float = 0.1  # data without a val split: this share of train (per class, seeded) validates
-    test_fraction: float = 0.2  # a folder of class subfolders: this share (per class, seeded) is the test split
     seed: int = 0
 
 
