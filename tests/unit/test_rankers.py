@@ -84,6 +84,12 @@ def test_random_is_a_seeded_permutation_after_the_seeds():
     assert rank("random", x, [0], 7, cfg).order.size == 8
 
 
+# EXAMINE against the SVD reference: the rankers renormalise float32 rows (check_embeddings), so the
+# two see rows an ulp apart: measured differences reach 1.4e-8, while the first-order form's errors
+# are about 3e-3 (median, planted clusters).
+TOL = 1e-7
+
+
 def brute_examine(x: np.ndarray) -> np.ndarray:
     """σ1(X) − σ1(X without row i) by one SVD per row."""
     x = x.astype(np.float64)
@@ -94,14 +100,14 @@ def brute_examine(x: np.ndarray) -> np.ndarray:
 def test_examine_matches_leave_one_out_svd(labeled):
     x = labeled[0][:50]
     brute = brute_examine(x)
-    np.testing.assert_allclose(examine_scores(x), brute, atol=1e-9, rtol=1e-7)
+    np.testing.assert_allclose(examine_scores(x), brute, atol=TOL, rtol=0)
     rough = examine_scores(x, exact=False)
     assert np.corrcoef(rough, brute)[0, 1] > 0.99  # the first-order form keeps the picture
     # a synthetic case where the top two eigenvalues nearly meet
     rng = np.random.default_rng(0)
     y = rng.standard_normal((40, 6)) * np.array([3, 2.99, 1, 1, 1, 1])
     y = (y / np.linalg.norm(y, axis=1, keepdims=True)).astype(np.float32)
-    np.testing.assert_allclose(examine_scores(y), brute_examine(y), atol=1e-9, rtol=1e-7)
+    np.testing.assert_allclose(examine_scores(y), brute_examine(y), atol=TOL, rtol=0)
 
 
 def test_examine_order_seeds_and_transform(labeled):
