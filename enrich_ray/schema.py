@@ -23,6 +23,7 @@ HEADER_FIELDS: list[tuple[str, pa.DataType]] = [
     ("cols", pa.int32()),
     ("photometric", pa.string()),
     ("transfer_syntax", pa.string()),
+    ("body_part", pa.string()),  # BodyPartExamined
 ]
 HEADER_NAMES = [name for name, _ in HEADER_FIELDS]
 
@@ -30,6 +31,9 @@ HEADER_NAMES = [name for name, _ in HEADER_FIELDS]
 FRAME_KEYS = ["image_id", "frame_index"]
 # Grouping keys a person reads (patient/study/series), carried from archive to manifest.
 GROUP_KEYS = ["patient_key", "study_uid", "series_uid", "modality"]
+# Header facts every frame also carries (what makes a frame foreign to an archive); PNG and JPEG
+# fill them from the file: rows, cols, and 'RGB' or 'MONOCHROME2' by channels.
+FRAME_FACTS = ["rows", "cols", "photometric", "body_part"]
 
 ARCHIVE = pa.schema(
     [
@@ -64,7 +68,9 @@ def frames_schema(size: int = FRAME_SIZE) -> pa.Schema:
             ("format", pa.string()),
             ("pixels", pixels_type(size)),
             ("is_constant", pa.bool_()),  # a blank frame: valid, flagged
-            *[(n, t) for n, t in HEADER_FIELDS if n in GROUP_KEYS],
+            ("pixel_hash", pa.string()),  # hex SHA-256 of the full display image, its shape and dtype
+            ("colorfulness", pa.float32()),  # mean (max - min channel) of the source, 0-1; 0 when grey
+            *[(n, t) for n, t in HEADER_FIELDS if n in GROUP_KEYS or n in FRAME_FACTS],
         ]
     )
 

@@ -2,7 +2,8 @@
 
 Display space follows the DICOM grayscale pipeline: modality LUT (rescale slope/intercept or a
 Modality LUT Sequence), then the VOI window or VOI LUT, else robust percentile scaling; then
-MONOCHROME1 is inverted. Colour (RGB, YBR, palette) becomes BT.601 luma. Multi-frame objects
+MONOCHROME1 is inverted. Colour (RGB, YBR, palette) becomes BT.601 luma, and how colourful it
+was is kept (preprocess.colorfulness; for JPEG-coded YBR from a 1/8-size colour decode). Multi-frame objects
 split into frames; a frame that fails to decode fails alone.
 """
 from __future__ import annotations
@@ -34,8 +35,8 @@ from pydicom.uid import (
 )
 
 from enrich_ray.config import DecodeConfig
-from enrich_ray.decode.preprocess import reduction_levels, rgb_to_grey, robust_scale
-from enrich_ray.decode.raster import jpeg_grey_flags
+from enrich_ray.decode.preprocess import DisplayImage, colorfulness, reduction_levels, rgb_to_grey, robust_scale
+from enrich_ray.decode.raster import jpeg_colorfulness, jpeg_grey_flags
 
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 # Reduced-resolution decoding needs a window at least this share of the frame's value spread.
@@ -147,6 +148,7 @@ def read_header(data: bytes, patient_hmac_key: bytes | None) -> dict:
         "cols": _int(ds, "Columns"),
         "photometric": _text(ds, "PhotometricInterpretation"),
         "transfer_syntax": str(ts) if ts is not None else None,
+        "body_part": _text(ds, "BodyPartExamined"),
     }
 
 
@@ -241,16 +243,17 @@ def _grayscale_display(raw: np.ndarray, ds: Dataset, index: int, cfg: DecodeConf
     return image
 
 
-def _display(raw: np.ndarray, ds: Dataset, index: int, cfg: DecodeConfig) -> np.ndarray:
-    """One decoded frame (stored values) to a 2-D float32 display image in [0, 1]."""
+def _display(raw: np.ndarray, ds: Dataset, index: int, cfg: DecodeConfig) -> DisplayImage:
+    """One decoded frame (stored values) to a 2-D float32 display image in [0, 1], with its colourfulness."""
     photometric = (_text(ds, "PhotometricInterpretation") or "").upper()
     if photometric == "PALETTE COLOR":
         rgb = apply_color_lut(raw, ds)
-        return rgb_to_grey(rgb) / np.float32(np.iinfo(rgb.dtype).max)
+        peak = np.iinfo(rgb.dtype).max
+        return DisplayImage(rgb_to_grey(rgb) / np.float32(peak), colorfulness(rgb, peak))
     if raw.ndim == 3:  # RGB: pydicom converts YBR_FULL(_422), JPEG 2000 decoders undo ICT/RCT
-        bits = _int(ds, "BitsStored") or 8 * raw.dtype.itemsize
-        return np.clip(rgb_to_grey(raw) / np.float32(2**bits - 1), 0.0, 1.0)
-    return _grayscale_display(raw, ds, index, cfg)
+        peak = 2 ** (_int(ds, "BitsStored") or 8 * raw.dtype.itemsize) - 1
+        return DisplayImage(np.clip(rgb_to_grey(raw) / np.float32(peak), 0.0, 1.0), colorfulness(raw, peak))
+    return DisplayImage(_grayscale_display(raw, ds, index, cfg))
 
 
 # -- pixel decoding --------------------------------------------------------------------------
@@ -300,7 +303,7 @@ def _pillow_j2k(codestream: bytes, levels: int, precision: int, signed: bool) ->
     return values
 
 
-def _j2k_reduced(codestream: bytes, ds: Dataset, index: int, cfg: DecodeConfig) -> np.ndarray | None:
+def _j2k_reduced(codestream: bytes, ds: Dataset, index: int, cfg: DecodeConfig) -> DisplayImage | None:
     """A JPEG 2000 frame decoded at a reduced resolution level (sides >= REDUCED_MARGIN * cfg.size), as a display image.
 
     The lowest wavelet subbands are the image low-pass filtered and subsampled, so the area resize
@@ -356,7 +359,7 @@ def _recentre(values: np.ndarray, levels: int) -> np.ndarray:
                           flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
 
 
-def _jpeg_grey(codestream: bytes, ds: Dataset, index: int, cfg: DecodeConfig) -> np.ndarray | None:
+def _jpeg_grey(codestream: bytes, ds: Dataset, index: int, cfg: DecodeConfig) -> DisplayImage | None:
     """An 8-bit JPEG frame through libjpeg-turbo's greyscale output (DCT-scaled when reduced), as a display image.
 
     For YBR the greyscale output is the Y channel, the BT.601 luma itself, so no colour
@@ -370,7 +373,7 @@ def _jpeg_grey(codestream: bytes, ds: Dataset, index: int, cfg: DecodeConfig) ->
     if grey is None:
         return None
     if photometric.startswith("YBR"):
-        return grey.astype(np.float32) * np.float32(1.0 / 255.0)
+        return DisplayImage(grey.astype(np.float32) * np.float32(1.0 / 255.0), jpeg_colorfulness(codestream))
     return _display(grey, ds, index, cfg)
 
 
@@ -422,7 +425,7 @@ def _prepare(ds: Dataset, cfg: DecodeConfig) -> tuple[UID, int]:
     return ts, frame_count(ds) or 1
 
 
-def _frames_from(ds: Dataset, ts: UID, n: int, cfg: DecodeConfig) -> Iterator[tuple[int, np.ndarray | Exception]]:
+def _frames_from(ds: Dataset, ts: UID, n: int, cfg: DecodeConfig) -> Iterator[tuple[int, DisplayImage | Exception]]:
     """Decode compressed frames one by one, yielding (index, display image) or (index, the frame's error)."""
     fast = _fast_decoder(ds, ts, cfg)
     codestreams = generate_frames(ds.PixelData, number_of_frames=n) if fast else None
@@ -441,7 +444,7 @@ def _frames_from(ds: Dataset, ts: UID, n: int, cfg: DecodeConfig) -> Iterator[tu
             yield index, DicomError(f"frame {index} of {n}: {type(exc).__name__}: {exc}")
 
 
-def _native_frames(frames: np.ndarray, ds: Dataset, n: int, cfg: DecodeConfig) -> Iterator[tuple[int, np.ndarray | Exception]]:
+def _native_frames(frames: np.ndarray, ds: Dataset, n: int, cfg: DecodeConfig) -> Iterator[tuple[int, DisplayImage | Exception]]:
     for index in range(n):
         try:
             yield index, _display(frames[index], ds, index, cfg)
@@ -481,8 +484,8 @@ def native_frames(ds: Dataset, ts: UID, n: int) -> np.ndarray | None:
     return values.reshape(n, rows, cols)
 
 
-def iter_dicom_frames(data: bytes, cfg: DecodeConfig) -> Iterator[tuple[int, np.ndarray | Exception]]:
-    """Frames of a DICOM file as (frame_index, display image in [0, 1] or that frame's error).
+def iter_dicom_frames(data: bytes, cfg: DecodeConfig) -> Iterator[tuple[int, DisplayImage | Exception]]:
+    """Frames of a DICOM file as (frame_index, DisplayImage (grey in [0, 1], colourfulness) or that frame's error).
 
     File-level failures (unparseable, no pixels, too large, truncated uncompressed data) raise
     here, before any frame is yielded; per-frame failures are yielded in the frame's place.
@@ -511,5 +514,5 @@ def decode_dicom(data: bytes, cfg: DecodeConfig) -> list[np.ndarray]:
     for _, frame in iter_dicom_frames(data, cfg):
         if isinstance(frame, Exception):
             raise frame
-        frames.append(frame)
+        frames.append(frame.image)
     return frames

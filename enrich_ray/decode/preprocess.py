@@ -5,6 +5,8 @@ float image already in display space; this module owns the steps every format sh
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import cv2
 import numpy as np
 
@@ -12,15 +14,46 @@ from enrich_ray.config import DecodeConfig
 
 # ITU-R BT.601 luma weights, the usual RGB -> grey conversion (and libjpeg's).
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-# Percentiles are taken on a strided sample of at most about this many pixels.
+# Percentiles and colourfulness are taken on a strided sample of at most about this many pixels.
 _PERCENTILE_SAMPLE = 65_536
 # A frame whose values differ by no more than this is constant (blank).
 _CONSTANT_SPREAD = 1e-6
 
 
+class DisplayImage(NamedTuple):
+    """A decoded frame: its 2-D float32 display image in [0, 1] and how colourful its source was."""
+
+    image: np.ndarray
+    colorfulness: float = 0.0
+
+
 def rgb_to_grey(rgb: np.ndarray) -> np.ndarray:
     """Luma of an (..., 3) RGB array as float32, in the input's units."""
     return rgb[..., :3].astype(np.float32, copy=False) @ LUMA_WEIGHTS
+
+
+def _sample_step(height: int, width: int) -> int:
+    """The stride that leaves at most about _PERCENTILE_SAMPLE pixels of a height x width image."""
+    return max(1, int(np.ceil(np.sqrt(height * width / _PERCENTILE_SAMPLE))))
+
+
+def colorfulness(rgb: np.ndarray, peak: float, alpha: np.ndarray | None = None) -> float:
+    """Mean over pixels of (max channel - min channel) / peak of an (H, W, >=3) colour array, in [0, 1].
+
+    0 for grey content in a colour container (R = G = B). Measured on a strided sample of at most
+    about 65,536 pixels (a mean needs no more); alpha (0-peak), when given, weights each pixel as
+    compositing over black does.
+    """
+    step = _sample_step(rgb.shape[0], rgb.shape[1])
+    r, g, b = (rgb[::step, ::step, c] for c in range(3))
+    spread = np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b)  # >= 0: no unsigned wrap
+    if spread.size == 0:
+        return 0.0
+    if alpha is None:
+        mean = spread.mean(dtype=np.float64)
+    else:
+        mean = np.mean(spread * (alpha[::step, ::step] / np.float64(peak)))
+    return float(np.clip(mean / peak, 0.0, 1.0))
 
 
 def robust_scale(image: np.ndarray, low: float, high: float) -> np.ndarray:
@@ -29,7 +62,7 @@ def robust_scale(image: np.ndarray, low: float, high: float) -> np.ndarray:
     Used when a file carries no display transform (no DICOM window or VOI LUT).
     """
     image = image.astype(np.float32, copy=False)
-    step = max(1, int(np.ceil(np.sqrt(image.size / _PERCENTILE_SAMPLE))))
+    step = _sample_step(*image.shape)
     sample = image[::step, ::step]
     lo, hi = (float(v) for v in np.percentile(sample, [low, high]))
     if hi <= lo:  # a narrow histogram: fall back to the full range

@@ -4,7 +4,9 @@ The image size is read from the file header before any pixel is decoded, so an o
 fails fast with a clear error. PNG and JPEG carry display values already: 8-bit samples map by
 /255, 16-bit by /65535 (the formats' own meaning). PNG colour becomes BT.601 luma and an alpha
 channel is composited over black; JPEG is decoded straight to greyscale by libjpeg (its Y
-channel: the same luma, without the RGB step).
+channel: the same luma, without the RGB step). How colourful the source was (preprocess.colorfulness)
+comes from the PNG's channels, and for a colour JPEG from a second decode at 1/8 size (libjpeg's
+DCT scaling: about one entropy-decoding pass more).
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import cv2
 import numpy as np
 
 from enrich_ray.config import DecodeConfig
-from enrich_ray.decode.preprocess import reduction_levels, rgb_to_grey
+from enrich_ray.decode.preprocess import DisplayImage, colorfulness, reduction_levels, rgb_to_grey
 from enrich_ray.decode.sniff import JPEG_SIGNATURE, PNG_SIGNATURE
 
 # Start-of-frame markers (SOF0-SOF15 less DHT, JPG and DAC) carry a JPEG's size.
@@ -47,6 +49,11 @@ def _png_size(data: bytes) -> tuple[int, int]:
 
 
 def _jpeg_size(data: bytes) -> tuple[int, int]:
+    return _jpeg_frame_header(data)[:2]
+
+
+def _jpeg_frame_header(data: bytes) -> tuple[int, int, int]:
+    """(width, height, components) from a JPEG's start-of-frame header."""
     i = 2
     while i + 4 <= len(data):
         if data[i] != 0xFF:
@@ -59,9 +66,9 @@ def _jpeg_size(data: bytes) -> tuple[int, int]:
             i += 2
             continue
         if marker in _JPEG_SOF:
-            if i + 9 > len(data):
+            if i + 10 > len(data):
                 break
-            return int.from_bytes(data[i + 7 : i + 9], "big"), int.from_bytes(data[i + 5 : i + 7], "big")
+            return int.from_bytes(data[i + 7 : i + 9], "big"), int.from_bytes(data[i + 5 : i + 7], "big"), data[i + 9]
         if marker == 0xDA:  # start of scan before any frame header
             raise RasterError("corrupt JPEG: scan data before the frame header")
         i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
@@ -77,19 +84,35 @@ def raster_size(data: bytes) -> tuple[str, int, int]:
     raise RasterError(f"not a PNG or JPEG file (starts with {data[:8].hex() or 'nothing: empty file'})")
 
 
-def _to_unit_grey(arr: np.ndarray) -> np.ndarray:
-    """An OpenCV-decoded array (grey, BGR or BGRA; 8 or 16 bit) to float32 grey in [0, 1]."""
-    scale = np.float32(1.0 / np.iinfo(arr.dtype).max)
+def raster_facts(data: bytes) -> dict:
+    """The frames table's header facts of a PNG or JPEG, from its header: rows, cols, and photometric
+    'RGB' or 'MONOCHROME2' by channels (PNG colour types 2, 3 and 6 are colour; a JPEG of 3 or more components)."""
+    kind, width, height = raster_size(data)
+    colour = data[25:26] in (b"\x02", b"\x03", b"\x06") if kind == "png" else _jpeg_frame_header(data)[2] >= 3
+    return {"rows": height, "cols": width, "photometric": "RGB" if colour else "MONOCHROME2"}
+
+
+def _to_unit_grey(arr: np.ndarray) -> DisplayImage:
+    """An OpenCV-decoded array (grey, BGR or BGRA; 8 or 16 bit) to float32 grey in [0, 1], with its colourfulness."""
+    peak = np.iinfo(arr.dtype).max
+    scale = np.float32(1.0 / peak)
     if arr.ndim == 2:
-        return arr.astype(np.float32) * scale
+        return DisplayImage(arr.astype(np.float32) * scale)
     grey = rgb_to_grey(arr[..., 2::-1]) * scale  # BGR(A) -> RGB luma
-    if arr.shape[2] == 4:
-        grey *= arr[..., 3].astype(np.float32) * scale
-    return grey
+    alpha = arr[..., 3] if arr.shape[2] == 4 else None
+    if alpha is not None:
+        grey *= alpha.astype(np.float32) * scale
+    return DisplayImage(grey, colorfulness(arr, peak, alpha))
 
 
-def decode_raster(data: bytes, cfg: DecodeConfig) -> np.ndarray:
-    """A PNG or JPEG file as a 2-D float32 display image in [0, 1] (before crop and resize).
+def jpeg_colorfulness(codestream: bytes) -> float:
+    """preprocess.colorfulness of a colour JPEG, from its 1/8-size colour decode (8x8 block means); 0 if undecodable."""
+    bgr = cv2.imdecode(np.frombuffer(codestream, dtype=np.uint8), cv2.IMREAD_REDUCED_COLOR_8 | cv2.IMREAD_IGNORE_ORIENTATION)
+    return colorfulness(bgr, 255) if bgr is not None and bgr.ndim == 3 else 0.0
+
+
+def decode_raster(data: bytes, cfg: DecodeConfig) -> DisplayImage:
+    """A PNG or JPEG file as a 2-D float32 display image in [0, 1] (before crop and resize), with its colourfulness.
 
     With cfg.reduced_resolution a large JPEG is decoded by DCT scaling at 1/2, 1/4 or 1/8 of its
     size, never below cfg.size. Raises RasterError for bombs, truncated or corrupt files.
@@ -110,4 +133,7 @@ def decode_raster(data: bytes, cfg: DecodeConfig) -> np.ndarray:
     arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
     if arr is None:
         raise RasterError(f"{kind.upper()} of {width} x {height} could not be decoded (truncated or corrupt data)")
+    if kind == "jpeg":
+        colour = jpeg_colorfulness(data) if _jpeg_frame_header(data)[2] >= 3 else 0.0
+        return _to_unit_grey(arr)._replace(colorfulness=colour)
     return _to_unit_grey(arr)

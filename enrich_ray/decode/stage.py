@@ -2,9 +2,15 @@
 
 A plain function over Arrow tables (no Ray): runtime.py maps it over the archive's batches.
 Every input row ends as frames rows or error rows (per file, or per frame), never as a crash.
+Each frame's pixel_hash is taken here, on the display image every format's decoder hands over
+(before crop and resize), so pixel-identical files of any container or lossless encoding hash
+equal. Where decode.reduced_resolution decodes a large JPEG or JPEG 2000 frame at reduced size,
+the hash is of that reduced image: equal for copies of the same codestream, not for an
+uncompressed twin (set reduced_resolution false for that).
 """
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 
 import numpy as np
@@ -13,16 +19,24 @@ import pyarrow as pa
 from enrich_ray import schema
 from enrich_ray.config import DecodeConfig
 from enrich_ray.decode.dicom import iter_dicom_frames
-from enrich_ray.decode.preprocess import preprocess
-from enrich_ray.decode.raster import decode_raster
+from enrich_ray.decode.preprocess import DisplayImage, preprocess
+from enrich_ray.decode.raster import decode_raster, raster_facts
 
 STAGE = "decode"
 RASTER_FORMATS = ("png", "jpeg")
 # Header fields the frames table carries from the archive row.
-_CARRIED = [name for name, _ in schema.HEADER_FIELDS if name in schema.GROUP_KEYS]
+_CARRIED = [name for name, _ in schema.HEADER_FIELDS if name in schema.GROUP_KEYS or name in schema.FRAME_FACTS]
 
 
-def _frames_of(data: bytes, fmt: str, cfg: DecodeConfig) -> Iterable[tuple[int, np.ndarray | Exception]]:
+def pixel_hash(image: np.ndarray) -> str:
+    """Hex SHA-256 of an array's shape, dtype and values (C order): equal exactly when the pixels are."""
+    image = np.ascontiguousarray(image)
+    digest = hashlib.sha256(f"{image.shape}|{image.dtype.str}|".encode())
+    digest.update(memoryview(image).cast("B"))
+    return digest.hexdigest()
+
+
+def _frames_of(data: bytes, fmt: str, cfg: DecodeConfig) -> Iterable[tuple[int, DisplayImage | Exception]]:
     """(frame_index, display image or that frame's error) for one archive row; file-level failures raise."""
     if fmt == "dicom":
         return iter_dicom_frames(data, cfg)
@@ -42,7 +56,9 @@ def decode_batch(batch: pa.Table, cfg: DecodeConfig) -> tuple[pa.Table, pa.Table
         for name in ["image_id", "source_uri", "format", *_CARRIED]
     }
     data_column = batch.column("data")
-    out: dict[str, list] = {name: [] for name in ["image_id", "frame_index", "source_uri", "format", "is_constant", *_CARRIED]}
+    out: dict[str, list] = {
+        name: [] for name in ["image_id", "frame_index", "source_uri", "format", "is_constant", "pixel_hash", "colorfulness", *_CARRIED]
+    }
     pixels: list[np.ndarray] = []
     errors: list[dict] = []
     for row in range(n):
@@ -52,10 +68,14 @@ def decode_batch(batch: pa.Table, cfg: DecodeConfig) -> tuple[pa.Table, pa.Table
             data = data_column[row].as_py()
             if not data:
                 raise ValueError("empty file: no bytes to decode")
+            header = {name: columns[name][row] for name in _CARRIED}
+            if fmt in RASTER_FORMATS:
+                header.update(raster_facts(data))
             for frame_index, image in _frames_of(data, fmt, cfg):
                 if not isinstance(image, Exception):
                     try:
-                        frame, is_constant = preprocess(image, cfg)
+                        digest = pixel_hash(image.image)
+                        frame, is_constant = preprocess(image.image, cfg)
                     except Exception as exc:  # one bad frame is one error row
                         image = exc
                 if isinstance(image, Exception):
@@ -65,8 +85,8 @@ def decode_batch(batch: pa.Table, cfg: DecodeConfig) -> tuple[pa.Table, pa.Table
                     continue
                 pixels.append(frame)
                 record = {"image_id": image_id, "frame_index": frame_index, "source_uri": source_uri,
-                          "format": fmt, "is_constant": is_constant}
-                record.update({name: columns[name][row] for name in _CARRIED})
+                          "format": fmt, "is_constant": is_constant, "pixel_hash": digest,
+                          "colorfulness": image.colorfulness, **header}
                 for name, value in record.items():
                     out[name].append(value)
         except Exception as exc:  # a file that cannot be read at all is one error row

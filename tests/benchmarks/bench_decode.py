@@ -116,7 +116,7 @@ def main() -> None:
         files = sorted(BUSI.rglob("*.png"))[:200]
         blobs = [p.read_bytes() for p in files]
         print(f"\nBUSI 256x256 PNG ({len(blobs)} files), decode + luma + crop + resize")
-        rate = _rate(lambda: [preprocess(decode_raster(b, full), full) for b in blobs], seconds) * len(blobs)
+        rate = _rate(lambda: [preprocess(decode_raster(b, full).image, full) for b in blobs], seconds) * len(blobs)
         print(f"  decode_raster + preprocess: {rate:8.0f} images/s")
         table = pa.Table.from_pylist([{"image_id": str(i), "source_uri": str(p), "format": "png", "data": b}
                                       for i, (p, b) in enumerate(zip(files, blobs))])
@@ -124,10 +124,10 @@ def main() -> None:
         print(f"  decode_batch (Arrow in, Arrow out): {rate:8.0f} images/s")
         big = cv2.resize(cv2.imdecode(np.frombuffer(blobs[0], np.uint8), cv2.IMREAD_COLOR), (1024, 1024))
         jpeg = cv2.imencode(".jpg", big, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
-        a = preprocess(decode_raster(jpeg, full), full)[0]
-        b = preprocess(decode_raster(jpeg, reduced), reduced)[0]
-        r_full = _rate(lambda: preprocess(decode_raster(jpeg, full), full), seconds)
-        r_red = _rate(lambda: preprocess(decode_raster(jpeg, reduced), reduced), seconds)
+        a = preprocess(decode_raster(jpeg, full).image, full)[0]
+        b = preprocess(decode_raster(jpeg, reduced).image, reduced)[0]
+        r_full = _rate(lambda: preprocess(decode_raster(jpeg, full).image, full), seconds)
+        r_red = _rate(lambda: preprocess(decode_raster(jpeg, reduced).image, reduced), seconds)
         print(f"  1024x1024 JPEG (BUSI upscaled): full {r_full:6.0f} img/s, DCT-reduced {r_red:6.0f} img/s "
               f"({r_red / r_full:.1f}x), mean|d| {np.abs(a - b).mean():.4f}, max|d| {np.abs(a - b).max():.3f}")
     else:

@@ -17,7 +17,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, RLELossless
 from enrich_ray import schema
 from enrich_ray.config import DecodeConfig
 from enrich_ray.decode.dicom import DicomError, decode_dicom, read_header
-from enrich_ray.decode.preprocess import LUMA_WEIGHTS, preprocess
+from enrich_ray.decode.preprocess import LUMA_WEIGHTS, colorfulness, preprocess
 from enrich_ray.decode.sniff import sniff_format
 from enrich_ray.decode.stage import decode_batch
 from tests.conftest import testdata_path
@@ -192,9 +192,9 @@ def test_reduced_resolution_really_decodes_less():
 
     ds = pydicom.dcmread(testdata_path("MR2_J2KR.dcm"))
     codestream = next(generate_frames(ds.PixelData, number_of_frames=1))
-    image = _j2k_reduced(codestream, ds, 0, DecodeConfig(reduced_resolution=True))
+    image = _j2k_reduced(codestream, ds, 0, DecodeConfig(reduced_resolution=True)).image
     assert image.shape == (128, 128)  # 1024 / 2**3: the smallest level still >= 2 * 64
-    assert _j2k_reduced(codestream, ds, 0, DecodeConfig(size=128, reduced_resolution=True)).shape == (256, 256)
+    assert _j2k_reduced(codestream, ds, 0, DecodeConfig(size=128, reduced_resolution=True)).image.shape == (256, 256)
 
 
 def _window(x: np.ndarray, center: float, width: float) -> np.ndarray:
@@ -430,9 +430,14 @@ def test_jpeg_greyscale_shortcut_matches_pydicom_rgb_decode():
         ds = pydicom.dcmread(testdata_path(name))
         n = int(ds.get("NumberOfFrames", 1) or 1)
         for index, codestream in zip(range(2), generate_frames(ds.PixelData, number_of_frames=n)):
-            reference = pydicom.pixels.pixel_array(ds, index=index).astype(np.float64) @ LUMA_WEIGHTS.astype(np.float64)
-            grey = _jpeg_grey(codestream, ds, index, FULL)
-            assert grey is not None and grey.shape == reference.shape
+            rgb = pydicom.pixels.pixel_array(ds, index=index)
+            reference = rgb.astype(np.float64) @ LUMA_WEIGHTS.astype(np.float64)
+            decoded = _jpeg_grey(codestream, ds, index, FULL)
+            assert decoded is not None
+            grey = decoded.image
+            assert grey.shape == reference.shape
+            # Colourfulness from the 1/8-size colour decode against the full RGB decode's.
+            assert abs(decoded.colorfulness - colorfulness(rgb, 255)) < 0.25 * colorfulness(rgb, 255) + 0.01, name
             # libjpeg's Y channel against pydicom's RGB -> luma: they differ where RGB clips
             # saturated colours, and by IDCT rounding (measured: max 6.6 levels in color3d).
             difference = np.abs(grey - reference / 255.0)

@@ -69,7 +69,7 @@ def test_busi_pngs_decode_through_the_stage(busi_files):
 def test_busi_png_matches_a_pillow_reference(busi_files):
     path = busi_files[0]
     rgb = np.asarray(Image.open(path).convert("RGB"))
-    image = decode_raster(path.read_bytes(), FULL)
+    image = decode_raster(path.read_bytes(), FULL).image
     np.testing.assert_allclose(image, _luma(rgb) / 255.0, atol=1e-6)
 
 
@@ -78,19 +78,19 @@ def test_grey_16_bit_png_keeps_its_precision():
     values = rng.integers(0, 65536, size=(40, 50), dtype=np.uint16)
     ok, encoded = cv2.imencode(".png", values)
     assert ok
-    image = decode_raster(encoded.tobytes(), FULL)
+    image = decode_raster(encoded.tobytes(), FULL).image
     np.testing.assert_allclose(image, values / 65535.0, atol=1e-7)
     # 16-bit and 8-bit copies of one image (v * 257) decode alike.
     eight = (values >> 8).astype(np.uint8)
     ok, encoded8 = cv2.imencode(".png", eight)
     ok, encoded16 = cv2.imencode(".png", eight.astype(np.uint16) * 257)
-    np.testing.assert_allclose(decode_raster(encoded8.tobytes(), FULL), decode_raster(encoded16.tobytes(), FULL), atol=1e-6)
+    np.testing.assert_allclose(decode_raster(encoded8.tobytes(), FULL).image, decode_raster(encoded16.tobytes(), FULL).image, atol=1e-6)
 
 
 def test_rgba_png_is_composited_over_black():
     rng = np.random.default_rng(1)
     rgba = rng.integers(0, 256, size=(30, 20, 4), dtype=np.uint8)
-    image = decode_raster(_png(Image.fromarray(rgba, mode="RGBA")), FULL)
+    image = decode_raster(_png(Image.fromarray(rgba, mode="RGBA")), FULL).image
     expected = _luma(rgba[..., :3]) / 255.0 * (rgba[..., 3] / 255.0)
     np.testing.assert_allclose(image, expected, atol=1e-5)
 
@@ -99,16 +99,16 @@ def test_palette_png_is_converted_through_its_palette(busi_files):
     palette_image = Image.open(busi_files[5]).convert("RGB").quantize(colors=64)
     assert palette_image.mode == "P"
     rgb = np.asarray(palette_image.convert("RGB"))
-    image = decode_raster(_png(palette_image), FULL)
+    image = decode_raster(_png(palette_image), FULL).image
     np.testing.assert_allclose(image, _luma(rgb) / 255.0, atol=1e-5)
 
 
 def test_grey_and_la_pngs():
     rng = np.random.default_rng(2)
     grey = rng.integers(0, 256, size=(16, 24), dtype=np.uint8)
-    np.testing.assert_allclose(decode_raster(_png(Image.fromarray(grey, mode="L")), FULL), grey / 255.0, atol=1e-7)
+    np.testing.assert_allclose(decode_raster(_png(Image.fromarray(grey, mode="L")), FULL).image, grey / 255.0, atol=1e-7)
     la = np.stack([grey, np.full_like(grey, 255)], axis=-1)
-    np.testing.assert_allclose(decode_raster(_png(Image.fromarray(la, mode="LA")), FULL), grey / 255.0, atol=1e-5)
+    np.testing.assert_allclose(decode_raster(_png(Image.fromarray(la, mode="LA")), FULL).image, grey / 255.0, atol=1e-5)
 
 
 def test_jpeg_decodes_to_luma_and_reduced_decode_stays_close(busi_files):
@@ -118,9 +118,9 @@ def test_jpeg_decodes_to_luma_and_reduced_decode_stays_close(busi_files):
     Image.fromarray(big).save(buffer, format="JPEG", quality=95)
     data = buffer.getvalue()
     assert sniff_format(data, "x.jpg") == "jpeg" and raster_size(data) == ("jpeg", 512, 512)
-    full = decode_raster(data, FULL)
+    full = decode_raster(data, FULL).image
     np.testing.assert_allclose(full, _luma(big) / 255.0, atol=0.05)  # JPEG is lossy: within a few levels
-    reduced = decode_raster(data, DecodeConfig(reduced_resolution=True))
+    reduced = decode_raster(data, DecodeConfig(reduced_resolution=True)).image
     assert reduced.shape == (128, 128)
     a, _ = preprocess(full, FULL)
     b, _ = preprocess(reduced, FULL)

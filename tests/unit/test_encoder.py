@@ -67,6 +67,12 @@ def frames_table(pixels: np.ndarray, ids: list[str] | None = None) -> pa.Table:
         "study_uid": pa.array([f"1.2.{i % 5}" for i in range(n)], pa.string()),
         "series_uid": pa.array([f"1.2.3.{i}" for i in range(n)], pa.string()),
         "modality": pa.array(["CR"] * n, pa.string()),
+        "pixel_hash": pa.array([f"hash{i}" for i in range(n)], pa.string()),
+        "colorfulness": pa.array([0.0] * n, pa.float32()),
+        "rows": pa.array([64] * n, pa.int32()),
+        "cols": pa.array([64] * n, pa.int32()),
+        "photometric": pa.array(["MONOCHROME2"] * n, pa.string()),
+        "body_part": pa.array(["CHEST"] * n, pa.string()),
     }
     return pa.Table.from_pydict(cols, schema=schema.frames_schema(64))
 
