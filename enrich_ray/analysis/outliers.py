@@ -1,22 +1,53 @@
-"""Outliers: the frames least similar to anything else, ranked, with a robust cut-off.
+"""Outliers and foreign frames: every frame ranked by how unlike the archive it is, with a flag and
+the reason a person can check.
 
-Typicality of a frame = the mean of its 1-NN similarity and its mean similarity to its k nearest
-neighbours (the first catches a frame with no close match, the second one that sits in a thin
-region); score = 1 - typicality, so rank 1 has the highest score. A frame is flagged when its
-typicality lies more than mad_k robust standard deviations below the median (MAD scaled by 1.4826,
-which equals the standard deviation for normal data; the mean absolute deviation scaled by 1.2533
-stands in when more than half the frames share one value and the MAD is 0).
+`outlier_table` reads four kinds of evidence, each turned into a robust z (how many robust standard
+deviations, MAD x 1.4826, a frame lies beyond the archive's median; the mean absolute deviation x
+1.2533 stands in when more than half the frames share one value):
+
+- neighbourhood: the similarity to the k-th nearest other frame for every k in
+  AnalysisConfig.outlier_scales (default 1, 10, 50). A lone foreign frame has a far 1st
+  neighbour; a bad series of 10-30 near-identical frames has close 1st and 10th neighbours (each
+  other) but a far 50th: the largest scale must exceed the largest foreign group to be found.
+- appearance: 28 statistics of the decoded 64x64 frame (mean, spread, dark and bright share, edge
+  and texture energy, top/bottom balance, five intensity quantiles, a 4x4 layout of block means),
+  each robustly standardised; the evidence is the log distance to the k-th nearest frame in that
+  space, k the largest scale (a density at a scale larger than a group).
+- header: a value of modality, photometric, body_part or the shape rows x cols held by fewer than
+  AnalysisConfig.outlier_rare_share of the frames, in a column whose common values cover at least
+  1 - 2 x that share of the archive (an archive of a hundred shapes has no rare shape). Colour
+  (colorfulness above AnalysisConfig.outlier_colour_min) counts the same way when colour frames are
+  rare. These categorical facts count as STRONG x outlier_mad_k.
+- blank: a constant frame (is_constant) is always flagged.
+
+score = the largest of these z values (ties: the sum of neighbourhood and appearance z, then row);
+rank 1 has the highest score. The flag: score above outlier_mad_k (default 3.5), i.e. some
+evidence lies beyond the robust cut-off `robust_cutoff` of its own distribution, or a rare header
+value, colour or a blank frame. A group of near twins (duplicate_group >= 0 shared) takes the
+median score of its members, so it is flagged whole or not at all; a blank frame stays flagged.
+`reason` says, for each flagged frame, which evidence did it.
+
+`outliers(graph, mad_k)` is the older 10-NN typicality score, kept for the nightly increment.
 """
 from __future__ import annotations
 
+import faiss
 import numpy as np
 import pandas as pd
 
-from enrich_ray.index.knn import KnnGraph
+from enrich_ray.config import AnalysisConfig, IndexConfig
+from enrich_ray.index.knn import EXACT_MAX_ROWS, KnnGraph, knn_graph
 
 MAD_TO_SD = 1.4826
 MEAN_AD_TO_SD = 1.2533
 NO_NEIGHBOUR = -1.0  # the similarity counted for a frame whose row holds no neighbour at all
+STRONG = 2.0  # a rare header value, colour or a blank frame counts as this many cut-offs
+HEADER_COLUMNS = ("modality", "photometric", "body_part")
+SEARCH_BLOCK = 65_536  # query frames per faiss search in the appearance space
+APPEARANCE_NAMES = (
+    "mean", "spread", "dark share", "bright share", "edges", "texture", "top/bottom balance",
+    *(f"intensity p{q}" for q in (10, 25, 50, 75, 90)), *(f"layout block {i}" for i in range(16)),
+)
 
 
 def outlier_scores(graph: KnnGraph) -> tuple[np.ndarray, np.ndarray]:
@@ -30,22 +61,36 @@ def outlier_scores(graph: KnnGraph) -> tuple[np.ndarray, np.ndarray]:
     return 1.0 - (nn + mean) / 2.0, nn
 
 
+def _spread(values: np.ndarray, median: np.ndarray | float, axis: int | None = None) -> np.ndarray:
+    """Robust standard deviation: MAD x 1.4826, the mean absolute deviation x 1.2533 where the MAD is 0."""
+    dev = np.abs(values - median)
+    mad = MAD_TO_SD * np.median(dev, axis=axis)
+    return np.where(mad > 0, mad, MEAN_AD_TO_SD * np.mean(dev, axis=axis))
+
+
 def robust_cutoff(score: np.ndarray, mad_k: float) -> float:
     """The score above which a frame is flagged: median + mad_k robust standard deviations."""
     if score.size == 0:
         return np.inf
     median = float(np.median(score))
-    spread = MAD_TO_SD * float(np.median(np.abs(score - median)))
-    if spread == 0:
-        spread = MEAN_AD_TO_SD * float(np.mean(np.abs(score - median)))
+    spread = float(_spread(score, median))
     return median + mad_k * spread if spread > 0 else np.inf
 
 
+def robust_z(values: np.ndarray) -> np.ndarray:
+    """(value - median) / robust standard deviation, per column of a 2-D array; 0 where the spread is 0."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.shape[0] == 0:
+        return x.copy()
+    median = np.median(x, axis=0)
+    spread = _spread(x, median, axis=0)
+    return np.where(spread > 0, (x - median) / np.where(spread > 0, spread, 1.0), 0.0)
+
+
 def outliers(graph: KnnGraph, mad_k: float) -> pd.DataFrame:
-    """Every frame ranked by outlier score (rank 1 = least like anything else): rank, row, score,
-    nn_similarity, flagged (score above the robust cut-off)."""
-    if mad_k < 0:
-        raise ValueError(f"outlier_mad_k must be non-negative, got {mad_k}")
+    """Every frame ranked by the 10-NN typicality score (rank 1 = least like anything else): rank, row,
+    score, nn_similarity, flagged (score above the robust cut-off)."""
+    _check_mad_k(mad_k)
     score, nn = outlier_scores(graph)
     rows = np.arange(len(graph), dtype=np.int64)
     order = np.lexsort((rows, -score))
@@ -59,3 +104,195 @@ def outliers(graph: KnnGraph, mad_k: float) -> pd.DataFrame:
             "flagged": score[order] > cutoff,
         }
     )
+
+
+def neighbour_similarities(graph: KnnGraph, embeddings: np.ndarray, scales: list[int]) -> np.ndarray:
+    """(N, len(scales)): each frame's similarity to its k-th nearest other frame for every k in scales
+    (k capped at N - 1; -1 for a frame alone). Reads the graph when it holds enough neighbours, else
+    builds one of the largest scale (exact up to the index's exact limit: O(N x k) memory)."""
+    n = len(graph)
+    kmax = min(max(scales), n - 1)
+    if kmax < 1:
+        return np.full((n, len(scales)), NO_NEIGHBOUR)
+    sims = graph.similarities if graph.k >= kmax else knn_graph(embeddings, kmax, IndexConfig()).similarities
+    cols = np.array([min(k, kmax) - 1 for k in scales])
+    out = sims[:, cols].astype(np.float64)
+    return np.where(np.isfinite(out), out, NO_NEIGHBOUR)
+
+
+def appearance_features(pixels: np.ndarray) -> np.ndarray:
+    """(N, 28) statistics of (N, s*s) or (N, s, s) frames in [0, 1], named by APPEARANCE_NAMES."""
+    n = len(pixels)
+    side = int(round(np.sqrt(np.asarray(pixels[0]).size))) if n else 4
+    f = np.asarray(pixels, dtype=np.float32).reshape(n, side, side)
+    spread = f.std(axis=(1, 2))
+    edges = (np.abs(np.diff(f, axis=2)).mean(axis=(1, 2)) + np.abs(np.diff(f, axis=1)).mean(axis=(1, 2))) / 2
+    lap = np.abs(4 * f[:, 1:-1, 1:-1] - f[:, :-2, 1:-1] - f[:, 2:, 1:-1] - f[:, 1:-1, :-2] - f[:, 1:-1, 2:]).mean(axis=(1, 2))
+    half = side // 2
+    balance = f[:, :half].mean(axis=(1, 2)) - f[:, half:].mean(axis=(1, 2))
+    quantiles = np.quantile(f.reshape(n, -1), [0.1, 0.25, 0.5, 0.75, 0.9], axis=1).T
+    b = side // 4
+    layout = f[:, : 4 * b, : 4 * b].reshape(n, 4, b, 4, b).mean(axis=(2, 4)).reshape(n, 16)
+    base = np.stack([f.mean(axis=(1, 2)), spread, (f < 0.05).mean(axis=(1, 2)), (f > 0.95).mean(axis=(1, 2)),
+                     edges, lap / (spread + 1e-3), balance], axis=1)
+    return np.hstack([base, quantiles, layout]).astype(np.float64)
+
+
+def kth_distance(points: np.ndarray, k: int) -> np.ndarray:
+    """Euclidean distance of every point to its k-th nearest other point (exact faiss search up to
+    EXACT_MAX_ROWS points, HNSW beyond; searched in blocks, so memory stays O(N x k))."""
+    x = np.ascontiguousarray(points, dtype=np.float32)
+    n, d = x.shape
+    k = min(k, n - 1)
+    if k < 1:
+        return np.zeros(n)
+    index = faiss.IndexFlatL2(d) if n <= EXACT_MAX_ROWS else faiss.IndexHNSWFlat(d, 32)
+    index.add(x)
+    out = np.empty(n)
+    for start in range(0, n, SEARCH_BLOCK):
+        dist, _ = index.search(x[start : start + SEARCH_BLOCK], k + 1)  # the frame itself comes first
+        out[start : start + SEARCH_BLOCK] = np.sqrt(np.maximum(dist[:, k], 0.0))
+    return out
+
+
+def _rare_values(values: pd.Series, share: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per frame: whether its value is rare (see the module docstring) and that value's count."""
+    codes, _ = pd.factorize(values, use_na_sentinel=False)  # a missing value is one value of its own
+    counts = np.bincount(codes, minlength=1)[codes]
+    common = counts >= share * len(values)
+    if values.isna().all() or common.mean() < 1 - 2 * share:
+        return np.zeros(len(values), bool), counts
+    return ~common, counts
+
+
+def _header_evidence(header: pd.DataFrame, n: int, cfg: AnalysisConfig) -> tuple[np.ndarray, list[list[str]]]:
+    """Per frame: whether a header fact or colour is rare, and the reasons."""
+    rare = np.zeros(n, bool)
+    reasons: list[list[str]] = [[] for _ in range(n)]
+    columns = {c: header[c].astype(object).where(header[c].notna(), None) for c in HEADER_COLUMNS if c in header}
+    if "rows" in header and "cols" in header:
+        shape = [None if pd.isna(r) or pd.isna(c) else f"{int(r)}x{int(c)}" for r, c in zip(header["rows"], header["cols"])]
+        columns["shape"] = pd.Series(shape, dtype=object)
+    for name, values in columns.items():
+        is_rare, counts = _rare_values(values.reset_index(drop=True), cfg.outlier_rare_share)
+        for i in np.flatnonzero(is_rare):
+            value = values.iloc[i]
+            label = "missing" if pd.isna(value) else value
+            reasons[i].append(f"{name} {label} rare ({counts[i]} of {n} frames)")
+        rare |= is_rare
+    if "colorfulness" in header:
+        colour = header["colorfulness"].fillna(0).to_numpy(np.float64) > cfg.outlier_colour_min
+        if 0 < colour.sum() < cfg.outlier_rare_share * n:
+            for i in np.flatnonzero(colour):
+                reasons[i].append(f"colour image ({int(colour.sum())} of {n} frames in colour)")
+            rare |= colour
+    return rare, reasons
+
+
+def _check(cfg: AnalysisConfig) -> None:
+    _check_mad_k(cfg.outlier_mad_k)
+    if not cfg.outlier_scales or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in cfg.outlier_scales):
+        raise ValueError(f"analysis.outlier_scales must be positive integers, got {cfg.outlier_scales!r}")
+    if not 0 < cfg.outlier_rare_share < 0.5:
+        raise ValueError(f"analysis.outlier_rare_share must lie in (0, 0.5), got {cfg.outlier_rare_share}")
+    if cfg.outlier_colour_min < 0:
+        raise ValueError(f"analysis.outlier_colour_min must be non-negative, got {cfg.outlier_colour_min}")
+
+
+def _check_mad_k(mad_k: float) -> None:
+    if mad_k < 0:
+        raise ValueError(f"analysis.outlier_mad_k must be non-negative, got {mad_k}")
+
+
+def outlier_table(
+    graph: KnnGraph,
+    embeddings: np.ndarray,
+    pixels: np.ndarray,
+    header: pd.DataFrame,
+    duplicate_group: np.ndarray | None,
+    cfg: AnalysisConfig,
+) -> pd.DataFrame:
+    """Every frame ranked by how foreign it is to the archive (rank 1 = most foreign; see the module docstring).
+
+    graph: the run's kNN graph; embeddings: its (N, d) vectors; pixels: the decoded (N, s*s) frames in
+    [0, 1]; header: N rows in graph order with any of modality, photometric, body_part, rows, cols,
+    colorfulness, is_constant (absent columns are not evidence); duplicate_group: the near-twin group
+    id per row, -1 outside a group (None: no groups).
+    Columns: rank, row, score, nn_similarity, neighbour_z, appearance_z, header_rare, is_constant,
+    flagged, reason ('' when not flagged).
+    """
+    _check(cfg)
+    n = len(graph)
+    if len(embeddings) != n or len(pixels) != n or len(header) != n:
+        raise ValueError(f"outlier_table: graph ({n}), embeddings ({len(embeddings)}), pixels ({len(pixels)}) "
+                         f"and header ({len(header)}) must have one row per frame")
+    header = header.reset_index(drop=True)
+    scales = sorted(set(cfg.outlier_scales))
+    sims = neighbour_similarities(graph, embeddings, scales)
+    neighbour_z = robust_z(-sims) if n else np.zeros((0, len(scales)))
+    appearance = robust_z(appearance_features(pixels)) if n else np.zeros((0, len(APPEARANCE_NAMES)))
+    appearance_z = robust_z(np.log(kth_distance(np.clip(appearance, -50, 50), scales[-1]) + 1e-6)[:, None])[:, 0] if n else np.zeros(0)
+    rare, reasons = _header_evidence(header, n, cfg)
+    blank = header["is_constant"].fillna(False).to_numpy(bool) if "is_constant" in header else np.zeros(n, bool)
+
+    strong = STRONG * cfg.outlier_mad_k
+    best_neighbour = neighbour_z.max(axis=1, initial=0.0)
+    score = np.maximum.reduce([best_neighbour, appearance_z, np.where(rare | blank, strong, 0.0)]) if n else np.zeros(0)
+    tie = best_neighbour + appearance_z
+    for i in range(n):
+        if blank[i]:
+            reasons[i].insert(0, "blank frame")
+        for j in np.argsort(-neighbour_z[i]):
+            if neighbour_z[i, j] > cfg.outlier_mad_k:
+                k = scales[j]
+                what = "no close match" if k == 1 else f"far from its {k} nearest frames"
+                reasons[i].append(f"{what} (similarity {sims[i, j]:.2f} at neighbour {k}, archive median {np.median(sims[:, j]):.2f})")
+                break
+        if appearance_z[i] > cfg.outlier_mad_k:
+            top = np.argsort(-np.abs(appearance[i]))[:2]
+            reasons[i].append(f"image statistics unlike the archive (z {appearance_z[i]:.1f}; {', '.join(APPEARANCE_NAMES[t] for t in top)})")
+    own_flag = score > cfg.outlier_mad_k
+    reason = np.array(["; ".join(r) for r in reasons], dtype=object)
+    score, flagged, reason = _by_group(score, own_flag, reason, duplicate_group, cfg.outlier_mad_k)
+    flagged |= blank
+    reason = np.where(flagged, reason, "")
+
+    rows = np.arange(n, dtype=np.int64)
+    order = np.lexsort((rows, -tie, -score))
+    return pd.DataFrame(
+        {
+            "rank": np.arange(1, n + 1, dtype=np.int64),
+            "row": rows[order],
+            "score": score[order].astype(np.float32),
+            "nn_similarity": sims[order, 0].astype(np.float32) if scales[0] == 1 else graph.nn_similarity[order],
+            "neighbour_z": best_neighbour[order].astype(np.float32),
+            "appearance_z": appearance_z[order].astype(np.float32),
+            "header_rare": rare[order],
+            "is_constant": blank[order],
+            "flagged": flagged[order],
+            "reason": reason[order].astype(str),
+        }
+    )
+
+
+def _by_group(
+    score: np.ndarray, flagged: np.ndarray, reason: np.ndarray, group: np.ndarray | None, mad_k: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Near-twin groups take their members' median score; flagged whole when it is above mad_k, with the
+    reason of their highest-scoring member."""
+    score, flagged, reason = score.copy(), flagged.copy(), reason.copy()
+    if group is None or not len(score):
+        return score, flagged, reason
+    group = np.asarray(group, dtype=np.int64)
+    if group.shape != score.shape:
+        raise ValueError(f"duplicate_group must hold one group id per frame ({len(score)}), got shape {group.shape}")
+    members = np.flatnonzero(group >= 0)
+    for rows in pd.Series(members).groupby(group[members]).groups.values():
+        rows = members[np.asarray(rows)]
+        median = float(np.median(score[rows]))
+        top = rows[np.argmax(score[rows])]
+        score[rows] = median
+        flagged[rows] = median > mad_k
+        if median > mad_k:
+            reason[rows] = f"near-twin group of {len(rows)}: {reason[top]}"
+    return score, flagged, reason
