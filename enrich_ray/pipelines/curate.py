@@ -239,28 +239,41 @@ def _with_keys(df: pd.DataFrame, frames: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([df.reset_index(drop=True), keys], axis=1)
 
 
-def _path_duplicates(archive: str, cfg: Config, frames: pd.DataFrame, first_group: int) -> pd.DataFrame:
-    """Byte-identical files found at several paths: one 'exact' group per image, a row per path."""
-    table = archive_table(archive, ["image_id", "source_uris"], cfg.storage)
-    multi = table.filter(pc.greater(pc.list_value_length(table["source_uris"]), 1)).to_pandas()
-    rows = []
-    row_of = {k: r for r, k in enumerate(zip(frames["image_id"], frames["frame_index"]))}
-    for g, rec in enumerate(multi.sort_values("image_id").itertuples()):
-        for i, uri in enumerate(rec.source_uris):
-            rows.append(
-                {
-                    "group_id": first_group + g,
-                    "row": row_of.get((rec.image_id, 0), -1),
-                    "kind": "exact",
-                    "similarity": 1.0,
-                    "is_representative": i == 0,
-                    "group_size": len(rec.source_uris),
-                    "image_id": rec.image_id,
-                    "frame_index": 0,
-                    "source_uri": uri,
-                }
-            )
-    return pd.DataFrame(rows)
+DUPLICATE_COLUMNS = ["group_id", "row", "kind", "similarity", "is_representative", "group_size", "pixel_hash",
+                     "image_id", "frame_index", "source_uri"]
+
+
+def pixel_hashes(run: RunFolder, frames: pd.DataFrame) -> list[str | None]:
+    """The decode stage's pixel_hash of each frame row (None where the decoded table has none)."""
+    decoded = schema.result_rows(run.read_table("decoded", columns=["image_id", "frame_index", "pixel_hash", "stage"]))
+    keys = frames[["image_id", "frame_index"]].astype({"frame_index": "int64"})
+    found = keys.merge(decoded.to_pandas().astype({"frame_index": "int64"}), on=["image_id", "frame_index"], how="left")
+    return [h if isinstance(h, str) else None for h in found["pixel_hash"]]
+
+
+def _duplicates(run: RunFolder, archive: str, cfg: Config, frames: pd.DataFrame, emb: np.ndarray, graph) -> pd.DataFrame:
+    """Exact and near-duplicate groups (analysis.duplicates) of the run's frames, a row per path of each member."""
+    from enrich_ray.analysis.duplicates import near_duplicates
+
+    if not len(frames):
+        return pd.DataFrame(columns=DUPLICATE_COLUMNS)
+    table = archive_table(archive, ["image_id", "source_uris"], cfg.storage).to_pandas()
+    uris = frames["image_id"].map(dict(zip(table["image_id"], table["source_uris"])))
+    uris = [list(u) if isinstance(u, (list, np.ndarray)) and len(u) else [s] for u, s in zip(uris, frames["source_uri"])]
+    groups = near_duplicates(graph, cfg.analysis.near_duplicate_threshold, emb, pixel_hashes(run, frames),
+                             np.array([len(u) for u in uris], np.int64))
+    return _path_duplicates(_with_keys(groups, frames), uris)
+
+
+def _path_duplicates(dups: pd.DataFrame, uris: list[list[str]]) -> pd.DataFrame:
+    """A row per path of each member: a file at several paths (identical bytes, one archive row) is
+    its frame at each, with the frame's kind and similarity; the representative is its first path."""
+    paths = [uris[r] for r in dups["row"]]
+    out = dups.loc[dups.index.repeat([len(p) for p in paths])].reset_index(drop=True)
+    out["source_uri"] = [uri for p in paths for uri in p]
+    first = np.concatenate([[True] + [False] * (len(p) - 1) for p in paths]) if paths else np.zeros(0, bool)
+    out["is_representative"] = out["is_representative"].to_numpy() & first
+    return out[DUPLICATE_COLUMNS]
 
 
 def _flag_blank_frames(run: RunFolder, outl: pd.DataFrame) -> pd.DataFrame:
@@ -272,7 +285,6 @@ def _flag_blank_frames(run: RunFolder, outl: pd.DataFrame) -> pd.DataFrame:
 
 
 def _analyze(run: RunFolder, archive: str, cfg: Config) -> dict:
-    from enrich_ray.analysis.duplicates import near_duplicates
     from enrich_ray.analysis.outliers import outliers
     from enrich_ray.analysis.redundancy import plot_redundancy, redundancy_stats
 
@@ -285,16 +297,11 @@ def _analyze(run: RunFolder, archive: str, cfg: Config) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             plot_redundancy({"this archive": nn}, f"{tmp}/redundancy.png")
             run.write_bytes("redundancy.png", Path(f"{tmp}/redundancy.png").read_bytes())
-        dups = _with_keys(near_duplicates(graph, cfg.analysis.near_duplicate_threshold, emb), frames)
         outl = _flag_blank_frames(run, _with_keys(outliers(graph, cfg.analysis.outlier_mad_k), frames))
     else:
         stats = {}
-        dups = pd.DataFrame(columns=["group_id", "row", "kind", "similarity", "is_representative", "group_size", "image_id", "frame_index", "source_uri"])
         outl = pd.DataFrame(columns=["rank", "row", "score", "nn_similarity", "flagged", "image_id", "frame_index", "source_uri"])
-    first = int(dups["group_id"].max()) + 1 if len(dups) else 0
-    paths = _path_duplicates(archive, cfg, frames, first)
-    if len(paths):
-        dups = pd.concat([dups, paths], ignore_index=True)
+    dups = _duplicates(run, archive, cfg, frames, emb, graph)
     run.write_table("duplicates.parquet", dups)
     run.write_table("outliers.parquet", outl)
     run.write_json("redundancy.json", stats)

@@ -256,7 +256,8 @@ def _run_night(cat: Catalog, shards: list[str], night: str, cfg: Config, model: 
     all_emb = new_emb if not len(history) else np.concatenate([hist_emb, new_emb]) if len(new_emb) else hist_emb
     all_frames = pd.concat([history, new_frames.assign(night=night)], ignore_index=True)
     graph = _night_graph(cat, index_version, all_emb, len(history), cfg)
-    dups = _night_duplicates(graph, all_frames, len(history), resent, history, cfg)
+    hashes = [None] * len(history) + stages.pixel_hashes(work, new_frames)  # the catalog keeps no pixel hashes
+    dups = _night_duplicates(graph, all_frames, all_emb, hashes, len(history), resent, history, cfg)
     outl = _night_outliers(graph, all_frames, len(history), cfg)
     lap("duplicates_outliers")
     manifest, seeds = _night_ranking(cat, history, hist_emb, new_frames, new_emb, cfg)
@@ -371,11 +372,13 @@ def _night_graph(cat: Catalog, index_version: str | None, all_emb: np.ndarray, n
     return KnnGraph(neighbors, sims)
 
 
-def _night_duplicates(graph, frames: pd.DataFrame, n_hist: int, resent: list[str], history: pd.DataFrame, cfg: Config) -> pd.DataFrame:
-    """Tonight's near-duplicate groups (of each other or of earlier frames), and re-sent images."""
+def _night_duplicates(graph, frames: pd.DataFrame, emb: np.ndarray, hashes: list[str | None], n_hist: int,
+                      resent: list[str], history: pd.DataFrame, cfg: Config) -> pd.DataFrame:
+    """Tonight's duplicate groups (exact by pixel_hash among tonight's frames, near by the exact
+    similarity of the embeddings, of each other or of earlier frames), and re-sent images."""
     from enrich_ray.analysis.duplicates import near_duplicates
 
-    dups = near_duplicates(graph, cfg.analysis.near_duplicate_threshold) if len(frames) and graph.k else pd.DataFrame()
+    dups = near_duplicates(graph, cfg.analysis.near_duplicate_threshold, emb, hashes) if len(frames) and graph.k else pd.DataFrame()
     if len(dups):
         tonight = dups.groupby("group_id")["row"].transform(lambda rows: (rows >= n_hist).any())
         dups = dups[tonight].copy()

@@ -369,7 +369,9 @@ def _duplicates_section(duplicates: pd.DataFrame, groups: list[pd.DataFrame], th
     if duplicates.empty:
         out.append('<p class="muted">No duplicate or near-duplicate frames were found.</p></section>')
         return "".join(out)
-    per_group = duplicates.groupby("group_id").agg(kind=("kind", "first"), size=("row", "size"))
+    # A group's kind is its representative's (each row's kind is its own; see analysis.duplicates).
+    rep_kind = duplicates[duplicates["is_representative"].astype(bool)].groupby("group_id")["kind"].first()
+    per_group = duplicates.groupby("group_id").agg(size=("row", "size")).assign(kind=rep_kind)
     sizes = per_group["size"]
     summary_rows = []
     for kind in ("exact", "near"):
@@ -382,7 +384,7 @@ def _duplicates_section(duplicates: pd.DataFrame, groups: list[pd.DataFrame], th
     for g in groups:
         first = g.iloc[0]
         label = (
-            f'<div class="group-label"><b>group {_e(first.group_id)}</b><br>{_e(first.kind)}, '
+            f'<div class="group-label"><b>group {_e(first.group_id)}</b><br>{_e(per_group.at[first.group_id, "kind"])}, '
             f"{int(sizes[first.group_id])} frames</div>"
         )
         figures = []

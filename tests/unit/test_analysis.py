@@ -13,6 +13,7 @@ from enrich_ray.analysis.duplicates import near_duplicates
 from enrich_ray.analysis.outliers import MAD_TO_SD, outliers, robust_cutoff
 from enrich_ray.analysis.redundancy import plot_redundancy, redundancy_stats
 from enrich_ray.config import AnalysisConfig, DecodeConfig
+from enrich_ray.decode.stage import pixel_hash
 from enrich_ray.index.knn import KnnGraph, exact_knn_graph
 from tests.conftest import testdata_path
 
@@ -90,85 +91,168 @@ def test_redundancy_counts_frames_without_others_apart():
         redundancy_stats(np.ones(3), pd.DataFrame({"modality": ["US"]}))
 
 
-# --- near-duplicates ---------------------------------------------------------------------------
+# --- duplicates --------------------------------------------------------------------------------
 
 
-def reference_groups(graph: KnnGraph, threshold: float) -> list[set[int]]:
-    """Plain union-find over the edges at or above threshold: the groups of two or more frames."""
-    parent = list(range(len(graph)))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            i = parent[i]
-        return i
-
-    for i in range(len(graph)):
-        for j, s in zip(graph.neighbors[i], graph.similarities[i]):
-            if j >= 0 and s >= threshold:
-                parent[find(i)] = find(int(j))
-    groups: dict[int, set[int]] = {}
-    for i in range(len(graph)):
-        groups.setdefault(find(i), set()).add(i)
-    return [g for g in groups.values() if len(g) > 1]
+def _hashes_of(x: np.ndarray) -> list[str]:
+    """A stand-in pixel_hash per row: equal exactly when the rows are."""
+    return [pixel_hash(row) for row in x]
 
 
-def test_near_duplicates_match_union_find_and_representative_rule():
-    rng = np.random.default_rng(0)
-    base = rng.standard_normal((60, 24))
-    x = np.concatenate([base, base[:20] + 0.02 * rng.standard_normal((20, 24)), base[:5]])
+def reference_groups(x: np.ndarray, graph: KnnGraph, threshold: float, hashes: list, copies: list[int]) -> dict[int, set[int]]:
+    """The leader rule in plain loops: representative row -> the rows of its group."""
+    n = len(x)
+    x64 = x.astype(np.float64)
+    gram = x64 @ x64.T
+    gram = (gram + gram.T) / 2
+    unit = list(range(n))
+    for i in range(n):
+        for j in range(i):
+            if hashes[i] is not None and hashes[i] == hashes[j]:
+                unit[i] = unit[j]
+                break
+    weight = {u: sum(copies[i] for i in range(n) if unit[i] == u) for u in set(unit)}
+    near = {u: set() for u in weight}
+    for i in range(n):
+        for j in graph.neighbors[i]:
+            a, b = unit[i], unit[int(j)]
+            if j >= 0 and a != b and gram[a, b] >= threshold:
+                near[a].add(b)
+                near[b].add(a)
+    grouped: set[int] = set()
+    groups = {}
+    while True:
+        best = None
+        for a in sorted(weight):
+            if a in grouped:
+                continue
+            others = sorted(b for b in near[a] if b not in grouped)
+            count = weight[a] - 1 + sum(weight[b] for b in others)
+            if count == 0:
+                continue
+            mean = (weight[a] - 1 + sum(weight[b] * gram[a, b] for b in others)) / count
+            if best is None or (count, mean) > best[:2]:
+                best = (count, mean, a, others)
+        if best is None:
+            return groups
+        _, _, a, others = best
+        grouped |= {a, *others}
+        groups[a] = {i for i in range(n) if unit[i] in {a, *others}}
+
+
+def _planted(seed: int) -> tuple[np.ndarray, list, list[int]]:
+    """Clusters at spreads around the threshold, some rows repeated exactly, some rows with byte copies."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((12, 16))
+    x = np.concatenate([c + s * rng.standard_normal((6, 16)) for c, s in zip(centres, np.linspace(0.02, 0.2, 12))])
+    x = np.concatenate([x, rng.standard_normal((30, 16)), x[rng.choice(len(x), 15)]])
     x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-    graph = exact_knn_graph(x, 5)
-    table = near_duplicates(graph, 0.98, x)
-    got = [set(g) for _, g in table.groupby("group_id")["row"]]
-    assert sorted(map(sorted, got)) == sorted(map(sorted, reference_groups(graph, 0.98)))
-    assert list(table.columns) == ["group_id", "row", "kind", "similarity", "is_representative", "group_size"]
+    hashes = _hashes_of(x)
+    for i in rng.choice(len(x), 10, replace=False):
+        hashes[i] = None  # pixels unknown: never exact by pixels
+    copies = [int(c) for c in rng.choice([1, 1, 1, 1, 2, 3], len(x))]
+    return x, hashes, copies
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_duplicate_groups_equal_the_plain_leader_rule(seed):
+    x, hashes, copies = _planted(seed)
+    graph = exact_knn_graph(x, 4)
+    table = near_duplicates(graph, 0.98, x, hashes, np.array(copies))
+    assert list(table.columns) == ["group_id", "row", "kind", "similarity", "is_representative", "group_size", "pixel_hash"]
+    got = {int(g.loc[g["is_representative"], "row"].iloc[0]): set(g["row"]) for _, g in table.groupby("group_id")}
+    want = reference_groups(x, graph, 0.98, hashes, copies)
+    assert got == want and len(want) >= 8
+    assert table["group_id"].tolist() == sorted(table["group_id"]) and sorted(got) == [
+        int(r) for r in table.loc[table["is_representative"], "row"]
+    ]
+    for rep, rows in want.items():
+        g = table[table["row"].isin(rows)]
+        assert (g["group_size"] == sum(copies[r] for r in rows)).all()
+
+
+def _assert_invariants(table: pd.DataFrame, x: np.ndarray, hashes: list, threshold: float, copies=None) -> None:
+    """Every 'exact' member has its representative's pixels; every 'near' one is within the threshold of it."""
     for _, g in table.groupby("group_id"):
-        members = g["row"].tolist()
-        assert g["is_representative"].sum() == 1 and (g["group_size"] == len(members)).all()
-        rep = int(g.loc[g["is_representative"], "row"].iloc[0])
-        # Reference rule: highest mean similarity over in-group graph edges, ties to the lowest row.
-        edges = {}
-        for i in members:
-            for j, s in zip(graph.neighbors[i], graph.similarities[i]):
-                if j in members and s >= 0.98:
-                    edges[frozenset((i, int(j)))] = max(s, edges.get(frozenset((i, int(j))), -1))
-        mean = {i: np.mean([s for e, s in edges.items() if i in e]) for i in members}
-        assert rep == min(members, key=lambda i: (-mean[i], i))
-        np.testing.assert_allclose(g["similarity"], x[members] @ x[rep], atol=1e-5)
-        identical = np.abs(x[members] - x[rep]).max(axis=1) == 0
-        expected = np.where(identical, "exact", "near")
-        if identical.sum() == 1:  # the representative alone: a group of near members only
-            expected[:] = "near"
-        assert g["kind"].tolist() == expected.tolist()
+        assert g["is_representative"].sum() == 1 and g["is_representative"].iloc[0]
+        rep = int(g["row"].iloc[0])
+        for r in g.itertuples():
+            cos = float(x[r.row].astype(np.float64) @ x[rep].astype(np.float64))
+            assert cos >= threshold - 1e-6 and r.similarity == pytest.approx(1.0 if r.is_representative else cos, abs=1e-6)
+            same = hashes[r.row] is not None and hashes[r.row] == hashes[rep]
+            if not r.is_representative:
+                assert (r.kind == "exact") == same, (r.row, rep)
+        has_copy = len(g) > 1 and (g["kind"].iloc[1:] == "exact").any() or (copies is not None and copies[rep] > 1)
+        assert g["kind"].iloc[0] == ("exact" if has_copy else "near")
 
 
-def test_near_duplicates_without_embeddings_bound_similarity_from_below():
-    rng = np.random.default_rng(1)
-    direction = rng.standard_normal(16)
-    chain = np.stack([direction + 0.04 * i * rng.standard_normal(16) for i in range(8)])
-    x = np.concatenate([chain, rng.standard_normal((40, 16))])
+def test_duplicate_invariants_on_planted_data():
+    x, hashes, copies = _planted(7)
+    _assert_invariants(near_duplicates(exact_knn_graph(x, 6), 0.98, x, hashes, np.array(copies)), x, hashes, 0.98, copies)
+
+
+def test_a_chain_never_makes_one_group():
+    # Points 8.1 degrees apart on a circle: neighbours at cos 0.990, two steps apart at 0.960.
+    step = np.arccos(0.99)
+    x = np.stack([[np.cos(i * step), np.sin(i * step), 0.0] for i in range(5)]).astype(np.float32)
+    graph = exact_knn_graph(x, 4)
+    table = near_duplicates(graph, 0.98, x)
+    _assert_invariants(table, x, [None] * 5, 0.98)
+    group = dict(zip(table["row"], table["group_id"]))
+    assert group.get(0) is None or group.get(0) != group.get(4)
+    assert set(table["row"]) != set(range(5)) and len(table) == 3  # one star of three; components took all five
+    # a-b-c: a and c share a group only around b, the one within the threshold of both.
+    abc = near_duplicates(exact_knn_graph(x[:3], 2), 0.98, x[:3])
+    assert abc["row"].tolist()[0] == 1 and set(abc["row"]) == {0, 1, 2}
+    # Where b is missing, a and c (0.960) are no group at all.
+    assert near_duplicates(exact_knn_graph(x[[0, 2]], 1), 0.98, x[[0, 2]]).empty
+
+
+def test_identical_pixels_are_one_unit_even_beyond_k():
+    # 30 identical frames and a kNN graph of k = 3: the hash, not the graph, makes them one group.
+    rng = np.random.default_rng(2)
+    x = np.concatenate([np.repeat(rng.standard_normal((1, 8)), 30, axis=0), rng.standard_normal((20, 8))])
     x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-    graph = exact_knn_graph(x, 2)
-    bounded = near_duplicates(graph, 0.95).set_index("row")
-    exact = near_duplicates(graph, 0.95, x).set_index("row")
-    assert (bounded["group_id"] == exact["group_id"]).all()
-    assert (bounded["similarity"] <= exact["similarity"] + 1e-6).all()
-    assert near_duplicates(graph, 0.9999).empty
+    hashes = _hashes_of(x)
+    table = near_duplicates(exact_knn_graph(x, 3), 0.98, x, hashes)
+    assert table["group_id"].nunique() == 1 and set(table["row"]) == set(range(30))
+    assert set(table["kind"]) == {"exact"} and table["row"].iloc[0] == 0
+    # Without hashes identical embeddings are only near: 'exact' never comes from a similarity.
+    assert set(near_duplicates(exact_knn_graph(x, 3), 0.98, x)["kind"]) == {"near"}
+    # A byte-copied frame with no other member is a group of its own.
+    alone = near_duplicates(exact_knn_graph(x[29:], 3), 0.98, x[29:], copies=np.array([2] + [1] * 20))
+    assert alone["row"].tolist() == [0] and alone["kind"].tolist() == ["exact"] and alone["group_size"].tolist() == [2]
 
 
-def test_dicom_duplicate_families_land_in_one_group_each():
-    from enrich_ray.decode.dicom import decode_dicom
+def test_duplicates_reject_bad_input():
+    x = np.eye(3, dtype=np.float32)
+    graph = exact_knn_graph(x, 1)
+    with pytest.raises(ValueError, match="threshold"):
+        near_duplicates(graph, 1.5, x)
+    with pytest.raises(ValueError, match="3"):
+        near_duplicates(graph, 0.9, x[:2])
+    with pytest.raises(ValueError, match="pixel_hash"):
+        near_duplicates(graph, 0.9, x, ["a"])
+    with pytest.raises(ValueError, match="copies"):
+        near_duplicates(graph, 0.9, x, copies=np.array([1, 0, 1]))
+    assert near_duplicates(graph, 0.9, x).empty
+
+
+def test_dicom_duplicate_families_by_pixels_and_similarity():
+    from enrich_ray.decode.dicom import iter_dicom_frames
     from enrich_ray.decode.preprocess import preprocess
 
     cfg = DecodeConfig()
-    frames, keys = [], []
+    frames, keys, hashes = [], [], []
     for family, names in DICOM_FAMILIES.items():
         for name in names:
-            for index, image in enumerate(decode_dicom(testdata_path(name).read_bytes(), cfg)):
-                frames.append(preprocess(image, cfg)[0])
+            for index, image in iter_dicom_frames(testdata_path(name).read_bytes(), cfg):
+                frames.append(preprocess(image.image, cfg)[0])
+                hashes.append(pixel_hash(image.image))
                 keys.append((family, name, index))
     x = pixel_embeddings(np.stack(frames))
-    table = near_duplicates(exact_knn_graph(x, 10), THRESHOLD, x)
+    table = near_duplicates(exact_knn_graph(x, 10), THRESHOLD, x, hashes)
+    _assert_invariants(table, x, hashes, THRESHOLD)
     found = {frozenset(g) for _, g in table.groupby("group_id")["row"]}
     expected = set()
     for family, names in DICOM_FAMILIES.items():
@@ -182,22 +266,25 @@ def test_dicom_duplicate_families_land_in_one_group_each():
     assert "near" in kinds["US1"]  # lossy J2K and reduced-resolution decoding
 
 
-def test_busi_duplicates_at_the_default_threshold_do_not_chain(busi):
+def test_busi_duplicates_at_the_default_threshold_never_chain(busi, busi_dir):
+    from enrich_ray.decode.raster import decode_raster
+
     names, frames = busi
+    hashes = [pixel_hash(decode_raster((busi_dir / n).read_bytes(), DecodeConfig()).image) for n in names]
     x = pixel_embeddings(frames)
     graph = exact_knn_graph(x, 10)
-    table = near_duplicates(graph, THRESHOLD, x)
+    table = near_duplicates(graph, THRESHOLD, x, hashes)
     assert table["group_id"].nunique() >= 20
-    for _, g in table.groupby("group_id"):
-        rows = g["row"].to_numpy()
-        assert (x[rows] @ x[rows].T).min() >= 0.95  # every pair in a group, not just graph edges
-    # BUSI files the same image under two classes.
+    _assert_invariants(table, x, hashes, THRESHOLD)
+    # BUSI files the same image under two classes: the one exact pair.
     twins = [names.index("malignant/malignant (145).png"), names.index("benign/benign (433).png")]
     group = table[table["row"].isin(twins)]
     assert group["group_id"].nunique() == 1 and set(group["kind"]) == {"exact"}
-    # A lower threshold chains different scenes: some group then holds a pair below 0.8.
-    loose = near_duplicates(graph, 0.85, x)
-    assert min((x[r] @ x[r].T).min() for r in loose.groupby("group_id")["row"].apply(np.array)) < 0.8
+    assert (table["kind"] == "exact").sum() == 2
+    # At a loose threshold too, members stay within it of their representative (components chained
+    # different scenes there: some group held a pair below 0.8).
+    loose = near_duplicates(graph, 0.85, x, hashes)
+    _assert_invariants(loose, x, hashes, 0.85)
 
 
 # --- outliers ----------------------------------------------------------------------------------

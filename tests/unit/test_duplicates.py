@@ -150,3 +150,28 @@ def test_pixel_hash_covers_shape_and_dtype():
     assert pixel_hash(image) != pixel_hash(image.reshape(6, 4))
     assert pixel_hash(image) != pixel_hash(image.astype(np.float64))
     assert pixel_hash(np.asfortranarray(np.arange(6.0).reshape(2, 3))) == pixel_hash(np.arange(6.0).reshape(2, 3))
+
+
+def test_byte_copies_fold_into_their_frames_group():
+    import pandas as pd
+
+    from enrich_ray.analysis.duplicates import near_duplicates
+    from enrich_ray.index.knn import exact_knn_graph
+    from enrich_ray.pipelines.curate import _path_duplicates, _with_keys
+
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((3, 32))
+    x = np.stack([base[0], base[0], base[0] + 0.05 * rng.standard_normal(32), base[1], base[2]])
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    hashes = ["h0", "h0", "h2", "h3", "h4"]  # rows 0 and 1: the same pixels in two files
+    uris = [["a"], ["b1", "b2"], ["c"], ["d1", "d2", "d3"], ["e"]]  # b and d: identical bytes at several paths
+    frames = pd.DataFrame({"image_id": list("abcde"), "frame_index": 0, "source_uri": [u[0] for u in uris]})
+    groups = near_duplicates(exact_knn_graph(x, 2), 0.98, x, hashes, np.array([len(u) for u in uris]))
+    dups = _path_duplicates(_with_keys(groups, frames), uris)
+    g0, g1 = (dups[dups["group_id"] == g] for g in (0, 1))
+    assert g0["source_uri"].tolist() == ["a", "b1", "b2", "c"] and g0["kind"].tolist() == ["exact", "exact", "exact", "near"]
+    assert g1["source_uri"].tolist() == ["d1", "d2", "d3"] and set(g1["kind"]) == {"exact"}
+    assert g0["group_size"].eq(4).all() and g1["group_size"].eq(3).all()
+    assert dups.groupby("group_id")["is_representative"].sum().tolist() == [1, 1]
+    assert dups.loc[dups["is_representative"], "source_uri"].tolist() == ["a", "d1"]
+    assert "e" not in set(dups["source_uri"])

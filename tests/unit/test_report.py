@@ -271,21 +271,32 @@ def test_manifest_without_coverage_says_so(inputs, tmp_path):
 
 
 def test_collapsed_embedding_shows_a_banner(inputs, tmp_path):
-    summary = {**inputs.summary, "embedding": {"embedder": "vae", "participation_ratio": 1.7, "active_units": 2}}
-    page = inputs.write(tmp_path / "report.html", ReportConfig(), summary=summary)
-    assert 'id="collapse-warning"' in page and "participation ratio 1.70 &lt; 5" in page
+    collapsed = {"embedder": "vae", "participation_ratio": 1.7, "content_correlation": 0.03, "distinct_frames": 120}
+    page = inputs.write(tmp_path / "report.html", ReportConfig(), summary={**inputs.summary, "embedding": collapsed})
+    assert 'id="collapse-warning"' in page and "pixel correlation 0.03 &lt; 0.2 over 120 distinct frames" in page
+    # Near twins everywhere (an archive of copies) and a low participation ratio are not collapse.
     twins = np.full(len(inputs.nn_similarity), 0.99)
-    page = inputs.write(tmp_path / "report.html", ReportConfig(), nn_similarity=twins)
-    assert 'id="collapse-warning"' in page and "median nearest-neighbour similarity 0.990" in page
+    healthy = {"embedder": "vae", "participation_ratio": 2.4, "content_correlation": 0.8, "distinct_frames": 40}
+    page = inputs.write(tmp_path / "report.html", ReportConfig(), summary={**inputs.summary, "embedding": healthy}, nn_similarity=twins)
+    assert 'id="collapse-warning"' not in page and "Not collapsed" in page
 
 
 def test_collapse_rule_thresholds():
-    assert collapse_warnings(5.0, 0.95) == []
-    assert collapse_warnings(None, None) == []
-    assert collapse_warnings(float("nan"), 0.5) == []
-    assert len(collapse_warnings(4.99, 0.5)) == 1
-    assert len(collapse_warnings(20.0, 0.951)) == 1
-    assert len(collapse_warnings(1.0, 1.0)) == 2
+    assert collapse_warnings({}) == []
+    assert collapse_warnings({"content_correlation": 0.2, "distinct_frames": 10}) == []
+    assert len(collapse_warnings({"content_correlation": 0.19, "distinct_frames": 10})) == 1
+    assert collapse_warnings({"content_correlation": 0.0, "distinct_frames": 9}) == []  # too few to judge
+    assert collapse_warnings({"content_correlation": float("nan"), "distinct_frames": 50}) == []
+    assert len(collapse_warnings({"active_units": 0, "content_correlation": 0.0, "distinct_frames": 50})) == 2
+
+
+def test_report_shows_the_knn_recall(inputs, tmp_path):
+    index = {"recall_at_k": 0.912, "k": 10, "sample": 300, "method": "clustered", "nn_underestimate_max": 0.21, "nn_underestimate_mean": 0.01}
+    page = inputs.write(tmp_path / "report.html", ReportConfig(), summary={**inputs.summary, "index": index})
+    assert "kNN graph recall@10 against exact search (300 sampled frames, clustered graph)" in page
+    assert "0.912" in page and "below 0.95" in page and "0.210 / 0.010" in page
+    page = inputs.write(tmp_path / "report.html", ReportConfig())
+    assert "kNN graph recall</td><td>not recorded" in page
 
 
 def test_redundancy_table_matches_a_plain_count(inputs, tmp_path):
@@ -310,3 +321,15 @@ def test_writes_to_an_fsspec_uri(inputs):
 def test_thumbnail_source_of_the_wrong_shape_is_a_clear_error(inputs, tmp_path):
     with pytest.raises(ValueError, match="thumbnails"):
         inputs.write(tmp_path / "report.html", ReportConfig(), thumbnails=lambda rows: inputs.frames[rows][:, 0])
+
+
+def test_a_groups_kind_is_its_representatives_not_its_first_rows(inputs, tmp_path):
+    # Group 1: a near representative listed after its members; group 0: exact, a near member listed first.
+    dups = inputs.duplicates.copy()
+    dups.loc[(dups["group_id"] == 0) & ~dups["is_representative"], "kind"] = "near"
+    dups = dups.sort_values("is_representative", kind="stable").reset_index(drop=True)
+    assert dups.groupby("group_id")["kind"].first().tolist() == ["near", "near"]
+    page = inputs.write(tmp_path / "report.html", ReportConfig(), duplicates=dups)
+    assert "<tr><td>exact</td><td>1</td><td>2</td><td>1</td></tr>" in page
+    assert "<tr><td>near</td><td>1</td><td>2</td><td>1</td></tr>" in page
+    assert page.split("<b>group 0</b><br>")[1].startswith("exact,")
