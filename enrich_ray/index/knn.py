@@ -15,15 +15,23 @@ Two ways to build it, both numpy in and numpy out:
 `knn_graph` picks: exact for IndexConfig.kind 'flat', or 'auto' up to EXACT_GRAPH_MAX_ROWS frames;
 the clustered join otherwise. Self-matches are removed by index, never by similarity, so an exact
 duplicate of a frame stays in its row with similarity 1.
+
+Every graph `knn_graph` returns carries its measured recall (`graph_recall`: recall@k and the
+underestimate of the 1-NN similarity against exact search on a seeded sample of frames). How well
+the clustered join does depends on the data: high on clustered embeddings, far lower on isotropic
+ones (`tests/benchmarks/bench_knn.py --quick --skip-faiss [--isotropic]` prints each). So with
+kind 'auto' a join below RECALL_TARGET is widened (more cluster lists per frame, then the exact
+graph); with a fixed kind it is kept and a warning names the recall.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import faiss
 import numpy as np
@@ -32,12 +40,18 @@ import torch
 
 from enrich_ray.config import IndexConfig
 
+log = logging.getLogger(__name__)
+
 EXACT_MAX_ROWS = 100_000  # 'auto': a flat (exact) index up to this many frames
 EXACT_GRAPH_MAX_ROWS = 20_000  # 'auto': the exact graph up to this many frames
 QUERY_BLOCK_BYTES = 256 * 1024 * 1024  # similarity block size of the exact path
 ASSIGN_BLOCK = 8192  # frames per block when assigning frames to centroids
 TOPK_GROUP = 32  # column groups of the top-k filter (see topk_rows)
-GRAPH_ASSIGN = 12  # cluster lists each frame is stored in: recall@10 0.95 at 1M (bench_knn.py; 8 gave 0.93)
+GRAPH_ASSIGN = 12  # cluster lists each frame is stored in (bench_knn.py prints the recall it gives)
+RECALL_TARGET = 0.95  # 'auto' widens the clustered join until its measured recall@k reaches this
+RECALL_SAMPLE = 300  # frames whose exact neighbours the recall is measured against
+WIDEN_FACTOR = 4  # 'auto': each widening stores every frame in this many times more cluster lists
+EXACT_SHARE = 0.25  # 'auto': a join that would scan this share of the clusters per frame runs exact
 KMEANS_POINTS_PER_CENTROID = 64  # k-means trains on at most this many frames per centroid
 MIN_POINTS_PER_CENTROID = 39  # faiss warns when k-means has fewer training frames per centroid
 
@@ -52,6 +66,7 @@ class KnnGraph:
 
     neighbors: np.ndarray
     similarities: np.ndarray
+    recall: dict | None = field(default=None, compare=False)  # graph_recall's figures, when measured
 
     def __post_init__(self) -> None:
         if self.neighbors.shape != self.similarities.shape or self.neighbors.ndim != 2:
@@ -211,8 +226,7 @@ def _exact_rows(x: np.ndarray, rows: np.ndarray, k: int) -> KnnGraph:
 
 def graph_clusters(n: int) -> int:
     """Coarse clusters of the fast graph: about sqrt(8·N) (354 frames a cluster at 1M), at least 39
-    frames each. Cost per frame: C dot products to assign it, n_assign·N/C in the join; at 1M with
-    n_assign 12, sqrt(8·N) clusters gave recall 0.950 and sqrt(12·N) 0.947 at more CPU time."""
+    frames each. Cost per frame: C dot products to assign it, n_assign·N/C in the join."""
     return max(1, min(n // MIN_POINTS_PER_CENTROID, round(math.sqrt(8 * n))))
 
 
@@ -317,14 +331,84 @@ def resolve_kind(kind: str, n: int) -> str:
     return kind
 
 
-def knn_graph(embeddings: np.ndarray, k: int, cfg: IndexConfig) -> KnnGraph:
-    """The kNN graph the pipeline uses: exact when cfg.kind is 'flat', or 'auto' with at most
-    EXACT_GRAPH_MAX_ROWS frames (the exact join costs N²·d); the clustered join otherwise."""
-    n = len(embeddings)
+def knn_graph(
+    embeddings: np.ndarray,
+    k: int,
+    cfg: IndexConfig,
+    exact_max_rows: int = EXACT_GRAPH_MAX_ROWS,
+    recall_sample: int = RECALL_SAMPLE,
+) -> KnnGraph:
+    """The kNN graph the pipeline uses, with its recall measured (`graph.recall`).
+
+    Exact when cfg.kind is 'flat', or 'auto' with at most `exact_max_rows` frames (the exact join
+    costs N²·d); the clustered join otherwise. With 'auto' a join whose recall@k is below
+    RECALL_TARGET is redone with WIDEN_FACTOR times more cluster lists per frame, and once that
+    would scan EXACT_SHARE of the clusters, the exact graph is built instead (so it ends at or
+    above the target). A fixed kind keeps its graph and logs a warning below the target.
+    """
+    x = unit_rows(embeddings)
+    n = len(x)
     kind = resolve_kind(cfg.kind, n)
-    if kind == "flat" and (cfg.kind == "flat" or n <= EXACT_GRAPH_MAX_ROWS):
-        return exact_knn_graph(embeddings, k)
-    return clustered_knn_graph(embeddings, k, train_sample=cfg.train_sample)
+    if kind == "flat" and (cfg.kind == "flat" or n <= exact_max_rows):
+        graph = exact_knn_graph(x, k)
+        graph.recall = {**graph_recall(x, graph, recall_sample), "method": "exact"}
+        return graph
+    n_clusters = graph_clusters(n)
+    n_assign = GRAPH_ASSIGN
+    tried = []
+    while True:
+        graph = clustered_knn_graph(x, k, n_clusters=n_clusters, n_assign=n_assign, train_sample=cfg.train_sample)
+        measured = graph_recall(x, graph, recall_sample)
+        tried.append({"n_assign": min(n_assign, n_clusters), "recall_at_k": measured["recall_at_k"]})
+        if measured["recall_at_k"] >= RECALL_TARGET or cfg.kind != "auto":
+            break
+        n_assign *= WIDEN_FACTOR
+        if n_assign >= EXACT_SHARE * n_clusters:
+            log.info("index: clustered kNN graph recall@%d %.3f < %.2f; building the exact graph", k, measured["recall_at_k"], RECALL_TARGET)
+            graph = exact_knn_graph(x, k)
+            graph.recall = {**graph_recall(x, graph, recall_sample), "method": "exact", "clusters": n_clusters, "tried": tried}
+            return graph
+        log.info("index: clustered kNN graph recall@%d %.3f < %.2f; widening to %d cluster lists per frame", k, measured["recall_at_k"], RECALL_TARGET, n_assign)
+    if measured["recall_at_k"] < RECALL_TARGET:
+        log.warning(
+            "index: the kNN graph's recall@%d is %.3f (< %.2f) on %d sampled frames; its 1-NN similarity is "
+            "underestimated by up to %.3f. index.kind=auto widens the search until it reaches %.2f",
+            k, measured["recall_at_k"], RECALL_TARGET, measured["sample"], measured["nn_underestimate_max"], RECALL_TARGET,
+        )
+    graph.recall = {**measured, "method": "clustered", "clusters": n_clusters, "n_assign": tried[-1]["n_assign"], "tried": tried}
+    return graph
+
+
+def graph_recall(embeddings: np.ndarray, graph: KnnGraph, sample: int = RECALL_SAMPLE, seed: int = 0) -> dict:
+    """Recall@k of `graph` against exact search on a seeded sample of `sample` frames.
+
+    A found neighbour counts when its similarity reaches the k-th exact similarity of its row (so
+    ties at the boundary count); recall_at_k is the mean share of each row's exact neighbours found.
+    nn_underestimate_max / _mean: how far the graph's 1-NN similarity falls below the exact one.
+    """
+    x = unit_rows(embeddings)
+    n, k = graph.neighbors.shape
+    if n != len(x):
+        raise ValueError(f"graph has {n} rows but embeddings {len(x)}")
+    m = min(sample, n)
+    if k == 0 or m == 0 or n < 2:
+        return {"recall_at_k": 1.0, "k": int(k), "sample": int(m), "seed": seed, "nn_underestimate_max": 0.0, "nn_underestimate_mean": 0.0}
+    rows = np.sort(np.random.default_rng(seed).choice(n, m, replace=False))
+    exact = _exact_rows(x, rows, k)
+    valid = exact.neighbors >= 0
+    kth = np.where(valid, exact.similarities, np.inf).min(axis=1)
+    found = (graph.neighbors[rows] >= 0) & (graph.similarities[rows] >= kth[:, None] - 1e-6)
+    share = np.minimum(found.sum(axis=1), valid.sum(axis=1)) / np.maximum(valid.sum(axis=1), 1)
+    gap = (exact.similarities[:, 0] - graph.similarities[rows, 0]).astype(np.float64)
+    gap = np.where(np.isfinite(gap), gap, 2.0)  # a row the graph left empty misses by the whole range
+    return {
+        "recall_at_k": round(float(share.mean()), 4),
+        "k": int(k),
+        "sample": int(m),
+        "seed": seed,
+        "nn_underestimate_max": round(float(max(gap.max(), 0.0)), 4),
+        "nn_underestimate_mean": round(float(max(gap.mean(), 0.0)), 4),
+    }
 
 
 def _check_k(k: int) -> None:

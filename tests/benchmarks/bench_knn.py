@@ -7,7 +7,10 @@ max(100k, 39·nlist) frames, nprobe 8 and 16) searching every frame for its k+1 
 Each method runs in its own child process; its peak resident memory (VmHWM, reset after the
 imports and the data load) is its own.
 
-    .venv/bin/python tests/benchmarks/bench_knn.py [--quick] [--nprobe 8,16] [--skip-faiss]
+    .venv/bin/python tests/benchmarks/bench_knn.py [--quick] [--nprobe 8,16] [--skip-faiss] [--isotropic]
+
+--isotropic uses unit vectors drawn uniformly on the sphere instead (no cluster structure: the
+hard case for any clustered search).
 """
 from __future__ import annotations
 
@@ -128,10 +131,17 @@ def child_main(method: str, folder: str, nprobes: list[int]) -> None:
     print(json.dumps(result))
 
 
-def run(n: int, nprobes: list[int], skip_faiss: bool) -> None:
-    print(f"\n== N = {n:,} vectors, d = {D}, k = {K} ==", flush=True)
+def isotropic_unit_vectors(n: int, d: int = D, seed: int = 0) -> np.ndarray:
+    """Unit vectors uniform on the sphere."""
+    x = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x
+
+
+def run(n: int, nprobes: list[int], skip_faiss: bool, isotropic: bool = False) -> None:
+    print(f"\n== N = {n:,} {'isotropic' if isotropic else 'clustered'} vectors, d = {D}, k = {K} ==", flush=True)
     t0 = time.perf_counter()
-    x = clustered_unit_vectors(n)
+    x = isotropic_unit_vectors(n) if isotropic else clustered_unit_vectors(n)
     print(f"data: {x.nbytes / 2**20:.0f} MiB, {time.perf_counter() - t0:.1f} s to generate", flush=True)
     rows = np.random.default_rng(7).choice(n, SAMPLE, replace=False)
     t0 = time.perf_counter()
@@ -170,6 +180,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="N = 100k only")
     parser.add_argument("--nprobe", default="8,16", help="faiss IVF nprobe values (comma-separated)")
     parser.add_argument("--skip-faiss", action="store_true", help="time the clustered join only")
+    parser.add_argument("--isotropic", action="store_true", help="uniform unit vectors instead of clustered ones")
     parser.add_argument("--child", choices=["clustered", "faiss"], help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -182,7 +193,7 @@ def main() -> None:
         f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}, load average {os.getloadavg()[0]:.1f}"
     )
     for n in [100_000] if args.quick else [100_000, 1_000_000]:
-        run(n, nprobes, args.skip_faiss)
+        run(n, nprobes, args.skip_faiss, args.isotropic)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import pytest
 
 from enrich_ray.config import IndexConfig
 from enrich_ray.index import KnnGraph, ShardedIndex, build_index, clustered_knn_graph, exact_knn_graph, knn_graph
-from enrich_ray.index.knn import EXACT_MAX_ROWS, resolve_kind, topk_rows
+from enrich_ray.index.knn import EXACT_MAX_ROWS, RECALL_TARGET, graph_recall, resolve_kind, topk_rows
 from enrich_ray.index.shards import merge_topk
 
 
@@ -204,3 +204,57 @@ def test_graph_arrow_and_parquet_round_trip(tmp_path):
     assert KnnGraph.from_arrow(empty.to_arrow()).neighbors.shape == (3, 0)
     with pytest.raises(ValueError, match="each of 0..N-1"):
         KnnGraph.from_arrow(pa.table({"row": [0, 0], "neighbors": [[1], [0]], "similarities": [[0.5], [0.5]]}))
+
+
+def isotropic(n: int, d: int = 128, seed: int = 0) -> np.ndarray:
+    return unit(np.random.default_rng(seed).standard_normal((n, d)))
+
+
+def plain_recall(x: np.ndarray, graph: KnnGraph, rows: np.ndarray) -> tuple[float, np.ndarray]:
+    """Reference: share of each sampled row's exact k nearest (by a full sort) that the graph holds,
+    and the exact 1-NN similarity minus the graph's."""
+    k = graph.k
+    shares, gaps = [], []
+    for i in rows:
+        sims = x[i] @ x.T
+        sims[i] = -np.inf
+        truth = set(np.argsort(-sims, kind="stable")[:k].tolist())
+        shares.append(len(truth & set(graph.neighbors[i].tolist())) / k)
+        gaps.append(sims.max() - graph.similarities[i, 0])
+    return float(np.mean(shares)), np.array(gaps)
+
+
+def test_graph_recall_matches_a_plain_reference():
+    x = isotropic(4000, d=32, seed=12)
+    graph = clustered_knn_graph(x, 10, n_assign=2)  # deliberately poor
+    got = graph_recall(x, graph, sample=200, seed=3)
+    rows = np.sort(np.random.default_rng(3).choice(len(x), 200, replace=False))
+    share, gaps = plain_recall(x, graph, rows)
+    assert got["recall_at_k"] == pytest.approx(share, abs=1e-3) and got["recall_at_k"] < 0.9
+    assert got["nn_underestimate_max"] == pytest.approx(gaps.max(), abs=1e-4)
+    assert got["nn_underestimate_mean"] == pytest.approx(gaps.mean(), abs=1e-4)
+    assert got["k"] == 10 and got["sample"] == 200
+    exact = graph_recall(x, exact_knn_graph(x, 10), sample=200, seed=3)
+    assert exact["recall_at_k"] == 1.0 and exact["nn_underestimate_max"] == 0.0
+
+
+def test_auto_reaches_the_target_on_isotropic_data():
+    x = isotropic(12_000, seed=13)
+    graph = knn_graph(x, 10, IndexConfig(kind="auto"), exact_max_rows=1000)
+    assert graph.recall["tried"][0]["recall_at_k"] < 0.5  # the default clustered join fails here
+    assert graph.recall["recall_at_k"] >= RECALL_TARGET
+    rows = np.sort(np.random.default_rng(0).choice(len(x), 100, replace=False))
+    assert plain_recall(x, graph, rows)[0] >= RECALL_TARGET
+
+
+def test_auto_keeps_the_clustered_join_on_clustered_data_and_fixed_kinds_warn(caplog):
+    x = clustered(20_000, seed=14)
+    graph = knn_graph(x, 10, IndexConfig(kind="auto"), exact_max_rows=1000)
+    assert graph.recall["method"] == "clustered" and graph.recall["recall_at_k"] >= RECALL_TARGET
+    assert len(graph.recall["tried"]) == 1
+    with caplog.at_level("WARNING"):
+        fixed = knn_graph(isotropic(5000, d=64, seed=15), 10, IndexConfig(kind="ivf"))
+    assert fixed.recall["method"] == "clustered" and fixed.recall["recall_at_k"] < RECALL_TARGET
+    assert any("recall@10" in r.getMessage() and "index.kind=auto" in r.getMessage() for r in caplog.records)
+    small = knn_graph(x[:500], 5, IndexConfig(kind="auto"))
+    assert small.recall["method"] == "exact" and small.recall["recall_at_k"] == 1.0
