@@ -142,12 +142,23 @@ class SelectionConfig:
     examine_most_valuable_first: bool = True
     smi_function: Literal["flvmi", "gcmi", "flqmi", "logdetmi"] = "flvmi"
     smi_query: str | None = None  # image ids (a file) or a folder of exemplar images
-    smi_eta: float = 1.0
+    smi_eta: float = 1.0  # FLVMI and FLQMI: weight of the query term, >= 0 (above 1 is usual)
+    logdet_eta: float = 1.0  # LogDetMI: query coupling in [0, 1] (above 1 its kernel is indefinite)
     smi_lambda: float = 1.0
-    smi_pool: int = 2000
+    smi_pool: int = 2000  # FLQMI and LogDetMI rank only the pool of frames nearest the query
     seconds_per_image: float = 3.0  # classification label time; the paper used 3 s
     seconds_per_segmentation: float = 300.0
     exclude_junk: bool = True  # flagged foreign frames, blank frames and exact copies leave the ranking
+
+    def __post_init__(self) -> None:
+        if self.smi_eta < 0:
+            raise ConfigError(f"selection.smi_eta: {self.smi_eta} must be >= 0")
+        if not 0 <= self.logdet_eta <= 1:
+            raise ConfigError(f"selection.logdet_eta: {self.logdet_eta} must lie in [0, 1] (LogDetMI's kernel is indefinite above 1)")
+        if self.smi_lambda <= 0:
+            raise ConfigError(f"selection.smi_lambda: {self.smi_lambda} must be > 0")
+        if self.smi_pool < 1:
+            raise ConfigError(f"selection.smi_pool: {self.smi_pool} must be at least 1")
 
 
 @dataclass

@@ -49,7 +49,7 @@ def rank(
             query,
             k,
             function=cfg.smi_function,
-            eta=cfg.smi_eta,
+            eta=cfg.logdet_eta if cfg.smi_function == "logdetmi" else cfg.smi_eta,
             lam=cfg.smi_lambda,
             pool=cfg.smi_pool,
         )

@@ -5,7 +5,7 @@ given, then the ranker's picks. Scores are per position and NaN for the seed row
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -23,10 +23,13 @@ class Ranking:
     score: np.ndarray  # float32, NaN on seed rows
     n_seed: int
     coverage: np.ndarray | None = None  # float32
+    info: dict = field(default_factory=dict)  # what a person should know, e.g. a pool that cut the ranking short
 
 
 def check_embeddings(embeddings: np.ndarray) -> np.ndarray:
-    """The embeddings as a C-contiguous float32 (N, d) array of unit rows, or a clear ValueError."""
+    """The embeddings as a C-contiguous float32 (N, d) array of unit rows, or a clear ValueError.
+
+    Rows must have norm 1 ± 1e-3; they are renormalised, so every ranker sees exact unit rows."""
     x = np.asarray(embeddings)
     if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
         raise ValueError(f"embeddings must be a non-empty (N, d) array, got shape {x.shape}")
@@ -39,7 +42,8 @@ def check_embeddings(embeddings: np.ndarray) -> np.ndarray:
     if np.abs(norms - 1.0).max() > 1e-3:
         worst = int(np.abs(norms - 1.0).argmax())
         raise ValueError(f"embeddings must have unit rows (L2-normalised); row {worst} has norm {norms[worst]:.4f}")
-    return x
+    # Rows within the tolerance are renormalised: the clustered ENRICH bounds assume |x| = 1 to 1e-5.
+    return np.ascontiguousarray(x / norms[:, None], dtype=np.float32)
 
 
 def check_seed(seed: np.ndarray | list[int], n: int) -> np.ndarray:

@@ -14,6 +14,7 @@ updates (as cheap as lazy greedy on the pool). Ties go to the lowest row.
 from __future__ import annotations
 
 import heapq
+import logging
 from collections.abc import Callable
 from typing import Literal
 
@@ -21,6 +22,8 @@ import numpy as np
 
 from enrich_ray.selection.enrich import max_similarity
 from enrich_ray.selection.ranking import Ranking, check_embeddings, check_k, check_seed
+
+log = logging.getLogger(__name__)
 
 Function = Literal["flvmi", "gcmi", "flqmi", "logdetmi"]
 
@@ -41,19 +44,35 @@ def smi_ranking(
     lam: float = 1.0,
     pool: int = 2000,
 ) -> Ranking:
-    """Seeds first, then frames by greedy SMI gain with the query rows; score = the pick's gain."""
+    """Seeds first, then frames by greedy SMI gain with the query rows; score = the pick's gain.
+
+    `eta` is selection.smi_eta for FLVMI and FLQMI (>= 0) and selection.logdet_eta for LogDetMI
+    (in [0, 1]: above 1 its second kernel is indefinite). FLQMI and LogDetMI rank only the `pool`
+    frames nearest the query; when that leaves frames unranked, a warning and `info` say so.
+    """
     x = check_embeddings(embeddings)
     n = x.shape[0]
     seed = check_seed(seed, n)
     query = _check_query(query, n)
     if eta < 0 or lam <= 0:
         raise ValueError(f"smi needs eta >= 0 and lambda > 0, got eta={eta}, lambda={lam}")
+    if function == "logdetmi" and eta > 1:
+        raise ValueError(f"LogDetMI needs 0 <= eta <= 1 (selection.logdet_eta), got {eta}: above 1 its kernel is indefinite")
     candidates = np.setdiff1d(np.arange(n, dtype=np.int64), seed)
+    wanted = check_k(k, n, seed.size)
+    info: dict = {}
     if function in ("flqmi", "logdetmi"):
         if pool < 1:
             raise ValueError(f"selection.smi_pool must be at least 1, got {pool}")
         candidates = query_pool(x, query, candidates, pool)
-    k = min(check_k(k, n, seed.size), candidates.size)
+        if wanted > candidates.size:
+            info = {"pool": int(pool), "unranked": int(wanted - candidates.size)}
+            log.warning(
+                "smi:%s ranks only the pool of the %d frames nearest the query (selection.smi_pool): %d of the %d "
+                "frames asked for are left unranked; raise selection.smi_pool to rank more",
+                function, candidates.size, info["unranked"], wanted,
+            )
+    k = min(wanted, candidates.size)
     if function == "flvmi":
         picks, gains = lazy_greedy(FLVMI(x[candidates], x[query], eta).gains, candidates.size, k)
     elif function == "gcmi":
@@ -71,6 +90,7 @@ def smi_ranking(
         order=np.concatenate([seed, candidates[picks]]),
         score=np.concatenate([np.full(seed.size, np.nan), gains]).astype(np.float32),
         n_seed=seed.size,
+        info=info,
     )
 
 
