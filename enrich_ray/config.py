@@ -176,16 +176,26 @@ class EvaluateConfig:
     rankers: list[Literal["enrich", "random", "examine", "smi"]] = field(default_factory=lambda: ["enrich", "random", "examine"])
     embedders: list[Literal["vae", "pixels"]] = field(default_factory=lambda: ["vae", "pixels"])
     fractions: list[float] = field(default_factory=lambda: [0.02, 0.05, 0.1, 0.2, 0.4])  # the first: the random seed set
+    increment: int | None = None  # the paper's fixed increments: seed set, then +increment images until the full set
     replicates: int = 3  # seed sets, each ranked by every ranker
-    models_per_replicate: int = 2  # classifiers trained on each ranked subset, seeded apart
+    models_per_replicate: int = 10  # classifiers trained on each ranked subset, seeded apart
     query_label: int | str | None = None  # smi's query: the seed set's images of this class
-    train_steps: int = 100  # optimizer steps per classifier, whatever the subset size
+    max_epochs: int = 20  # step cap per classifier: this many epochs of its subset ...
+    min_steps: int = 50  # ... but at least this many steps
+    max_steps: int = 400  # ... and at most this many
+    check_every: int = 25  # validation check every max(one epoch, this many) steps
+    patience: int = 4  # checks without a lower validation loss before stopping
     batch_size: int = 64
     lr: float = 2e-3
     width: int = 16  # channels of the classifier's first stage
+    threads: int = 0  # torch CPU threads; 0: torch's default (OMP_NUM_THREADS, else the cores)
     alpha: float = 0.05  # Mann-Whitney level for the marks and for 'matches the full set'
+    power: float = 0.8  # for the smallest detectable difference reported beside each p
+    natural_images: bool = True  # Fig. 1: embed scikit-image's bundled faces and photographs the same way
     label_column: str = "label"  # archives only
     split_column: str = "split"  # archives only: train | val | test
+    val_fraction: float = 0.1  # data without a val split: this share of train (per class, seeded) validates
+    test_fraction: float = 0.2  # a folder of class subfolders: this share (per class, seeded) is the test split
     seed: int = 0
 
 

@@ -1,11 +1,15 @@
 """The classifier of the evaluation (the paper's Fig. 3): a small ResNet trained on a ranked
 subset of the training split and scored by AUC on the test split.
 
-Every subset trains for the same number of optimizer steps ("the same model parameters
-throughout"), so a 2% subset is not starved of updates and differences come from the images.
+Each subset trains to convergence: Adam on shuffled mini-batches, the validation loss checked at
+least once an epoch, stopping when it has not improved for `patience` checks and keeping the best
+checkpoint; a cap of `max_epochs` epochs (within [min_steps, max_steps] steps) bounds the run, so
+a 2% subset is not starved of updates and the full set sees many epochs.
 """
 from __future__ import annotations
 
+import copy
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,10 +19,6 @@ from scipy.stats import rankdata
 from torch import nn
 
 from enrich_ray.embed.device import autocast
-
-# One CPU thread: on a shared 2-core machine under load, a training step of this model took
-# 45 ms of wall time with one thread and 219 ms with two (threads spin waiting for each other).
-TORCH_THREADS = 1
 
 
 class ResidualBlock(nn.Module):
@@ -68,9 +68,15 @@ class SmallResNet(nn.Module):
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """How one classifier trains: steps, batch, learning rate, width, device and precision."""
+    """How one classifier trains: the step cap (epochs, clamped to [min_steps, max_steps]), early
+    stopping (a validation check every max(one epoch, check_every) steps, patience checks), batch,
+    learning rate, width, device and precision."""
 
-    steps: int = 300
+    max_epochs: int = 20
+    min_steps: int = 50
+    max_steps: int = 400
+    check_every: int = 25
+    patience: int = 4
     batch_size: int = 64
     lr: float = 2e-3
     width: int = 16
@@ -78,36 +84,76 @@ class TrainSettings:
     device: torch.device = torch.device("cpu")
     amp: bool = True
 
+    def step_cap(self, n_images: int) -> int:
+        """Steps allowed for a subset of n_images: max_epochs epochs, within [min_steps, max_steps]."""
+        per_epoch = math.ceil(n_images / min(self.batch_size, n_images))
+        return int(min(self.max_steps, max(self.min_steps, self.max_epochs * per_epoch)))
 
-def limit_threads() -> None:
-    """Cap torch's CPU threads at TORCH_THREADS."""
-    if torch.get_num_threads() > TORCH_THREADS:
-        torch.set_num_threads(TORCH_THREADS)
+
+@dataclass
+class TrainedClassifier:
+    """A trained model (at its best validation check) and how its training went."""
+
+    model: SmallResNet
+    steps: int  # optimizer steps taken
+    best_step: int  # the step of the kept checkpoint
+    cap: int  # the steps allowed
+    best_val_loss: float  # NaN without a validation split
+
+    @property
+    def stopped_early(self) -> bool:
+        return self.steps < self.cap
+
+
+def set_threads(threads: int) -> None:
+    """Torch's CPU threads: `threads` when positive; 0 keeps torch's default (OMP_NUM_THREADS, else the cores)."""
+    if threads > 0 and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 def _as_batch(images: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images[:, None], dtype=np.float32)).to(device)
 
 
-def train_classifier(images: np.ndarray, labels: np.ndarray, n_classes: int, seed: int, settings: TrainSettings) -> SmallResNet:
-    """Train a SmallResNet on (N, H, W) images in [0, 1] with integer labels for settings.steps
-    Adam steps of shuffled mini-batches (without replacement, epoch after epoch)."""
+@torch.no_grad()
+def _mean_loss(model: SmallResNet, x: torch.Tensor, y: torch.Tensor, settings: TrainSettings, batch_size: int = 1024) -> float:
+    model.eval()
+    total = 0.0
+    for start in range(0, len(x), batch_size):
+        with autocast(settings.device, settings.amp):
+            logits = model(x[start : start + batch_size])
+        total += float(F.cross_entropy(logits.float(), y[start : start + batch_size], reduction="sum"))
+    model.train()
+    return total / len(x)
+
+
+def train_classifier(images: np.ndarray, labels: np.ndarray, n_classes: int, seed: int, settings: TrainSettings,
+                     val: tuple[np.ndarray, np.ndarray] | None = None) -> TrainedClassifier:
+    """Train a SmallResNet on (N, H, W) images in [0, 1] with integer labels: shuffled mini-batches
+    (without replacement, epoch after epoch) up to settings.step_cap(N) Adam steps; with a
+    validation split (images, labels), stop once its loss has not improved for settings.patience
+    checks and return the best checkpoint."""
     if images.ndim != 3 or images.shape[1] != images.shape[2]:
         raise ValueError(f"images must be (N, side, side), got shape {images.shape}")
     if len(images) != len(labels) or len(images) == 0:
         raise ValueError(f"need as many labels as images (and at least one), got {len(images)} and {len(labels)}")
-    limit_threads()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = SmallResNet(n_classes, images.shape[1], settings.width, settings.stages).to(settings.device)
     opt = torch.optim.Adam(model.parameters(), lr=settings.lr)
     x_all = _as_batch(images, settings.device)
     y_all = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(settings.device)
+    if val is not None:
+        x_val = _as_batch(val[0], settings.device)
+        y_val = torch.from_numpy(np.asarray(val[1], dtype=np.int64)).to(settings.device)
     batch = min(settings.batch_size, len(images))
+    cap = settings.step_cap(len(images))
+    check_every = max(math.ceil(len(images) / batch), settings.check_every)
     order = rng.permutation(len(images))
-    pos = 0
+    pos, best_loss, best_step, best_state, waited = 0, math.inf, 0, None, 0
     model.train()
-    for _ in range(settings.steps):
+    step = 0
+    while step < cap:
         if pos + batch > len(order):
             order, pos = rng.permutation(len(images)), 0
         idx = torch.from_numpy(order[pos : pos + batch]).to(settings.device)
@@ -118,13 +164,25 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, n_classes: int, see
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return model
+        step += 1
+        if val is not None and (step % check_every == 0 or step == cap):
+            val_loss = _mean_loss(model, x_val, y_val, settings)
+            if val_loss < best_loss:
+                best_loss, best_step, best_state, waited = val_loss, step, copy.deepcopy(model.state_dict()), 0
+            else:
+                waited += 1
+                if waited >= settings.patience:
+                    break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    else:
+        best_step = step
+    return TrainedClassifier(model, step, best_step, cap, best_loss if val is not None else math.nan)
 
 
 @torch.no_grad()
 def predict_proba(model: SmallResNet, images: np.ndarray, settings: TrainSettings, batch_size: int = 1024) -> np.ndarray:
     """Class probabilities (N, n_classes) of images in [0, 1], in evaluation mode."""
-    limit_threads()
     model.eval()
     out = []
     for start in range(0, len(images), batch_size):

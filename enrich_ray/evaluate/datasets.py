@@ -1,6 +1,8 @@
-"""Labeled datasets for the evaluation: a MedMNIST .npz (at its own side, e.g. 28 px), or a Parquet
-archive with a label column and a train/test split column (decoded at decode.size), both as
-greyscale images in [0, 1] with class indices and a split per image.
+"""Labeled datasets for the evaluation: a MedMNIST .npz (at its own side, e.g. 28 px), a Parquet
+archive with a label column and a train/test split column (decoded at decode.size), or a folder of
+class subfolders (BUSI's benign/malignant/normal) packed into such an archive with `pack`, all as
+greyscale images in [0, 1] with class indices and a split per image. Also the non-medical images
+of the redundancy plot: the faces and photographs scikit-image bundles.
 """
 from __future__ import annotations
 
@@ -11,10 +13,12 @@ from pathlib import PurePosixPath
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 
-from enrich_ray.config import DecodeConfig, StorageConfig
+from enrich_ray.config import DecodeConfig, PackConfig, StorageConfig
 from enrich_ray.decode.stage import decode_batch
 from enrich_ray.io.fs import StorageError, resolve
+from enrich_ray.io.pack import archive_shards, pack
 
 SPLITS = ("train", "val", "test")
 
@@ -40,6 +44,32 @@ class LabeledImages:
             for s in SPLITS
             if (self.split == s).any()
         }
+
+
+def stratified_share(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """A seeded boolean mask holding round(fraction * n) of each class's n rows (at least one of
+    every class with two or more rows), so a split keeps the class balance."""
+    y = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(y.size, dtype=bool)
+    for c in np.unique(y):
+        rows = np.flatnonzero(y == c)
+        take = int(round(fraction * rows.size))
+        if rows.size >= 2:
+            take = min(max(take, 1), rows.size - 1)
+        mask[rng.choice(rows, size=take, replace=False)] = True
+    return mask
+
+
+def with_val_split(data: LabeledImages, fraction: float, seed: int) -> LabeledImages:
+    """The dataset with a validation split: unchanged when it has one, else a seeded per-class
+    share of its training images moved to 'val'."""
+    if (data.split == "val").any():
+        return data
+    train = data.rows("train")
+    split = data.split.copy()
+    split[train[stratified_share(data.labels[train], fraction, seed)]] = "val"
+    return LabeledImages(data.name, data.images, data.labels, split, data.classes)
 
 
 def dataset_name(uri: str) -> str:
@@ -125,6 +155,63 @@ def load_archive(uri: str, decode: DecodeConfig, label_column: str, split_column
     y = np.array([index[str(label)] for label in labels], dtype=np.int64)
     data = LabeledImages(dataset_name(uri), np.concatenate(images).astype(np.float32), y, np.array(splits, dtype=str), classes)
     return data, failed
+
+
+def is_class_folder(uri: str, storage: StorageConfig | None = None) -> bool:
+    """True for a folder of class subfolders (images inside), not an archive: no Parquet shard at its top."""
+    loc = resolve(uri, storage)
+    if not loc.fs.isdir(loc.path):
+        return False
+    entries = loc.fs.ls(loc.path, detail=True)
+    has_shards = any(e["name"].endswith(".parquet") for e in entries)
+    return not has_shards and sum(e["type"] == "directory" for e in entries) >= 2
+
+
+def pack_class_folder(folder: str, dest: str, test_fraction: float, seed: int, label_column: str = "label",
+                      split_column: str = "split", storage: StorageConfig | None = None) -> str:
+    """Pack a folder of class subfolders (e.g. BUSI's benign/, malignant/, normal/) with the
+    product's pack, then add a label column (the name of each image's folder) and a split column
+    (a seeded per-class test share, the rest train). Returns dest, an archive load_archive reads."""
+    out = resolve(dest, storage)
+    if out.fs.isdir(out.path) and archive_shards(dest, storage):
+        return dest  # packed by an earlier run: packing and the split are deterministic
+    pack([folder], dest, PackConfig(), storage, progress=False)
+    shards = archive_shards(dest, storage)
+    tables = [pq.read_table(resolve(uri, storage).path, filesystem=resolve(uri, storage).arrow_fs()) for uri in shards]
+    labels = np.array([PurePosixPath(u).parent.name for t in tables for u in t.column("source_uri").to_pylist()])
+    if np.unique(labels).size < 2:
+        raise ValueError(f"{folder}: need images in at least two class subfolders, found {sorted(set(labels))}")
+    test = stratified_share(labels, test_fraction, seed)
+    start = 0
+    for uri, table in zip(shards, tables):
+        n = table.num_rows
+        part = table.append_column(label_column, pa.array(labels[start : start + n].tolist())).append_column(
+            split_column, pa.array(np.where(test[start : start + n], "test", "train").tolist()))
+        loc = resolve(uri, storage)
+        with loc.fs.open(loc.path, "wb") as fh:
+            pq.write_table(part, fh)
+        start += n
+    return dest
+
+
+def natural_images(side: int) -> np.ndarray:
+    """Non-medical images for the redundancy plot (paper Fig. 1), greyscale (N, side, side) in
+    [0, 1]: scikit-image's 200 LFW faces and its bundled photographs (no download)."""
+    from skimage import data as skdata
+    from skimage.color import rgb2gray
+    from skimage.transform import resize
+
+    photos = ["astronaut", "brick", "camera", "cat", "chelsea", "clock", "coffee", "coins", "grass", "gravel",
+              "horse", "moon", "page", "rocket", "text", "hubble_deep_field"]
+    images = list(skdata.lfw_subset())
+    for name in photos:
+        x = getattr(skdata, name)()
+        x = rgb2gray(x) if x.ndim == 3 else x
+        h, w = x.shape
+        c = min(h, w)  # the central square
+        images.append(x[(h - c) // 2 : (h - c) // 2 + c, (w - c) // 2 : (w - c) // 2 + c])
+    scaled = [np.asarray(x, dtype=np.float64) / (255.0 if np.asarray(x).max() > 1 else 1.0) for x in images]
+    return np.clip(np.stack([resize(x, (side, side), anti_aliasing=True) for x in scaled]), 0.0, 1.0).astype(np.float32)
 
 
 def load_dataset(uri: str, decode: DecodeConfig, label_column: str = "label", split_column: str = "split",

@@ -1,12 +1,18 @@
 """The evaluation job (paper Fig. 1 and Fig. 3): on a labeled dataset, does ranking help, and how
 much labeling does it save?
 
-For every embedder the training split is embedded and its redundancy measured (Fig. 1). For each
-replicate a random seed set (the first fraction) is drawn; every ranker grows it, and at every
-fraction a small ResNet is trained on the ranked subset (several model seeds) and scored by test
-AUC. Each ranker is compared with random at each fraction, each fraction with the full training
-set (two-sided Mann-Whitney U), and the smallest fraction that matches the full set gives the
-labeling time saved (Fig. 3). Plain numpy and torch: no Ray, so anyone can run it on a laptop.
+For every embedder the training split is embedded and its redundancy measured (Fig. 1), beside
+scikit-image's faces and photographs embedded the same way. For each replicate a random seed set
+(the first fraction) is drawn; every ranker grows it, and at every fraction a small ResNet is
+trained to convergence on the ranked subset (early stopping on the validation split, several model
+seeds) and scored by test AUC. Each ranker is compared with random at each fraction, each fraction
+with the full training set (two-sided Mann-Whitney U, the difference in mean AUC with a Welch 95%
+interval, the smallest difference the run could detect), and the smallest fraction that matches
+the full set gives the labeling time saved (Fig. 3). Plain numpy and torch: no Ray.
+
+A long job: every finished classifier is appended to aucs.csv at once, and a rerun into the same
+`out` with the same settings skips what aucs.csv holds (the embeddings are cached beside it), so
+an interrupted run resumes and ends with the same aucs.csv.
 
 Output, under out/<dataset name>/: aucs.csv (one row per model), summary.csv, budget.csv,
 embeddings.csv, summary.md, summary.json, auc_curves.png; out/redundancy.png redraws the
@@ -24,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from tqdm import tqdm
 
 from enrich_ray.analysis.redundancy import plot_redundancy, redundancy_stats
 from enrich_ray.config import Config, ConfigError, EvaluateConfig
@@ -32,10 +39,12 @@ from enrich_ray.embed.beta_vae import INPUT_SIZE
 from enrich_ray.embed.device import best_device, frames_to_device
 from enrich_ray.embed.registry import fit_state, make_embedder
 from enrich_ray.embed.train import sample_indices, train_vae
-from enrich_ray.evaluate.classifier import TrainSettings, auc, limit_threads, predict_proba, train_classifier
-from enrich_ray.evaluate.datasets import LabeledImages, load_dataset
+from enrich_ray.evaluate.classifier import TrainSettings, auc, predict_proba, set_threads, train_classifier
+from enrich_ray.evaluate.datasets import (LabeledImages, dataset_name, is_class_folder, load_dataset, natural_images,
+                                          pack_class_folder, with_val_split)
 from enrich_ray.evaluate.plots import plot_auc_curves
-from enrich_ray.evaluate.stats import mann_whitney_p, significance_mark, smallest_matching_fraction
+from enrich_ray.evaluate.stats import (mann_whitney_p, mean_difference_ci, minimum_detectable_difference, pooled_sd,
+                                       significance_mark, smallest_matching_fraction)
 from enrich_ray.index.knn import knn_graph
 from enrich_ray.selection import rank
 from enrich_ray.selection.seeds import seed_rows
@@ -43,7 +52,13 @@ from enrich_ray.selection.seeds import seed_rows
 log = logging.getLogger(__name__)
 
 NN_SIMILARITY_FILE = "nn_similarity.npz"  # per embedder, for the cross-dataset redundancy plot
+NATURAL_PREFIX = "scikit-image faces + photos"  # key prefix of the non-medical curves in NN_SIMILARITY_FILE
 REDUNDANCY_PLOT = "redundancy.png"
+AUCS_FILE = "aucs.csv"
+UNITS_FILE = "embeddings.npz"  # the embeddings a resumed run ranks again
+RUN_FILE = "run.json"  # the settings of the run, so a rerun resumes only the same run
+AUC_COLUMNS = ["dataset", "replicate", "model", "model_seed", "embedder", "ranker", "fraction", "n_train",
+               "steps", "best_step", "step_cap", "auc"]
 ENCODE_BATCH = 512
 
 
@@ -58,11 +73,19 @@ def check_evaluate_config(ev: EvaluateConfig) -> None:
         raise ConfigError("evaluate.rankers and evaluate.embedders: name each at most once, and at least one embedder")
     if "smi" in ev.rankers and ev.query_label is None:
         raise ConfigError("evaluate.rankers: smi needs evaluate.query_label (its query: the seed set's images of that class)")
-    for key in ("replicates", "models_per_replicate", "train_steps", "batch_size", "width"):
+    for key in ("replicates", "models_per_replicate", "max_epochs", "min_steps", "max_steps", "check_every", "patience",
+                "batch_size", "width"):
         if getattr(ev, key) < 1:
             raise ConfigError(f"evaluate.{key}: must be at least 1, got {getattr(ev, key)}")
-    if not 0 < ev.alpha < 1:
-        raise ConfigError(f"evaluate.alpha: must lie in (0, 1), got {ev.alpha}")
+    if ev.min_steps > ev.max_steps:
+        raise ConfigError(f"evaluate.min_steps: {ev.min_steps} exceeds evaluate.max_steps {ev.max_steps}")
+    if ev.increment is not None and ev.increment < 1:
+        raise ConfigError(f"evaluate.increment: must be at least 1 image, got {ev.increment}")
+    if ev.threads < 0:
+        raise ConfigError(f"evaluate.threads: must be 0 (torch's default) or more, got {ev.threads}")
+    for key in ("alpha", "power", "val_fraction", "test_fraction"):
+        if not 0 < getattr(ev, key) < 1:
+            raise ConfigError(f"evaluate.{key}: must lie in (0, 1), got {getattr(ev, key)}")
 
 
 def subset_sizes(fractions: list[float], n_train: int) -> list[int]:
@@ -70,6 +93,19 @@ def subset_sizes(fractions: list[float], n_train: int) -> list[int]:
     sizes = [max(1, int(round(f * n_train))) for f in fractions]
     if len(set(sizes)) != len(sizes):
         raise ConfigError(f"evaluate.fractions: {fractions} give repeated subset sizes {sizes} for {n_train} training images")
+    return sizes
+
+
+def subset_plan(ev: EvaluateConfig, n_train: int) -> list[int]:
+    """The ranked subsets' sizes: from evaluate.fractions, or with evaluate.increment the paper's
+    fixed increments (the seed set of the first fraction, then +increment images while below n_train)."""
+    if ev.increment is None:
+        return subset_sizes(ev.fractions, n_train)
+    seed = subset_sizes(ev.fractions[:1], n_train)[0]
+    sizes = list(range(seed, n_train, ev.increment))
+    if len(sizes) < 2:
+        raise ConfigError(f"evaluate.increment: {ev.increment} leaves no subset between the seed set ({seed}) and "
+                          f"the {n_train} training images")
     return sizes
 
 
@@ -96,17 +132,24 @@ def _active_units(embedder, frames: np.ndarray) -> int:
     return diagnostics.active_units(diagnostics.mean_kl_per_unit(np.concatenate(mus), np.concatenate(logvars)))
 
 
-def embed_training_split(frames: np.ndarray, name: str, cfg: Config, out: Path) -> tuple[np.ndarray, dict]:
+def embed_training_split(frames: np.ndarray, name: str, cfg: Config, out: Path,
+                         natural: np.ndarray | None = None) -> tuple[np.ndarray, dict, np.ndarray | None]:
     """Unit embeddings of the training frames by one embedder, with its effective dimension
-    (participation ratio), active units (β-VAE only) and redundancy statistics."""
+    (participation ratio) and active units (β-VAE only); and of the non-medical images when given,
+    embedded the same way (the β-VAE trained on these frames; the pixel baseline centred on their own mean)."""
     t0 = time.perf_counter()
+    natural_unit = None
     if name == "vae":
         embedder = _vae_embedder(frames, cfg, out)
         active: int | None = _active_units(embedder, frames)
+        if natural is not None:
+            natural_unit = embedder.embed_array(natural)
     else:
         embed_cfg = dataclasses.replace(cfg.embed, embedder="pixels")
         embedder = make_embedder(embed_cfg, cfg.decode, state=fit_state(embed_cfg, cfg.decode, frames))
         active = None
+        if natural is not None:
+            natural_unit = make_embedder(embed_cfg, cfg.decode, state=fit_state(embed_cfg, cfg.decode, natural)).embed_array(natural)
     unit = embedder.embed_array(frames)
     facts = {
         "embedder": name,
@@ -115,7 +158,7 @@ def embed_training_split(frames: np.ndarray, name: str, cfg: Config, out: Path) 
         "active_units": active,
         "seconds": time.perf_counter() - t0,
     }
-    return unit, facts
+    return unit, facts, natural_unit
 
 
 def _replicate_rankings(units: dict[str, np.ndarray], ev: EvaluateConfig, cfg: Config,
@@ -158,35 +201,54 @@ def _markdown_table(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def _compare(a: np.ndarray, b: np.ndarray, alpha: float, power: float) -> dict:
+    """a against b: Mann-Whitney p, mean difference with its Welch 95% interval, and the smallest
+    difference detectable at these sample sizes (pooled sd); NaN where a sample is too small."""
+    out = {"p": mann_whitney_p(a, b), "diff": float(np.mean(a) - np.mean(b)), "low": np.nan, "high": np.nan, "mde": np.nan}
+    if len(a) >= 2 and len(b) >= 2:
+        _, out["low"], out["high"] = mean_difference_ci(a, b)
+        out["mde"] = minimum_detectable_difference(pooled_sd(a, b), len(a), len(b), alpha, power)
+    return out
+
+
 def summarize(aucs: pd.DataFrame, ev: EvaluateConfig, n_train: int, seconds_per_image: float) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per (embedder, ranker, fraction): mean, sd, p against random and against the full set; and
-    per (embedder, ranker): the smallest fraction matching the full set and the labeling it saves."""
+    """Per (embedder, ranker, fraction): mean, sd; against random and against the full set the
+    Mann-Whitney p, the difference in mean AUC with its Welch 95% interval and the smallest
+    detectable difference; and per (embedder, ranker): the smallest fraction matching the full set
+    and the labeling it saves. The smallest fraction in the table is the seed set."""
     full = aucs[aucs["ranker"] == "full"]["auc"].to_numpy()
     ranked = aucs[aucs["ranker"] != "full"]
+    sizes = sorted(ranked["n_train"].unique())
     embedders = [e for e in dict.fromkeys(ranked["embedder"]) if e != "none"]
     rows, budget = [], []
     for embedder in embedders:
         part = ranked[(ranked["embedder"] == embedder) | (ranked["ranker"] == "random")]
         for ranker in dict.fromkeys(part["ranker"]):
             fracs, p_full = [], []
-            for fraction in ev.fractions:
-                cell = part[(part["ranker"] == ranker) & np.isclose(part["fraction"], fraction)]
-                base = part[(part["ranker"] == "random") & np.isclose(part["fraction"], fraction)]["auc"].to_numpy()
-                is_seed = fraction == ev.fractions[0]
-                p_random = np.nan if ranker == "random" or is_seed else mann_whitney_p(cell["auc"], base)
-                p = mann_whitney_p(cell["auc"], full)
+            for size in sizes:
+                cell = part[(part["ranker"] == ranker) & (part["n_train"] == size)]
+                base = part[(part["ranker"] == "random") & (part["n_train"] == size)]["auc"].to_numpy()
+                values = cell["auc"].to_numpy()
+                is_seed = size == sizes[0]
+                vs_random = None if ranker == "random" or is_seed else _compare(values, base, ev.alpha, ev.power)
+                vs_full = _compare(values, full, ev.alpha, ev.power)
+                fraction = float(cell["fraction"].iloc[0])
                 fracs.append(fraction)
-                p_full.append(p)
+                p_full.append(vs_full["p"])
                 rows.append({
-                    "embedder": embedder, "ranker": ranker, "fraction": fraction, "n_train": int(cell["n_train"].iloc[0]),
-                    "n_models": len(cell), "auc_mean": cell["auc"].mean(), "auc_sd": cell["auc"].std(ddof=1) if len(cell) > 1 else 0.0,
-                    "p_vs_random": p_random, "vs_random": "" if np.isnan(p_random) else significance_mark(p_random),
-                    "p_vs_full": p, "matches_full": bool(p > ev.alpha), "seed_set": is_seed,
+                    "embedder": embedder, "ranker": ranker, "fraction": fraction, "n_train": int(size),
+                    "n_models": len(cell), "auc_mean": float(values.mean()),
+                    "auc_sd": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                    **{f"{k}_vs_random": (np.nan if vs_random is None else vs_random[k]) for k in ("diff", "low", "high", "p", "mde")},
+                    "vs_random": "" if vs_random is None else significance_mark(vs_random["p"]),
+                    **{f"{k}_vs_full": vs_full[k] for k in ("diff", "low", "high", "p", "mde")},
+                    "matches_full": bool(vs_full["p"] > ev.alpha), "seed_set": is_seed,
+                    "steps_mean": float(cell["steps"].mean()), "stopped_early": float((cell["steps"] < cell["step_cap"]).mean()),
                 })
             if ranker == "random" and embedder != embedders[0]:
                 continue  # random ignores the embedding: one budget row
             smallest = smallest_matching_fraction(fracs, p_full, ev.alpha)
-            needed = n_train if smallest is None else int(round(smallest * n_train))
+            needed = n_train if smallest is None else int(sizes[fracs.index(smallest)])
             budget.append({
                 "embedder": "none" if ranker == "random" else embedder, "ranker": ranker,
                 "smallest_matching_fraction": smallest, "images_needed": needed, "images_saved": n_train - needed,
@@ -196,64 +258,147 @@ def summarize(aucs: pd.DataFrame, ev: EvaluateConfig, n_train: int, seconds_per_
 
 
 def redraw_redundancy(out: Path) -> Path:
-    """Draw the redundancy curves (paper Fig. 1) of every dataset evaluated under `out` on one plot."""
+    """Draw the redundancy curves (paper Fig. 1) of every dataset evaluated under `out` on one plot;
+    the non-medical images once per embedder (from the first run that embedded them)."""
     curves: dict[str, np.ndarray] = {}
     for path in sorted(out.glob(f"*/{NN_SIMILARITY_FILE}")):
         with np.load(path) as npz:
-            for embedder in npz.files:
-                curves[f"{path.parent.name} · {embedder}"] = npz[embedder]
+            for key in npz.files:
+                if key.startswith(NATURAL_PREFIX):
+                    label = f"{key} (via {path.parent.name})"
+                    if not any(k.startswith(key) for k in curves):
+                        curves[label] = npz[key]
+                else:
+                    curves[f"{path.parent.name} · {key}"] = npz[key]
     plot_redundancy(curves, out / REDUNDANCY_PLOT)
     return out / REDUNDANCY_PLOT
 
 
+def _csv_line(record: dict) -> str:
+    """One aucs.csv row, floats in full (repr) so a resumed run writes the same bytes."""
+    return ",".join(repr(v) if isinstance(v, float) else str(v) for v in (record[c] for c in AUC_COLUMNS)) + "\n"
+
+
+def _read_finished(path: Path) -> dict[tuple, dict]:
+    """The rows of an earlier run's aucs.csv by (replicate, model, embedder, ranker, n_train); a
+    last line cut short by an interruption is dropped, and the file rewritten without it."""
+    if not path.exists():
+        path.write_text(",".join(AUC_COLUMNS) + "\n")
+        return {}
+    text = path.read_text()
+    lines = text.split("\n")
+    if lines[0] != ",".join(AUC_COLUMNS):
+        raise ConfigError(f"{path}: not this job's aucs.csv (header {lines[0]!r}); use another --out")
+    complete = lines[1:-1]  # the part after the last newline was cut short (or is empty)
+    path.write_text("\n".join([lines[0], *complete]) + "\n")
+    done = {}
+    for line in complete:
+        v = line.split(",")
+        record = dict(zip(AUC_COLUMNS, v))
+        for c in ("replicate", "model", "model_seed", "n_train", "steps", "best_step", "step_cap"):
+            record[c] = int(record[c])
+        record["fraction"], record["auc"] = float(record["fraction"]), float(record["auc"])
+        done[(record["replicate"], record["model"], record["embedder"], record["ranker"], record["n_train"])] = record
+    return done
+
+
+def _check_same_run(run_dir: Path, settings: dict) -> None:
+    """Write the run's settings, or check a rerun into the same folder has the same ones."""
+    path = run_dir / RUN_FILE
+    if path.exists():
+        before = json.loads(path.read_text())
+        changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
+        if changed:
+            raise ConfigError(f"{run_dir} holds a run with other settings ({', '.join(changed)} differ): "
+                              "resume with the same settings or use another --out")
+    else:
+        path.write_text(json.dumps(settings, indent=2, sort_keys=True, default=str))
+
+
+def _embeddings(data: LabeledImages, train: np.ndarray, ev: EvaluateConfig, cfg: Config,
+                run_dir: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], pd.DataFrame]:
+    """Unit embeddings of the training split per embedder, the kNN graph's 1-NN similarities (of
+    the dataset and of the non-medical images) and the embedding facts; cached in run_dir so a
+    resumed run ranks the very same vectors."""
+    cache, facts_csv = run_dir / UNITS_FILE, run_dir / "embeddings.csv"
+    if cache.exists() and facts_csv.exists() and (run_dir / NN_SIMILARITY_FILE).exists():
+        with np.load(cache) as npz:
+            units = {name: npz[name] for name in ev.embedders}
+        with np.load(run_dir / NN_SIMILARITY_FILE) as npz:
+            nn = {k: npz[k] for k in npz.files}
+        log.info("%s: embeddings of an earlier run reused (%s)", data.name, cache)
+        return units, nn, pd.read_csv(facts_csv)
+    natural = natural_images(data.images.shape[1]) if ev.natural_images else None
+    units, nn, facts = {}, {}, []
+    for name in ev.embedders:
+        units[name], fact, natural_unit = embed_training_split(data.images[train], name, cfg, run_dir, natural)
+        nn[name] = knn_graph(units[name], cfg.index.k, cfg.index).nn_similarity
+        stats = redundancy_stats(nn[name])
+        facts.append({**fact, **{f"nn_{k}": v for k, v in stats.items() if k.startswith("share_above") or k == "median"}})
+        if natural_unit is not None:
+            nn[f"{NATURAL_PREFIX} · {name}"] = knn_graph(natural_unit, min(cfg.index.k, len(natural_unit) - 1), cfg.index).nn_similarity
+        log.info("%s embedding: effective dimension %.1f, active units %s", name, fact["effective_dimension"],
+                 "n/a" if fact["active_units"] is None else fact["active_units"])
+    np.savez(run_dir / NN_SIMILARITY_FILE, **nn)
+    pd.DataFrame(facts).to_csv(facts_csv, index=False)
+    np.savez(cache, **units)
+    return units, nn, pd.read_csv(facts_csv)
+
+
+def _load(dataset: str, cfg: Config, out: Path) -> tuple[LabeledImages, int, str]:
+    """The dataset with a validation split; a folder of class subfolders is packed first into
+    out/<name>/archive (labels from the folder names, a seeded test split). Returns it, the count
+    left out as undecodable, and the URI that was read."""
+    ev = cfg.evaluate
+    uri = dataset
+    if is_class_folder(dataset, cfg.storage):
+        uri = str(out / dataset_name(dataset) / "archive")
+        pack_class_folder(dataset, uri, ev.test_fraction, ev.seed, ev.label_column, ev.split_column, cfg.storage)
+    data, undecodable = load_dataset(uri, cfg.decode, ev.label_column, ev.split_column, cfg.storage)
+    if uri != dataset:
+        data = dataclasses.replace(data, name=dataset_name(dataset))
+    return with_val_split(data, ev.val_fraction, ev.seed), undecodable, uri
+
+
 def run_evaluation(dataset: str, cfg: Config, out: str) -> dict:
-    """Rank, train and compare on a labeled dataset (MedMNIST .npz or archive with label and split
-    columns); write the tables and plots under out/<dataset name>/ and return the summary."""
+    """Rank, train and compare on a labeled dataset (MedMNIST .npz, an archive with label and split
+    columns, or a folder of class subfolders); write the tables and plots under out/<dataset name>/
+    and return the summary. A rerun into the same out resumes where aucs.csv stops."""
     ev = cfg.evaluate
     check_evaluate_config(ev)
-    limit_threads()
+    set_threads(ev.threads)
     t_start = time.perf_counter()
-    data, undecodable = load_dataset(dataset, cfg.decode, ev.label_column, ev.split_column, cfg.storage)
-    train, test = data.rows("train"), data.rows("test")
+    root = Path(out)
+    data, undecodable, read_uri = _load(dataset, cfg, root)
+    train, val, test = data.rows("train"), data.rows("val"), data.rows("test")
     if len(train) < 2 or len(test) < 2:
         raise ValueError(f"{dataset}: need a train and a test split, got {len(train)} train and {len(test)} test images")
     if np.unique(data.labels[test]).size < 2:
         raise ValueError(f"{dataset}: the test split holds one class only, so AUC is undefined")
-    sizes = subset_sizes(ev.fractions, len(train))
-    root = Path(out)
+    sizes = subset_plan(ev, len(train))
     run_dir = root / data.name
     run_dir.mkdir(parents=True, exist_ok=True)
-    log.info("%s: %d train, %d test images of %d px, classes %s", data.name, len(train), len(test), data.images.shape[1], data.classes)
+    _check_same_run(run_dir, {
+        "dataset": dataset, "n_train": int(len(train)), "n_val": int(len(val)), "n_test": int(len(test)),
+        "evaluate": {k: v for k, v in dataclasses.asdict(ev).items() if k != "threads"},
+        "vae": dataclasses.asdict(cfg.vae), "embed": dataclasses.asdict(cfg.embed), "decode_size": cfg.decode.size,
+        "selection": dataclasses.asdict(cfg.selection), "index_k": cfg.index.k,
+    })
+    log.info("%s: %d train, %d val, %d test images of %d px, classes %s", data.name, len(train), len(val), len(test),
+             data.images.shape[1], data.classes)
 
-    units, graphs, facts = {}, {}, []
-    for name in ev.embedders:
-        units[name], fact = embed_training_split(data.images[train], name, cfg, run_dir)
-        graphs[name] = knn_graph(units[name], cfg.index.k, cfg.index)
-        stats = redundancy_stats(graphs[name].nn_similarity)
-        facts.append({**fact, **{f"nn_{k}": v for k, v in stats.items() if k.startswith("share_above") or k == "median"}})
-        log.info("%s embedding: effective dimension %.1f, active units %s", name, fact["effective_dimension"],
-                 "n/a" if fact["active_units"] is None else fact["active_units"])
-    np.savez(run_dir / NN_SIMILARITY_FILE, **{name: graphs[name].nn_similarity for name in ev.embedders})
-
-    settings = TrainSettings(steps=ev.train_steps, batch_size=ev.batch_size, lr=ev.lr, width=ev.width,
-                             device=best_device(), amp=cfg.embed.amp)
+    units, nn, embeddings = _embeddings(data, train, ev, cfg, run_dir)
+    settings = TrainSettings(max_epochs=ev.max_epochs, min_steps=ev.min_steps, max_steps=ev.max_steps,
+                             check_every=ev.check_every, patience=ev.patience, batch_size=ev.batch_size, lr=ev.lr,
+                             width=ev.width, device=best_device(), amp=cfg.embed.amp)
     n_classes = len(data.classes)
+    val_split = (data.images[val], data.labels[val]) if len(val) else None
     test_images, test_labels = data.images[test], data.labels[test]
-    cache: dict[tuple[bytes, int], float] = {}
-    train_seconds: list[float] = []
 
-    def fit_auc(rows: np.ndarray, model_seed: int) -> float:
-        """Test AUC of a classifier on these training-split rows; identical subsets train once."""
-        key = (np.sort(rows).tobytes(), model_seed)
-        if key not in cache:
-            t0 = time.perf_counter()
-            model = train_classifier(data.images[train[rows]], data.labels[train[rows]], n_classes, model_seed, settings)
-            cache[key] = auc(test_labels, predict_proba(model, test_images, settings))
-            train_seconds.append(time.perf_counter() - t0)
-        return cache[key]
-
-    records = []
+    # Every classifier of the run, in a fixed order: a group is one training subset and model seed,
+    # shared by the records it answers (the common seed set of every ranker, random under every embedder).
     all_rows = np.arange(len(train))
+    groups: list[tuple[np.ndarray, int, list[dict]]] = []
     for r in range(ev.replicates):
         t_rank = time.perf_counter()
         orders = _replicate_rankings(units, ev, cfg, data, train, r, sizes)
@@ -261,24 +406,52 @@ def run_evaluation(dataset: str, cfg: Config, out: str) -> dict:
         for m in range(ev.models_per_replicate):
             model_seed = 1000 * ev.seed + r * ev.models_per_replicate + m
             base = {"dataset": data.name, "replicate": r, "model": m, "model_seed": model_seed}
-            records.append({**base, "embedder": "none", "ranker": "full", "fraction": 1.0, "n_train": len(train),
-                            "auc": fit_auc(all_rows, model_seed)})
-            for (embedder, ranker), order in orders.items():
-                for fraction, size in zip(ev.fractions, sizes):
-                    records.append({**base, "embedder": embedder, "ranker": ranker, "fraction": fraction, "n_train": size,
-                                    "auc": fit_auc(order[:size], model_seed)})
-            log.info("replicate %d model %d: %d classifiers trained so far (%.1f s each)", r + 1, m + 1,
-                     len(train_seconds), float(np.mean(train_seconds)))
+            by_subset: dict[bytes, tuple[np.ndarray, list[dict]]] = {}
+            subsets = [(("none", "full"), 1.0, all_rows)] + [
+                ((embedder, ranker), size / len(train), order[:size])
+                for (embedder, ranker), order in orders.items() for size in sizes]
+            for (embedder, ranker), fraction, rows in subsets:
+                rows = np.sort(rows)  # the model depends on the set of images, not on the ranking's order
+                record = {**base, "embedder": embedder, "ranker": ranker, "fraction": float(fraction), "n_train": len(rows)}
+                by_subset.setdefault(rows.tobytes(), (rows, []))[1].append(record)
+            groups += [(rows, model_seed, records) for rows, records in by_subset.values()]
 
-    aucs = pd.DataFrame(records)
+    aucs_path = run_dir / AUCS_FILE
+    finished = _read_finished(aucs_path)
+
+    def key(record: dict) -> tuple:
+        return record["replicate"], record["model"], record["embedder"], record["ranker"], record["n_train"]
+
+    done = sum(any(key(rec) in finished for rec in records) for _, _, records in groups)
+    log.info("%s: %d classifiers in all, %d finished by an earlier run", data.name, len(groups), done)
+    train_seconds: list[float] = []
+    with aucs_path.open("a") as fh, tqdm(total=len(groups), initial=done, desc=f"{data.name}: classifiers",
+                                         unit="model", mininterval=30, smoothing=0.05) as bar:
+        for rows, model_seed, records in groups:
+            known = next((finished[key(rec)] for rec in records if key(rec) in finished), None)
+            if known is None:
+                t0 = time.perf_counter()
+                fit = train_classifier(data.images[train[rows]], data.labels[train[rows]], n_classes, model_seed,
+                                       settings, val_split)
+                known = {"steps": fit.steps, "best_step": fit.best_step, "step_cap": fit.cap,
+                         "auc": auc(test_labels, predict_proba(fit.model, test_images, settings))}
+                train_seconds.append(time.perf_counter() - t0)
+                bar.update(1)
+                bar.set_postfix(s_per_model=f"{np.mean(train_seconds):.2f}", refresh=False)
+            missing = [rec for rec in records if key(rec) not in finished]
+            if missing:
+                fh.write("".join(_csv_line({**rec, **{k: known[k] for k in ("steps", "best_step", "step_cap", "auc")}})
+                                 for rec in missing))
+                fh.flush()
+            for rec in missing:
+                finished[key(rec)] = {**rec, **known}
+
+    aucs = pd.read_csv(aucs_path)
     summary, budget = summarize(aucs, ev, len(train), cfg.selection.seconds_per_image)
     full = aucs[aucs["ranker"] == "full"]["auc"]
     full_stats = (float(full.mean()), float(full.std(ddof=1)) if len(full) > 1 else 0.0)
-    embeddings = pd.DataFrame(facts)
-    aucs.to_csv(run_dir / "aucs.csv", index=False)
     summary.to_csv(run_dir / "summary.csv", index=False)
     budget.to_csv(run_dir / "budget.csv", index=False)
-    embeddings.to_csv(run_dir / "embeddings.csv", index=False)
     plot_auc_curves(summary, full_stats, run_dir / "auc_curves.png", data.name)
     redundancy_png = redraw_redundancy(root)
 
@@ -286,21 +459,26 @@ def run_evaluation(dataset: str, cfg: Config, out: str) -> dict:
     result = {
         "dataset": data.name,
         "source": dataset,
+        "read": read_uri,
         "out": str(run_dir),
         "n_train": int(len(train)),
+        "n_val": int(len(val)),
         "n_test": int(len(test)),
+        "side_px": int(data.images.shape[1]),
         "counts": data.counts(),
         "undecodable": undecodable,
         "classes": data.classes,
         "full_auc_mean": full_stats[0],
         "full_auc_sd": full_stats[1],
-        "classifiers_trained": len(train_seconds),
-        "seconds_per_classifier": float(np.mean(train_seconds)),
-        "device": settings.device.type,
+        "classifiers": len(groups),
+        "classifiers_trained_now": len(train_seconds),
+        "seconds_per_classifier": float(np.mean(train_seconds)) if train_seconds else None,
+        "device": settings.device.type if settings.device.type != "cuda" else torch.cuda.get_device_name(0),
+        "torch_threads": torch.get_num_threads(),
         "seconds": seconds,
         "budget": budget.to_dict(orient="records"),
         "embeddings": embeddings.to_dict(orient="records"),
-        "files": {name: str(run_dir / name) for name in ("aucs.csv", "summary.csv", "budget.csv", "embeddings.csv",
+        "files": {name: str(run_dir / name) for name in (AUCS_FILE, "summary.csv", "budget.csv", "embeddings.csv",
                                                           "summary.md", "auc_curves.png")} | {"redundancy": str(redundancy_png)},
         "config": dataclasses.asdict(ev),
     }
@@ -309,26 +487,57 @@ def run_evaluation(dataset: str, cfg: Config, out: str) -> dict:
         + ("never" if pd.isna(row.smallest_matching_fraction) else f"{row.smallest_matching_fraction:.0%}")
         for row in budget.itertuples()
     )
-    (run_dir / "summary.md").write_text(_summary_markdown(result, summary, budget, embeddings))
+    (run_dir / "summary.md").write_text(summary_markdown(result, summary, budget, embeddings))
     (run_dir / "summary.json").write_text(json.dumps(result, indent=2, default=str))
     log.info("%s (%.0f s)", result["summary"], seconds)
     return result
 
 
-def _summary_markdown(result: dict, summary: pd.DataFrame, budget: pd.DataFrame, embeddings: pd.DataFrame) -> str:
-    """The tables of one evaluation as markdown."""
+def _pm(mean: float, sd: float) -> str:
+    return f"{mean:.3f} ± {sd:.3f}"
+
+
+def _effect(diff: float, low: float, high: float) -> str:
+    if np.isnan(diff):
+        return ""
+    return f"{diff:+.3f}" + ("" if np.isnan(low) else f" [{low:+.3f}, {high:+.3f}]")
+
+
+def _p(p: float) -> str:
+    return "" if np.isnan(p) else f"{p:.2g}"
+
+
+def summary_markdown(result: dict, summary: pd.DataFrame, budget: pd.DataFrame, embeddings: pd.DataFrame) -> str:
+    """The tables of one evaluation as markdown, ready to paste into docs/evaluation.md."""
     n = int(summary["n_models"].min())
-    cols = ["embedder", "ranker", "fraction", "n_train", "n_models", "auc_mean", "auc_sd", "vs_random", "p_vs_random",
-            "p_vs_full", "matches_full"]
+    table = pd.DataFrame({
+        "embedder": summary["embedder"], "ranker": summary["ranker"],
+        "fraction": [f"{f:.1%}" + (" (seed)" if s else "") for f, s in zip(summary["fraction"], summary["seed_set"])],
+        "images": summary["n_train"], "models": summary["n_models"],
+        "AUC mean ± sd": [_pm(m, s) for m, s in zip(summary["auc_mean"], summary["auc_sd"])],
+        "Δ vs random [95% CI]": [_effect(*v) for v in zip(summary["diff_vs_random"], summary["low_vs_random"], summary["high_vs_random"])],
+        "p vs random": [_p(p) for p in summary["p_vs_random"]],
+        "mark": summary["vs_random"],
+        "MDE vs random": ["" if np.isnan(v) else f"{v:.3f}" for v in summary["mde_vs_random"]],
+        "Δ vs full [95% CI]": [_effect(*v) for v in zip(summary["diff_vs_full"], summary["low_vs_full"], summary["high_vs_full"])],
+        "p vs full": [_p(p) for p in summary["p_vs_full"]],
+        "matches full": ["yes" if m else "no" for m in summary["matches_full"]],
+        "steps (mean, % early stop)": [f"{s:.0f}, {e:.0%}" for s, e in zip(summary["steps_mean"], summary["stopped_early"])],
+    })
+    spc = result["seconds_per_classifier"]
     return "\n\n".join([
         f"# Evaluation: {result['dataset']}",
         f"{result['summary']}.",
-        f"{result['n_train']} training and {result['n_test']} test images; {result['classifiers_trained']} classifiers "
-        f"trained ({result['seconds_per_classifier']:.1f} s each on {result['device']}); {result['seconds']:.0f} s in all.",
-        f"{n} AUCs per point: the smallest two-sided Mann-Whitney p between two points is {2 / math.comb(2 * n, n):.2g}, so "
-        "'matches the full set' means only that no difference was detected at this sample size.",
-        "## Embeddings\n\n" + _markdown_table(embeddings.drop(columns=["seconds"])),
+        f"{result['n_train']} training, {result['n_val']} validation and {result['n_test']} test images at "
+        f"{result['side_px']} px; {result['classifiers']} classifiers"
+        + (f" ({result['classifiers_trained_now']} trained in the last session, {spc:.2f} s each" if spc else " (all from an earlier session")
+        + f" on {result['device']}, {result['torch_threads']} torch thread(s)); last session {result['seconds']:.0f} s.",
+        f"{n} AUCs per point. Δ: difference in mean AUC (ranker minus random, or minus the full set) with a Welch 95% "
+        "t-interval; p: two-sided Mann-Whitney U; MDE: the smallest difference a two-sided t-test at α = 0.05 detects "
+        "with power 0.8 at these n and the pooled sd (Mann-Whitney needs about 5% more). 'matches full' means only that "
+        "no difference from the full set was detected.",
         "## Labeling budget (smallest fraction indistinguishable from the full set, and every larger one too)\n\n"
         + _markdown_table(budget),
-        "## AUC per fraction\n\n" + _markdown_table(summary[cols]),
+        "## AUC per fraction\n\n" + _markdown_table(table),
+        "## Embeddings\n\n" + _markdown_table(embeddings.drop(columns=["seconds"])),
     ]) + "\n"

@@ -1,8 +1,10 @@
-"""The evaluation job: statistics against plain references, the smallest-matching-fraction rule,
-dataset loading (MedMNIST .npz, a packed BUSI archive with labels) and the job end to end on
-a few hundred real PneumoniaMNIST images."""
+"""The evaluation job: statistics against plain references and scipy, the smallest-matching-fraction
+rule, early stopping, dataset loading (MedMNIST .npz, a packed BUSI archive with labels, a folder of
+class subfolders), the job end to end on a few hundred real PneumoniaMNIST images and on synthetic
+images, and a resumed run ending with the same aucs.csv as an uninterrupted one."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from pathlib import Path
@@ -15,9 +17,11 @@ import pytest
 
 from enrich_ray.config import ConfigError, DecodeConfig, load_config
 from enrich_ray.evaluate.classifier import SmallResNet, TrainSettings, auc, binary_auc, predict_proba, train_classifier
-from enrich_ray.evaluate.datasets import load_dataset
-from enrich_ray.evaluate.stats import mann_whitney_p, significance_mark, smallest_matching_fraction
-from enrich_ray.pipelines.evaluate import check_evaluate_config, run_evaluation, subset_sizes, summarize
+from enrich_ray.evaluate.datasets import (is_class_folder, load_dataset, natural_images, pack_class_folder,
+                                          stratified_share, with_val_split)
+from enrich_ray.evaluate.stats import (mann_whitney_p, mean_difference_ci, minimum_detectable_difference, pooled_sd,
+                                       significance_mark, smallest_matching_fraction)
+from enrich_ray.pipelines.evaluate import check_evaluate_config, run_evaluation, subset_plan, subset_sizes, summarize
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -80,6 +84,46 @@ def test_mann_whitney_matches_exact_enumeration():
         mann_whitney_p([], [0.5])
 
 
+def test_welch_interval_matches_scipy():
+    from scipy.stats import ttest_ind
+
+    rng = np.random.default_rng(3)
+    for n_a, n_b, sd_a, sd_b in [(30, 30, 0.02, 0.02), (30, 12, 0.01, 0.05), (5, 40, 0.08, 0.01)]:
+        a, b = rng.normal(0.9, sd_a, n_a), rng.normal(0.88, sd_b, n_b)
+        diff, low, high = mean_difference_ci(a, b)
+        ci = ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+        assert diff == pytest.approx(a.mean() - b.mean())
+        assert (low, high) == (pytest.approx(ci.low), pytest.approx(ci.high))
+    assert mean_difference_ci([0.9, 0.9], [0.8, 0.8]) == (pytest.approx(0.1), pytest.approx(0.1), pytest.approx(0.1))
+    with pytest.raises(ValueError, match="two values"):
+        mean_difference_ci([0.9], [0.8, 0.7])
+
+
+def test_pooled_sd_by_hand():
+    a, b = [1.0, 2.0, 3.0], [2.0, 6.0]
+    assert pooled_sd(a, b) == pytest.approx(np.sqrt((2 * 1.0 + 1 * 8.0) / 3))
+
+
+def test_minimum_detectable_difference_has_the_power_it_claims():
+    """The textbook values (Cohen: d = 0.5 needs 64 per group; G*Power: 30 per group detect d = 0.7356),
+    and simulated t-tests (scipy) at that difference reject about 80% of the time."""
+    from scipy.stats import ttest_ind
+
+    assert minimum_detectable_difference(1.0, 64, 64) == pytest.approx(0.5, abs=0.002)
+    assert minimum_detectable_difference(1.0, 30, 30) == pytest.approx(0.7356, abs=5e-4)
+    assert minimum_detectable_difference(0.02, 30, 30) == pytest.approx(0.02 * 0.7356, abs=1e-5)  # scales with sd
+    assert minimum_detectable_difference(1.0, 30, 30, power=0.9) > minimum_detectable_difference(1.0, 30, 30)
+    assert minimum_detectable_difference(0.0, 30, 30) == 0.0
+    rng = np.random.default_rng(4)
+    delta = minimum_detectable_difference(1.0, 10, 12)
+    a = rng.normal(delta, 1.0, (8000, 10))
+    b = rng.normal(0.0, 1.0, (8000, 12))
+    rejected = (ttest_ind(a, b, axis=1).pvalue < 0.05).mean()
+    assert rejected == pytest.approx(0.8, abs=0.015)
+    with pytest.raises(ValueError, match="n >= 2"):
+        minimum_detectable_difference(1.0, 1, 30)
+
+
 def test_significance_marks_follow_the_paper():
     assert [significance_mark(p) for p in (0.2, 0.05, 0.0101, 0.01, 0.0005, 0.0001, 1e-9)] == [
         "ns", "*", "*", "**", "***", "****", "****"]
@@ -98,28 +142,49 @@ def test_smallest_matching_fraction_ignores_an_early_fluke():
 
 
 def test_summary_on_a_constructed_table():
-    """ENRICH reaches the full set's AUC at 20%, random never does; the table says so."""
+    """ENRICH reaches the full set's AUC at 20%, random never does; the table says so, with the
+    effect, its interval and the detectable difference beside each p."""
     cfg = load_config(None, ["evaluate.fractions=[0.1,0.2,0.4]"]).evaluate
     rng = np.random.default_rng(2)
     rows = []
+    steps = {"steps": 60, "step_cap": 80}
     for i in range(6):
         noise = rng.normal(0, 0.002)
-        rows.append({"embedder": "none", "ranker": "full", "fraction": 1.0, "n_train": 1000, "auc": 0.95 + noise})
+        rows.append({"embedder": "none", "ranker": "full", "fraction": 1.0, "n_train": 1000, "auc": 0.95 + noise, **steps})
         for f, n, enrich, random in [(0.1, 100, 0.80, 0.80), (0.2, 200, 0.95, 0.85), (0.4, 400, 0.95, 0.90)]:
-            rows.append({"embedder": "vae", "ranker": "enrich", "fraction": f, "n_train": n, "auc": enrich + rng.normal(0, 0.002)})
-            rows.append({"embedder": "none", "ranker": "random", "fraction": f, "n_train": n, "auc": random + rng.normal(0, 0.002)})
-    summary, budget = summarize(pd.DataFrame(rows), cfg, n_train=1000, seconds_per_image=3.0)
+            rows.append({"embedder": "vae", "ranker": "enrich", "fraction": f, "n_train": n, "auc": enrich + rng.normal(0, 0.002),
+                         "steps": 80, "step_cap": 80})
+            rows.append({"embedder": "none", "ranker": "random", "fraction": f, "n_train": n, "auc": random + rng.normal(0, 0.002), **steps})
+    aucs = pd.DataFrame(rows)
+    summary, budget = summarize(aucs, cfg, n_train=1000, seconds_per_image=3.0)
     enrich = summary[summary["ranker"] == "enrich"].set_index("fraction")
-    assert enrich.loc[0.1, "vs_random"] == ""  # the seed set is common to every ranker
+    assert enrich.loc[0.1, "vs_random"] == "" and np.isnan(enrich.loc[0.1, "diff_vs_random"])  # the common seed set
     assert enrich.loc[0.2, "vs_random"] == "**"  # 6 vs 6 fully separated: exact p = 2/924
     assert enrich.loc[0.2, "p_vs_random"] == pytest.approx(2 / 924)
+    a = aucs[(aucs["ranker"] == "enrich") & (aucs["n_train"] == 200)]["auc"]
+    b = aucs[(aucs["ranker"] == "random") & (aucs["n_train"] == 200)]["auc"]
+    diff, low, high = mean_difference_ci(a, b)
+    assert enrich.loc[0.2, "diff_vs_random"] == pytest.approx(diff) and diff == pytest.approx(0.10, abs=0.005)
+    assert (enrich.loc[0.2, "low_vs_random"], enrich.loc[0.2, "high_vs_random"]) == (pytest.approx(low), pytest.approx(high))
+    assert enrich.loc[0.2, "mde_vs_random"] == pytest.approx(minimum_detectable_difference(pooled_sd(a, b), 6, 6))
     assert enrich["matches_full"].tolist() == [False, True, True]
+    assert enrich["stopped_early"].tolist() == [0.0, 0.0, 0.0]
+    assert summary[summary["ranker"] == "random"]["stopped_early"].tolist() == [1.0, 1.0, 1.0]
     b = budget.set_index("ranker")
     assert b.loc["enrich", "smallest_matching_fraction"] == 0.2
     assert b.loc["enrich", "images_saved"] == 800
     assert b.loc["enrich", "labeling_hours_saved"] == pytest.approx(800 * 3.0 / 3600)
     assert np.isnan(b.loc["random", "smallest_matching_fraction"]) and b.loc["random", "images_saved"] == 0
     assert b.loc["random", "embedder"] == "none"  # random ignores the embedding: one row
+
+
+def test_subset_plan_fractions_and_fixed_increments():
+    fractions = load_config(None).evaluate
+    assert subset_plan(fractions, 1000) == [20, 50, 100, 200, 400]
+    increments = load_config(None, ["evaluate.increment=300"]).evaluate
+    assert subset_plan(increments, 1000) == [20, 320, 620, 920]  # the seed set, then +300 while below the full set
+    with pytest.raises(ConfigError, match="evaluate.increment"):
+        subset_plan(load_config(None, ["evaluate.increment=5000"]).evaluate, 1000)
 
 
 def test_config_checks_name_the_key():
@@ -130,6 +195,10 @@ def test_config_checks_name_the_key():
         (["evaluate.rankers=[enrich]"], "include random"),
         (["evaluate.rankers=[enrich,random,smi]"], "query_label"),
         (["evaluate.replicates=0"], "evaluate.replicates"),
+        (["evaluate.min_steps=500", "evaluate.max_steps=100"], "evaluate.min_steps"),
+        (["evaluate.patience=0"], "evaluate.patience"),
+        (["evaluate.val_fraction=1.5"], "evaluate.val_fraction"),
+        (["evaluate.increment=0"], "evaluate.increment"),
     ]
     for overrides, message in bad:
         with pytest.raises(ConfigError, match=message):
@@ -158,14 +227,53 @@ def test_classifier_is_seeded_and_amp_is_a_no_op_on_cpu(pneumonia_npz):
     rows, test = data.rows("train")[:64], data.rows("test")[:100]
     runs = []
     for amp in (True, True, False):
-        settings = TrainSettings(steps=3, batch_size=16, device=torch.device("cpu"), amp=amp)
-        model = train_classifier(data.images[rows], data.labels[rows], 2, seed=7, settings=settings)
-        runs.append(predict_proba(model, data.images[test], settings))
+        settings = TrainSettings(min_steps=3, max_steps=3, batch_size=16, device=torch.device("cpu"), amp=amp)
+        fit = train_classifier(data.images[rows], data.labels[rows], 2, seed=7, settings=settings)
+        runs.append(predict_proba(fit.model, data.images[test], settings))
     np.testing.assert_array_equal(runs[0], runs[1])
     np.testing.assert_array_equal(runs[0], runs[2])
     assert 0.0 <= auc(data.labels[test], runs[0]) <= 1.0
     other = train_classifier(data.images[rows], data.labels[rows], 2, seed=8, settings=settings)
-    assert not np.array_equal(predict_proba(other, data.images[test], settings), runs[2])
+    assert not np.array_equal(predict_proba(other.model, data.images[test], settings), runs[2])
+
+
+def _planted(n: int, seed: int, flip: float = 0.0, side: int = 12, n_classes: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Synthetic images whose class sets the brightness of a centred square, labels flipped at rate `flip`."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, n_classes, n)
+    images = rng.random((n, side, side)).astype(np.float32) * 0.3
+    c = side // 4
+    images[:, c:-c, c:-c] += (0.7 * labels / max(1, n_classes - 1))[:, None, None].astype(np.float32)
+    noisy = rng.random(n) < flip
+    labels[noisy] = rng.integers(0, n_classes, noisy.sum())
+    return np.clip(images, 0, 1), labels
+
+
+def test_step_cap_scales_with_the_subset():
+    s = TrainSettings(max_epochs=20, min_steps=50, max_steps=400, batch_size=64)
+    assert [s.step_cap(n) for n in (10, 100, 640, 1000, 100000)] == [50, 50, 200, 320, 400]
+
+
+def test_early_stopping_stops_before_the_cap_and_keeps_the_best_checkpoint():
+    """An easy problem with noisy labels: the validation loss bottoms out long before 3,000 steps,
+    so training stops, and the model returned is the one at the best check."""
+    x, y = _planted(256, seed=0, flip=0.3)
+    xv, yv = _planted(128, seed=1, flip=0.3)
+    settings = TrainSettings(max_epochs=1000, min_steps=10, max_steps=3000, check_every=10, patience=3, batch_size=32, width=4)
+    fit = train_classifier(x, y, 2, seed=0, settings=settings, val=(xv, yv))
+    assert fit.cap == 3000 and fit.stopped_early and fit.steps < 600
+    assert fit.best_step == fit.steps - 3 * 10  # three checks without improvement after the best
+    import torch
+    from torch.nn.functional import cross_entropy
+
+    with torch.no_grad():
+        fit.model.eval()
+        loss = float(cross_entropy(fit.model(torch.from_numpy(xv[:, None])), torch.from_numpy(yv)))
+    assert loss == pytest.approx(fit.best_val_loss, rel=1e-5)
+    x_clean, y_clean = _planted(200, seed=2)
+    assert auc(y_clean, predict_proba(fit.model, x_clean, settings)) > 0.9  # it learned the planted class
+    no_val = train_classifier(x, y, 2, seed=0, settings=dataclasses.replace(settings, max_steps=40))
+    assert no_val.steps == no_val.cap == 40 and not no_val.stopped_early and np.isnan(no_val.best_val_loss)
 
 
 def test_medmnist_npz_loads_with_splits(pneumonia_npz):
@@ -198,14 +306,15 @@ def test_archive_with_labels_loads(busi_dir, tmp_path):
         load_dataset(str(tmp_path / "archive"), DecodeConfig(size=64), "grade", "part")
 
 
-def _pneumonia_subset(pneumonia_npz: Path, path: Path, n_train: int, n_test: int) -> Path:
+def _pneumonia_subset(pneumonia_npz: Path, path: Path, n_train: int, n_test: int, n_val: int = 100) -> Path:
     """A few hundred real PneumoniaMNIST images in MedMNIST's layout."""
     rng = np.random.default_rng(0)
+    parts = {}
     with np.load(pneumonia_npz) as npz:
-        tr = rng.choice(len(npz["train_labels"]), n_train, replace=False)
-        te = rng.choice(len(npz["test_labels"]), n_test, replace=False)
-        np.savez(path, train_images=npz["train_images"][tr], train_labels=npz["train_labels"][tr],
-                 test_images=npz["test_images"][te], test_labels=npz["test_labels"][te])
+        for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
+            rows = rng.choice(len(npz[f"{split}_labels"]), n, replace=False)
+            parts[f"{split}_images"], parts[f"{split}_labels"] = npz[f"{split}_images"][rows], npz[f"{split}_labels"][rows]
+    np.savez(path, **parts)
     return path
 
 
@@ -214,7 +323,7 @@ def test_evaluation_end_to_end(pneumonia_npz, tmp_path):
     cfg = load_config(None, [
         "evaluate.embedders=[pixels]", "evaluate.rankers=[enrich,random,examine,smi]", "evaluate.query_label=0",
         "evaluate.fractions=[0.05,0.2,0.5]",
-        "evaluate.replicates=1", "evaluate.models_per_replicate=1", "evaluate.train_steps=15",
+        "evaluate.replicates=1", "evaluate.models_per_replicate=1", "evaluate.min_steps=40", "evaluate.max_steps=40",
     ])
     out = tmp_path / "eval"
     result = run_evaluation(str(npz), cfg, str(out))
@@ -227,7 +336,8 @@ def test_evaluation_end_to_end(pneumonia_npz, tmp_path):
     assert sorted(aucs["n_train"].unique().tolist()) == [15, 60, 150, 300]
     seed_aucs = aucs[np.isclose(aucs["fraction"], 0.05)]["auc"]
     assert seed_aucs.nunique() == 1  # every ranker starts from the same seed set: one model, one AUC
-    assert result["classifiers_trained"] == 1 + 1 + 4 * 2  # identical subsets train once
+    assert result["classifiers"] == result["classifiers_trained_now"] == 1 + 1 + 4 * 2  # identical subsets train once
+    assert (aucs["steps"] == aucs["step_cap"]).all() and (aucs["step_cap"] == 40).all()
     assert aucs[aucs["ranker"] == "full"]["auc"].iloc[0] > 0.75  # real signal from 300 images
 
     summary = pd.read_csv(run / "summary.csv")
@@ -239,4 +349,117 @@ def test_evaluation_end_to_end(pneumonia_npz, tmp_path):
     assert "## Labeling budget" in (run / "summary.md").read_text()
     assert json.loads((run / "summary.json").read_text())["n_train"] == 300
     assert (out / "redundancy.png").stat().st_size > 0
+    with np.load(run / "nn_similarity.npz") as npz:  # the non-medical images embedded the same way
+        assert sorted(npz.files) == ["pixels", "scikit-image faces + photos · pixels"]
     assert result["summary"].startswith("pneumo_small: full-set AUC")
+
+
+def test_stratified_share_and_val_split_keep_the_classes():
+    labels = np.array([0] * 50 + [1] * 20 + [2] * 3)
+    mask = stratified_share(labels, 0.2, seed=0)
+    assert [int(mask[labels == c].sum()) for c in range(3)] == [10, 4, 1]
+    np.testing.assert_array_equal(mask, stratified_share(labels, 0.2, seed=0))
+    assert not np.array_equal(mask, stratified_share(labels, 0.2, seed=1))
+    x, _ = _planted(73, seed=0)
+    from enrich_ray.evaluate.datasets import LabeledImages
+
+    data = LabeledImages("planted", x, labels, np.array(["train"] * 60 + ["test"] * 13), ["a", "b", "c"])
+    split = with_val_split(data, 0.1, seed=0)
+    assert (split.split == "val").sum() > 0 and (split.split[60:] == "test").all()
+    assert with_val_split(split, 0.5, seed=1) is split  # a val split is kept as it is
+
+
+def test_natural_images_are_bundled_faces_and_photos():
+    x = natural_images(28)
+    assert x.shape == (216, 28, 28) and x.dtype == np.float32 and 0.0 <= x.min() and x.max() <= 1.0
+
+
+def _png_tree(root: Path, per_class: int = 12) -> Path:
+    """A folder of class subfolders of real PNG files (planted brightness per class), and a CSV beside them."""
+    from PIL import Image
+
+    for c, name in enumerate(("benign", "malignant", "normal")):
+        (root / name).mkdir(parents=True)
+        x, _ = _planted(per_class, seed=c, side=32)
+        for i, img in enumerate(x):
+            img = np.clip(img + 0.3 * c, 0, 1)
+            Image.fromarray((img * 255).astype(np.uint8)).save(root / name / f"{name} ({i + 1}).png")
+    (root / "captions.csv").write_text("path,label\n")
+    return root
+
+
+def test_class_folder_packs_into_a_labeled_archive(tmp_path):
+    tree = _png_tree(tmp_path / "busi_like")
+    assert is_class_folder(str(tree)) and not is_class_folder(str(tree / "benign"))
+    archive = pack_class_folder(str(tree), str(tmp_path / "archive"), test_fraction=0.25, seed=0)
+    data, undecodable = load_dataset(archive, DecodeConfig(size=32))
+    assert undecodable == 0 and data.classes == ["benign", "malignant", "normal"]
+    assert data.images.shape == (36, 32, 32)
+    assert data.counts()["test"] == {"benign": 3, "malignant": 3, "normal": 3}
+    # class c was planted brighter by 0.3 c: the label follows the folder
+    means = [data.images[data.labels == c].mean() for c in range(3)]
+    assert means[0] < means[1] < means[2]
+    assert is_class_folder(archive) is False
+
+
+def _planted_npz(path: Path) -> Path:
+    """A synthetic MedMNIST-layout file: 160 train, 40 val, 60 test planted images."""
+    parts = {}
+    for i, (split, n) in enumerate((("train", 160), ("val", 40), ("test", 60))):
+        x, y = _planted(n, seed=10 + i, flip=0.1, side=28)
+        parts[f"{split}_images"] = (x * 255).astype(np.uint8)
+        parts[f"{split}_labels"] = y[:, None]
+    np.savez(path, **parts)
+    return path
+
+
+TINY = ["evaluate.embedders=[pixels]", "evaluate.rankers=[enrich,random]", "evaluate.fractions=[0.05,0.2,0.5]",
+        "evaluate.replicates=2", "evaluate.models_per_replicate=2", "evaluate.min_steps=10", "evaluate.max_steps=30",
+        "evaluate.check_every=5", "evaluate.patience=2", "evaluate.width=4", "evaluate.natural_images=false"]
+
+
+def test_interrupted_run_resumes_to_the_same_aucs(tmp_path):
+    """Planted synthetic data: an uninterrupted run, and a run cut off mid-write (aucs.csv truncated
+    in the middle of a row) then rerun, end with byte-identical aucs.csv; a rerun with other
+    settings into the same folder is refused."""
+    import time
+
+    npz = _planted_npz(tmp_path / "planted.npz")
+    cfg = load_config(None, TINY)
+    t0 = time.perf_counter()
+    reference = run_evaluation(str(npz), cfg, str(tmp_path / "a"))
+    assert time.perf_counter() - t0 < 60
+    expected = (tmp_path / "a" / "planted" / "aucs.csv").read_text()
+    # 2 replicates x 2 models x (full, seed set, 2 orders x 2 fractions) classifiers; 2 x 2 x (1 + 3 x 2 + 1) rows
+    assert reference["classifiers"] == reference["classifiers_trained_now"] == 24
+    assert len(expected.splitlines()) == 1 + 2 * 2 * (1 + 2 * 3)
+
+    run_evaluation(str(npz), cfg, str(tmp_path / "b"))
+    path = tmp_path / "b" / "planted" / "aucs.csv"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:10]) + lines[10][:17])  # killed while writing row 10
+    resumed = run_evaluation(str(npz), cfg, str(tmp_path / "b"))
+    assert path.read_text() == expected
+    assert 0 < resumed["classifiers_trained_now"] < 24
+    assert pd.read_csv(tmp_path / "b" / "planted" / "summary.csv").equals(pd.read_csv(tmp_path / "a" / "planted" / "summary.csv"))
+    again = run_evaluation(str(npz), cfg, str(tmp_path / "b"))
+    assert again["classifiers_trained_now"] == 0 and path.read_text() == expected
+    with pytest.raises(ConfigError, match="other settings"):
+        run_evaluation(str(npz), load_config(None, [*TINY, "evaluate.max_steps=40"]), str(tmp_path / "b"))
+
+
+def test_a_class_folder_evaluates_through_the_archive_path(tmp_path):
+    """One command on a folder of class subfolders: packed, split, validated and evaluated; the
+    non-medical images join the redundancy curves."""
+    tree = _png_tree(tmp_path / "busi_like", per_class=20)
+    overrides = [o for o in TINY if not o.startswith("evaluate.natural")] + ["decode.size=32", "evaluate.replicates=1",
+                                                                              "evaluate.models_per_replicate=1"]
+    result = run_evaluation(str(tree), load_config(None, overrides), str(tmp_path / "eval"))
+    run = tmp_path / "eval" / "busi_like"
+    assert result["read"] == str(run / "archive") and result["classes"] == ["benign", "malignant", "normal"]
+    assert result["n_test"] == 12 and result["n_val"] == 6 and result["n_train"] == 42  # per class: 4 test, 2 val
+    assert result["full_auc_mean"] > 0.9  # the planted brightness separates the classes
+    with np.load(run / "nn_similarity.npz") as npz:
+        assert sorted(npz.files) == ["pixels", "scikit-image faces + photos · pixels"]
+        assert npz["scikit-image faces + photos · pixels"].shape == (216,)
+    assert "## AUC per fraction" in (run / "summary.md").read_text()

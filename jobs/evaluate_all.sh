@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The evaluation of docs/evaluation.md: the paper's protocol (3 seed sets x 10 classifiers per point)
+# on PneumoniaMNIST, BreastMNIST and BUSI (a folder of class subfolders, packed by the job), one
+# after another, each with its own log. Rerunning the script resumes every dataset where its
+# aucs.csv stops. Usage (detached, one BLAS/torch thread):
+#   setsid nohup env OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 jobs/evaluate_all.sh [OUT] > /dev/null 2>&1 &
+set -u
+cd "$(dirname "$0")/.."
+OUT=${1:-runs/evaluation/protocol30}
+DATA=${DATA:-../shared/data}
+mkdir -p "$OUT"
+RANKERS='evaluate.rankers=[enrich,random]'
+run() {  # name, dataset, extra --set arguments...
+  local name=$1 dataset=$2
+  shift 2
+  echo "$(date -u +%FT%TZ) start $name" >> "$OUT/jobs.log"
+  .venv/bin/enrich-ray evaluate --dataset "$dataset" --out "$OUT" --set "$RANKERS" "$@" > "$OUT/$name.log" 2>&1
+  echo "$(date -u +%FT%TZ) end $name rc=$?" >> "$OUT/jobs.log"
+}
+run pneumoniamnist "$DATA/pneumoniamnist_28/pneumoniamnist.npz"
+run breastmnist "$DATA/breastmnist_28/breastmnist.npz" --set vae.max_epochs=30
+run busi "$DATA/busi_256/Dataset_BUSI_with_GT" --set vae.max_epochs=30 --set decode.size=64
