@@ -109,7 +109,9 @@ def _unit_edges(graph: KnnGraph, unit: np.ndarray, x: np.ndarray, threshold: flo
     src = unit[np.broadcast_to(np.arange(n)[:, None], nb.shape)[keep]]
     dst = unit[nb[keep]]
     lo, hi = np.minimum(src, dst), np.maximum(src, dst)
-    pairs = np.unique(np.stack([lo, hi], axis=1)[lo != hi], axis=0)
+    key = np.sort((lo * n + hi)[lo != hi])
+    key = key[np.r_[True, key[1:] != key[:-1]]] if key.size else key  # each undirected pair once, sorted
+    pairs = np.stack([key // n, key % n], axis=1)
     exact = np.concatenate(
         [_cosine(x, pairs[i : i + _CHUNK, 0], pairs[i : i + _CHUNK, 1]) for i in range(0, len(pairs), _CHUNK)]
     ) if len(pairs) else np.zeros(0)
