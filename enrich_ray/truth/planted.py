@@ -137,6 +137,14 @@ def plant_archive(
     return truth
 
 
+def read_truth(path: Path) -> pd.DataFrame:
+    """A truth.csv written by plant_archive (a file or the archive folder), with its column types."""
+    path = Path(path)
+    path = path / "truth.csv" if path.is_dir() else path
+    truth = pd.read_csv(path, keep_default_na=False, dtype=str)
+    return truth.astype({"frame_index": np.int64, "foreign_group": np.int64})[TRUTH_COLUMNS]
+
+
 class _Planter:
     """Writes files under the output folder and collects one truth row per frame."""
 
@@ -370,11 +378,12 @@ def _resave_dicom(data: bytes, ts) -> bytes:
 
 
 def _plant_foreign(planter: _Planter, n: int, rng: np.random.Generator, seed: int) -> None:
-    """n foreign frames: groups of 10-30 while at least a third is left for singletons, the rest alone."""
+    """n foreign frames: groups of 10-30 (as many as fit) while at least a third is left for singletons, the rest alone."""
     singles_reserve = min(n, max(5, n // 3))
     left, g = n - singles_reserve, 0
     while left >= GROUP_SIZE[0]:
-        size = int(rng.integers(GROUP_SIZE[0], min(GROUP_SIZE[1], left) + 1))
+        room = left if left < 2 * GROUP_SIZE[0] else left - GROUP_SIZE[0]  # leave room for another group
+        size = int(rng.integers(GROUP_SIZE[0], min(GROUP_SIZE[1], room) + 1))
         kind = GROUP_KINDS[g % len(GROUP_KINDS)]
         for path, data, how, family in _group_frames(kind, size, rng, f"{seed}-{g}"):
             planter.add(f"foreign/group{g}/{path}", data, role="foreign", family=family, transform=how, foreign_group=g,

@@ -8,7 +8,9 @@ without source_uri each row speaks for its unit's first path; an outlier table w
 counts nothing as flagged; without `rank` its row order is the rank.
 
 - score_exact: pairs of truth frames with equal pixel_hash are the true exact pairs (planted or
-  not); members of one 'exact' group (closed over shared paths) are the predicted pairs.
+  not); members of one 'exact' group (closed over shared paths) are the predicted pairs. A copy
+  is found (`*_recall`) when an 'exact' group joins it to its original; `*_listed` only asks that
+  some group, of any kind, holds both (e.g. both 'near' members of a third frame's group).
 - score_near: a planted near-dup is found when it shares a group with its original; every grouped
   member-to-representative pair is exact (identical pixels), planted (one family), unplanted (two
   base images: the base set may hold real near-duplicates; on the synthetic base they are false)
@@ -105,7 +107,11 @@ def score_exact(truth: pd.DataFrame, dups: pd.DataFrame, archive_root: str) -> d
     for key, unit in zip(keys, _units(truth)):
         first_path.setdefault(unit, key[0])
     uf = _UnionFind()
+    groups_of: dict = defaultdict(set)  # (path, frame) -> every group (any kind) whose rows name it
     if len(dups) and {"kind", "group_id"} <= set(dups.columns):
+        for gid, paths in zip(dups["group_id"], _row_paths(dups.reset_index(drop=True), archive_root, first_path)):
+            for p in paths:
+                groups_of[p].add(gid)
         exact = dups[dups["kind"] == "exact"].reset_index(drop=True)
         anchor: dict = {}
         for gid, paths in zip(exact["group_id"], _row_paths(exact, archive_root, first_path)):
@@ -136,8 +142,11 @@ def score_exact(truth: pd.DataFrame, dups: pd.DataFrame, archive_root: str) -> d
             p in uf.parent and (o, 0) in uf.parent and uf.find(p) == uf.find((o, 0))
             for p, o in zip(zip(rows["path"], rows["frame_index"].astype(int)), rows["original"])
         ]
+        listed = [bool(groups_of.get(p, set()) & groups_of.get((o, 0), set()))
+                  for p, o in zip(zip(rows["path"], rows["frame_index"].astype(int)), rows["original"])]
         out[f"{role}_planted"] = len(rows)
         out[f"{role}_recall"] = float(np.mean(found)) if len(rows) else None
+        out[f"{role}_listed"] = float(np.mean(listed)) if len(rows) else None  # in one group, of any kind
     return out
 
 
@@ -244,7 +253,8 @@ def score_foreign(truth: pd.DataFrame, outl: pd.DataFrame, manifest: pd.DataFram
     }
 
     manifest_rank = {}
-    if len(manifest) and {"image_id", "frame_index"} <= set(manifest.columns):
+    has_manifest = {"image_id", "frame_index"} <= set(manifest.columns)
+    if has_manifest:
         ranks = manifest["rank"].astype(int) if "rank" in manifest.columns else pd.Series(np.arange(1, len(manifest) + 1), index=manifest.index)
         manifest_rank = dict(zip(zip(manifest["image_id"], manifest["frame_index"].astype(int)), ranks))
     got = np.array([manifest_rank[u] for u in foreign["unit"] if u in manifest_rank], dtype=np.int64)
@@ -263,9 +273,9 @@ def score_foreign(truth: pd.DataFrame, outl: pd.DataFrame, manifest: pd.DataFram
         "groups_none": int((group_share == 0).sum()),
         "by_kind": by_kind,
         "enrich_ranked": int(len(got)),
-        "enrich_excluded": int(len(foreign) - len(got)) if manifest_rank else None,
+        "enrich_excluded": int(len(foreign) - len(got)) if has_manifest else None,
         "enrich_min_rank": int(got.min()) if len(got) else None,
         "enrich_median_rank": float(np.median(got)) if len(got) else None,
         f"enrich_in_first_{first}": int((got <= first).sum()),
-        "pixel_copies_ranked": int(copies.map(lambda u: u in manifest_rank).sum()) if manifest_rank else None,
+        "pixel_copies_ranked": int(copies.map(lambda u: u in manifest_rank).sum()) if has_manifest else None,
     }

@@ -13,7 +13,7 @@ from enrich_ray import schema
 from enrich_ray.config import DecodeConfig
 from enrich_ray.decode.stage import decode_batch
 from enrich_ray.io.pack import pack
-from enrich_ray.truth import ROLES, TRUTH_COLUMNS, plant_archive, score_exact, score_foreign, score_near
+from enrich_ray.truth import ROLES, TRUTH_COLUMNS, plant_archive, read_truth, score_exact, score_foreign, score_near, score_run
 from enrich_ray.truth.planted import NEAR_TRANSFORMS
 from enrich_ray.truth.scoring import relative_path
 
@@ -44,7 +44,7 @@ def test_files_exist_and_pack(planted, tmp_path):
     assert list(truth.columns) == TRUTH_COLUMNS
     assert set(truth["role"]) == set(ROLES)
     assert all((out / p).is_file() for p in truth["path"].unique())
-    assert (out / "truth.csv").is_file()
+    pd.testing.assert_frame_equal(read_truth(out), truth)
     summary = pack([str(out)], str(tmp_path / "archive"), progress=False)
     files = truth.drop_duplicates("path")
     assert summary.files_packed == len(files)
@@ -186,7 +186,11 @@ def test_a_missed_group_and_a_wrong_pair_score_accordingly():
     exact = score_exact(truth, dups, ROOT)
     assert exact["predicted_pairs"] == 3 and exact["correct_pairs"] == 1
     assert exact["precision"] == pytest.approx(1 / 3) and exact["recall"] == 0.5
-    assert exact["byte_copy_recall"] == 1.0 and exact["pixel_copy_recall"] == 0.0
+    assert exact["byte_copy_recall"] == 1.0 and exact["pixel_copy_recall"] == 0.0 and exact["pixel_copy_listed"] == 0.0
+    # the byte copy and its original both 'near' members of another frame's group: listed, not found
+    near_only = _dup_rows([("near", ["b3.png", "b0.png", "c0.png"])], truth)
+    assert score_exact(truth, near_only, ROOT)["byte_copy_recall"] == 0.0
+    assert score_exact(truth, near_only, ROOT)["byte_copy_listed"] == 1.0
     near = score_near(truth, dups, ROOT)
     assert near["recall"] == 0.0
     # member-to-representative pairs: b3-b0 and b3-b1 (two base images), f0-b2 (a foreign frame)
@@ -222,3 +226,12 @@ def test_relative_path_reads_local_uris():
     assert relative_path("/archive/a/b c.png", "/archive") == "a/b c.png"
     assert relative_path("file:///archive/a.png", "file:///archive/") == "a.png"
     assert relative_path("a.png", "/archive") == "a.png"
+
+
+def test_score_run_reads_a_run_folder(tmp_path):
+    truth = _truth()
+    _dup_rows(PERFECT_DUPS, truth).to_parquet(tmp_path / "duplicates.parquet")
+    _outliers(truth, FOREIGN).to_parquet(tmp_path / "outliers.parquet")
+    scores = score_run(truth, ROOT, str(tmp_path), top_share=0.5)  # no manifest.parquet: nothing ranked
+    assert scores["exact"]["recall"] == scores["near"]["recall"] == scores["foreign"]["flagged_share"] == 1.0
+    assert scores["foreign"]["enrich_excluded"] is None and scores["foreign"]["enrich_ranked"] == 0
