@@ -282,10 +282,10 @@ def _csv_line(record: dict) -> str:
 def _read_finished(path: Path) -> dict[tuple, dict]:
     """The rows of an earlier run's aucs.csv by (replicate, model, embedder, ranker, n_train); a
     last line cut short by an interruption is dropped, and the file rewritten without it."""
-    if not path.exists():
+    text = path.read_text() if path.exists() else ""
+    if "\n" not in text:  # new, or cut short before its header was complete
         path.write_text(",".join(AUC_COLUMNS) + "\n")
         return {}
-    text = path.read_text()
     lines = text.split("\n")
     if lines[0] != ",".join(AUC_COLUMNS):
         raise ConfigError(f"{path}: not this job's aucs.csv (header {lines[0]!r}); use another --out")

@@ -444,6 +444,9 @@ def test_interrupted_run_resumes_to_the_same_aucs(tmp_path):
     assert pd.read_csv(tmp_path / "b" / "planted" / "summary.csv").equals(pd.read_csv(tmp_path / "a" / "planted" / "summary.csv"))
     again = run_evaluation(str(npz), cfg, str(tmp_path / "b"))
     assert again["classifiers_trained_now"] == 0 and path.read_text() == expected
+    path.write_text("dataset,repl")  # killed while writing the header
+    run_evaluation(str(npz), cfg, str(tmp_path / "b"))
+    assert path.read_text() == expected
     with pytest.raises(ConfigError, match="other settings"):
         run_evaluation(str(npz), load_config(None, [*TINY, "evaluate.max_steps=40"]), str(tmp_path / "b"))
 
