@@ -103,11 +103,6 @@ def pack(
     cfg = cfg or PackConfig()
     key = patient_hmac_key(cfg)
     summary = PackSummary(patient_key="HMAC-SHA256" if key else "absent")
-    if key is None:
-        log.warning(
-            "%s is not set: patient_key stays empty (set it to link frames of one patient without storing PatientID)",
-            cfg.patient_key_env,
-        )
     files = list_sources(sources, storage)
     summary.files_seen = len(files)
 
@@ -145,6 +140,13 @@ def pack(
             "size_bytes": len(data),
             **header,
         }
+    if not images:  # refused before anything is written: an archive without an image fails every later job
+        raise StorageError(_nothing_to_pack(sources, len(files), skipped, errors))
+    if key is None:
+        log.warning(
+            "%s is not set: patient_key stays empty (set it to link frames of one patient without storing PatientID)",
+            cfg.patient_key_env,
+        )
     summary.skipped = dict(skipped)
     summary.unreadable = len(errors)
     summary.images = len(images)
@@ -160,6 +162,16 @@ def pack(
     with out.fs.open(out.join(SUMMARY_NAME).path, "w") as fh:
         json.dump(asdict(summary), fh, indent=2)
     return summary
+
+
+def _nothing_to_pack(sources: list[str], files_seen: int, skipped: Counter[str], errors: list[dict]) -> str:
+    """One line: how many files pack looked at and why none of them became an image."""
+    where = ", ".join(sources)
+    if not files_seen:
+        return f"nothing to pack: no file under {where}"
+    why = [f"{n} {reason}" for reason, n in sorted(skipped.items())]
+    why += [f"{n} unreadable ({kind})" for kind, n in sorted(Counter(e["error_type"] for e in errors).items())]
+    return f"nothing to pack: none of the {files_seen} file(s) under {where} is a DICOM, PNG or JPEG image: {'; '.join(why)}"
 
 
 def _write_shards(

@@ -10,7 +10,7 @@ import pyarrow.dataset as pads
 
 from enrich_ray.config import Config, ConfigError
 from enrich_ray.io.fs import StorageError, resolve
-from enrich_ray.pipelines.curate import FRAME_COLUMNS, frames_and_vectors, labeled_mask
+from enrich_ray.pipelines.curate import FRAME_COLUMNS, frames_and_vectors, labeled_mask, query_rows
 from enrich_ray.pipelines.run_folder import RunFolder
 
 
@@ -19,7 +19,15 @@ def read_embeddings(uri: str, cfg: Config) -> tuple[pd.DataFrame, np.ndarray]:
     loc = resolve(uri, cfg.storage)
     if not loc.fs.exists(loc.path):
         raise StorageError(f"embeddings not found: {uri}")
-    table = pads.dataset(loc.path, filesystem=loc.arrow_fs(), format="parquet").to_table()
+    if loc.fs.isdir(loc.path):
+        found = loc.fs.find(loc.path)
+        paths = sorted(p for p in found if p.endswith(".parquet"))
+        if not paths:
+            raise StorageError(f"{uri}: no .parquet file among the folder's {len(found)} file(s); "
+                               "expected a run's embeddings/ folder or a Parquet file")
+    else:
+        paths = [loc.path]
+    table = pads.dataset(paths, filesystem=loc.arrow_fs(), format="parquet").to_table()
     for column in ("image_id", "embedding"):
         if column not in table.column_names:
             raise StorageError(f"{uri}: no {column} column (found {', '.join(table.column_names)})")
@@ -33,7 +41,7 @@ def read_embeddings(uri: str, cfg: Config) -> tuple[pd.DataFrame, np.ndarray]:
     return frames, emb / np.where(norms > 0, norms, 1)
 
 
-def select(embeddings: str, out: str, cfg: Config, ranker: str | None, seed: str | None, k: int | None) -> int:
+def select(embeddings: str, out: str, cfg: Config, ranker: str | None, seed_set: str | None, k: int | None) -> int:
     """Rank the embeddings and write manifest.parquet and manifest.csv under `out`; returns the count ranked."""
     from enrich_ray.selection import rank
     from enrich_ray.selection.manifest import build_manifest
@@ -44,23 +52,32 @@ def select(embeddings: str, out: str, cfg: Config, ranker: str | None, seed: str
         sel = dataclasses.replace(sel, ranker=ranker)
     if k is not None:
         sel = dataclasses.replace(sel, k=k)
-    if seed:
+    if seed_set:
         try:
-            value = float(seed)
+            value = float(seed_set)
         except ValueError:
-            sel = dataclasses.replace(sel, seed_manifest=seed, seed_count=None, seed_fraction=None)
+            sel = dataclasses.replace(sel, seed_manifest=seed_set, seed_count=None, seed_fraction=None)
         else:
             if value <= 0:
-                raise ConfigError(f"--seed {seed}: must be a positive count, a fraction in (0, 1) or a file")
+                raise ConfigError(f"--seed-set {seed_set}: must be a positive count, a fraction in (0, 1) or a file")
             if value < 1:
                 sel = dataclasses.replace(sel, seed_fraction=value, seed_count=None)
             else:
                 sel = dataclasses.replace(sel, seed_count=int(value), seed_fraction=None)
+    if sel.ranker == "smi":
+        if not sel.smi_query:
+            raise ConfigError("--ranker smi needs a query set: --set selection.smi_query=FILE, a CSV or Parquet file "
+                              "with an image_id column naming the exemplar frames")
+        query_loc = resolve(sel.smi_query, cfg.storage)
+        if query_loc.fs.isdir(query_loc.path):
+            raise ConfigError(f"selection.smi_query {sel.smi_query}: select takes a file of image ids; a folder of "
+                              "exemplar images needs an embedder, so rank toward it with `enrich-ray curate`")
     frames, emb = read_embeddings(embeddings, cfg)
     if len(frames) == 0:
         raise StorageError(f"{embeddings} holds no embeddings")
     labeled = labeled_mask(sel.seed_manifest, frames, cfg)
-    ranking = rank(sel.ranker, emb, seed_rows(len(frames), sel, labeled), sel.k, sel, progress=True)
+    query = query_rows(sel.smi_query, frames, cfg) if sel.ranker == "smi" else None
+    ranking = rank(sel.ranker, emb, seed_rows(len(frames), sel, labeled), sel.k, sel, query=query, progress=True)
     manifest = build_manifest(ranking, frames, sel, emb)
     run = RunFolder(out, cfg.storage)
     run.loc.fs.makedirs(run.loc.path, exist_ok=True)

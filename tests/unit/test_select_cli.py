@@ -48,3 +48,24 @@ def test_select_builds_on_the_labeled_set(pneumonia_npz, tmp_path):
 def test_select_bad_input_is_one_line(tmp_path, capsys):
     assert main(["select", "--embeddings", str(tmp_path / "none.parquet"), "--out", str(tmp_path / "o")]) == 2
     assert "embeddings not found" in capsys.readouterr().err
+
+
+def test_select_smi_ranks_toward_the_query_file(tmp_path):
+    from enrich_ray.config import SelectionConfig
+    from enrich_ray.selection import rank
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(60, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    ids = [f"img{i:03d}" for i in range(60)]
+    pq.write_table(pa.table({"image_id": ids, "embedding": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), 8)}),
+                   tmp_path / "emb.parquet")
+    pd.DataFrame({"image_id": ids[5:8]}).to_csv(tmp_path / "query.csv", index=False)
+    assert main(["select", "--embeddings", str(tmp_path / "emb.parquet"), "--out", str(tmp_path / "out"),
+                 "--ranker", "smi", "--seed-set", "2", "--k", "10",
+                 "--set", f"selection.smi_query={tmp_path / 'query.csv'}"]) == 0
+    manifest = pd.read_parquet(tmp_path / "out" / "manifest.parquet")
+    seeds = [ids.index(i) for i in manifest.loc[manifest["is_seed"], "image_id"]]
+    ref = rank("smi", x, np.array(seeds), 10, SelectionConfig(), query=np.arange(5, 8))
+    assert len(manifest) == 12 and set(manifest["ranker"]) == {"smi:flvmi"}
+    assert list(manifest["image_id"]) == [ids[i] for i in ref.order]

@@ -1,0 +1,119 @@
+"""Bad input to pack and select is refused before any output: exit 2, one line on stderr, no traceback.
+
+Each case runs the real command line in a fresh process (its logging and stderr as a user sees
+them); none needs Ray. Every option of every command has help text, and --version answers.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from enrich_ray import __version__
+from enrich_ray.cli import build_parser, main
+
+# tqdm's bar, as pack's scan draws it on stderr ("pack: scan: 100%|███| 2/2 [...]" or "0file [...]").
+PROGRESS_BAR = re.compile(r"^[\w :-]+: +(\d+%\||\d+\w* \[)")
+
+
+def _refused(args: list[str], cwd: Path, *words: str) -> str:
+    """Run enrich-ray with args in cwd; assert exit 2 and exactly one line, naming words; return it."""
+    proc = subprocess.run([sys.executable, "-m", "enrich_ray", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and proc.stdout == "", proc.stdout + proc.stderr
+    lines = [line for line in re.split(r"[\r\n]+", proc.stderr) if line.strip() and not PROGRESS_BAR.match(line)]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"enrich-ray {args[0]}: error: "), lines[0]
+    for word in words:
+        assert word in lines[0], lines[0]
+    return lines[0]
+
+
+def _embeddings(path: Path, n: int = 20) -> list[str]:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, 8)).astype(np.float32)
+    ids = [f"img{i:03d}" for i in range(n)]
+    pq.write_table(pa.table({"image_id": ids, "embedding": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), 8)}), path)
+    return ids
+
+
+def test_pack_of_an_empty_folder_is_refused(tmp_path):
+    (tmp_path / "scans").mkdir()
+    _refused(["pack", "scans", "--out", "archive"], tmp_path, "nothing to pack", "no file under scans")
+    assert not (tmp_path / "archive").exists()
+
+
+def test_pack_without_a_readable_image_names_each_cause(tmp_path):
+    src = tmp_path / "scans"
+    src.mkdir()
+    (src / "notes.txt").write_text("not an image")
+    (src / "table.csv").write_text("a,b\n1,2\n")
+    (src / "gone.png").symlink_to(tmp_path / "deleted.png")  # listed, but its bytes cannot be read
+    line = _refused(["pack", "scans", "--out", "archive"], tmp_path, "none of the 3 file(s) under scans",
+                    "2 not an image", "1 unreadable (FileNotFoundError)")
+    assert "DICOM, PNG or JPEG" in line
+    assert not (tmp_path / "archive").exists()
+
+
+def test_select_smi_without_a_query_set_is_refused(tmp_path):
+    _embeddings(tmp_path / "emb.parquet")
+    _refused(["select", "--embeddings", "emb.parquet", "--out", "ranked", "--ranker", "smi"], tmp_path,
+             "--ranker smi needs a query set", "selection.smi_query")
+    assert not (tmp_path / "ranked").exists()
+
+
+def test_select_smi_toward_a_folder_points_to_curate(tmp_path):
+    _embeddings(tmp_path / "emb.parquet")
+    (tmp_path / "exemplars").mkdir()
+    _refused(["select", "--embeddings", "emb.parquet", "--out", "ranked", "--ranker", "smi",
+              "--set", "selection.smi_query=exemplars"], tmp_path, "selection.smi_query exemplars", "enrich-ray curate")
+    assert not (tmp_path / "ranked").exists()
+
+
+@pytest.mark.parametrize("files", [[], ["manifest.csv", "notes/readme.txt"]], ids=["empty", "no-parquet"])
+def test_select_on_a_folder_without_parquet_is_refused(tmp_path, files):
+    (tmp_path / "emb").mkdir()
+    for name in files:
+        (tmp_path / "emb" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "emb" / name).write_text("image_id\nimg000\n")
+    _refused(["select", "--embeddings", "emb", "--out", "ranked"], tmp_path,
+             f"no .parquet file among the folder's {len(files)} file(s)")
+    assert not (tmp_path / "ranked").exists()
+
+
+def test_select_seed_set_of_zero_is_refused(tmp_path):
+    _embeddings(tmp_path / "emb.parquet")
+    _refused(["select", "--embeddings", "emb.parquet", "--out", "ranked", "--seed-set", "0"], tmp_path, "--seed-set 0")
+    assert not (tmp_path / "ranked").exists()
+
+
+def test_seed_is_the_old_name_of_seed_set():
+    parser = build_parser()
+    new = parser.parse_args(["select", "--embeddings", "e", "--out", "o", "--seed-set", "labeled.csv"])
+    old = parser.parse_args(["select", "--embeddings", "e", "--out", "o", "--seed", "labeled.csv"])
+    assert new.seed_set == old.seed_set == "labeled.csv"
+
+
+def test_every_option_has_help_text():
+    parser = build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    missing = [f"{name} {action.option_strings or action.dest}"
+               for name, sub in [("enrich-ray", parser), *commands.choices.items()]
+               for action in sub._actions
+               if not isinstance(action, argparse._SubParsersAction) and not (action.help or "").strip()]
+    assert not missing, missing
+    assert len(commands.choices) >= 8
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"enrich-ray {__version__}"
