@@ -1,18 +1,22 @@
 # The two set-up commands of README.md: `make demo` and `make test`. Each builds .venv from
-# scratch when it is missing: torch first, pinned to the CPU build (a plain `torch` requirement
-# would pull a multi-GB CUDA build), then the package with its test extra.
+# scratch when it is missing: torch first, pinned (from TORCH_INDEX when set: a plain `torch`
+# requirement on the public index pulls a multi-GB CUDA build), then the package with its test extra.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH ?= torch==2.13.0
+# An index for the torch install alone, for a machine whose pip reaches only the public index (where
+# `torch==...` is the multi-GB CUDA build): make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# Empty (the default): torch comes from pip's configured index, like every other package.
+TORCH_INDEX ?=
 
 .PHONY: demo test chromium clean
 
-$(STAMP): pyproject.toml infra/constraints.txt
+$(STAMP): pyproject.toml setup.py infra/constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) $(TORCH)
 	$(BIN)/python -m pip install -q -c infra/constraints.txt -e '.[test]'
 	touch $(STAMP)
 
