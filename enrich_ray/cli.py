@@ -35,7 +35,8 @@ EXAMPLES = {
   enrich-ray train-vae --archive ./archive/2026-11-20 --out ./model-v2
   enrich-ray reembed --catalog ./catalog --model ./model-v2""",
     "evaluate": """examples:
-  enrich-ray evaluate --dataset ../shared/data/pneumoniamnist_28/pneumoniamnist.npz --out ./eval/pneumonia""",
+  enrich-ray evaluate --dataset ../shared/data/pneumoniamnist_28/pneumoniamnist.npz --out ./eval/pneumonia
+  enrich-ray evaluate --dataset ../shared/data/busi_256/Dataset_BUSI_with_GT --out ./eval  # benign/ malignant/ normal/""",
     "demo": """examples:
   enrich-ray demo --out runs/demo""",
 }
@@ -102,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="the new model folder")
 
     p = add("evaluate", "show on a labeled dataset whether ranking pays off (paper Fig. 1 and 3)", "evaluate.yaml")
-    p.add_argument("--dataset", required=True, help="MedMNIST .npz, or an archive with label and split columns")
+    p.add_argument("--dataset", required=True, help="MedMNIST .npz, an archive with label and split columns, "
+                   "or a folder of class subfolders (packed into OUT/<name>/archive, labels from the folder names)")
     p.add_argument("--out", required=True, help="folder for the figures, tables and summary")
 
     p = add("demo", "pack pydicom's real test DICOM files and curate them on a local Ray", "demo.yaml")
