@@ -60,3 +60,89 @@ def embedding_diagnostics(unit: np.ndarray) -> dict:
         "nn_similarity": quantiles,
         "nn_share_above_0.9": float((finite > 0.9).mean()) if finite.size else 0.0,
     }
+
+
+HEALTH_SAMPLE = 300  # frames sampled (seeded) for the content check of every run
+DISTINCT_PIXEL_CORRELATION = 0.98  # frames whose pixels correlate at least this much count as one
+CONTENT_SIDE = 16  # the content check compares frames area-averaged to this many pixels a side
+
+
+def health_sample_rows(n: int, sample: int = HEALTH_SAMPLE, seed: int = 0) -> np.ndarray:
+    """The seeded, ascending rows whose embeddings and pixels `embedding_health` compares."""
+    return np.sort(np.random.default_rng(seed).choice(n, min(n, sample), replace=False))
+
+
+def _standardised(pixels: np.ndarray) -> np.ndarray:
+    """Each frame's pixels less their mean, over their norm: dot products are pixel correlations
+    (a constant frame stays zero)."""
+    flat = np.asarray(pixels, dtype=np.float64).reshape(len(pixels), -1)
+    flat = flat - flat.mean(axis=1, keepdims=True)
+    norms = np.linalg.norm(flat, axis=1, keepdims=True)
+    return np.divide(flat, norms, out=np.zeros_like(flat), where=norms > 1e-12)
+
+
+def _pixel_directions(pixels: np.ndarray, side: int = CONTENT_SIDE) -> np.ndarray:
+    """The raw-pixel baseline of the content check: frames area-averaged to side x side, the
+    sample's mean image removed, unit rows (zero for a frame equal to the mean)."""
+    frames = np.asarray(pixels, dtype=np.float64)
+    s = frames.shape[1]
+    if s % side == 0 and frames.shape[2] == s:
+        frames = frames.reshape(len(frames), side, s // side, side, s // side).mean(axis=(2, 4))
+    flat = frames.reshape(len(frames), -1)
+    flat = flat - flat.mean(axis=0)
+    norms = np.linalg.norm(flat, axis=1, keepdims=True)
+    return np.divide(flat, norms, out=np.zeros_like(flat), where=norms > 1e-12)
+
+
+def distinct_rows(pixels: np.ndarray, threshold: float = DISTINCT_PIXEL_CORRELATION) -> np.ndarray:
+    """Indices of the frames left after dropping near-identical ones: in order, a frame is kept
+    unless its pixel correlation with a kept frame reaches `threshold` (constant frames: one kept)."""
+    z = _standardised(pixels)
+    corr = z @ z.T
+    constant = ~z.any(axis=1)
+    kept: list[int] = []
+    seen_constant = False
+    for i in range(len(z)):
+        if constant[i]:
+            if not seen_constant:
+                kept.append(i)
+                seen_constant = True
+        elif not kept or corr[i, kept].max() < threshold:
+            kept.append(i)
+    return np.asarray(kept, dtype=np.int64)
+
+
+def _rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rank correlation (average ranks for ties); 0 when either side is constant."""
+    from scipy.stats import rankdata
+
+    ra, rb = rankdata(a), rankdata(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denom = float(np.sqrt((ra * ra).sum() * (rb * rb).sum()))
+    return float((ra * rb).sum() / denom) if denom > 0 else 0.0
+
+
+def embedding_health(embeddings: np.ndarray, pixels: np.ndarray) -> dict:
+    """Does the embedding track image content? Figures on the distinct frames of a sample.
+
+    embeddings: (m, d) unit rows of the sampled frames; pixels: their decoded frames (m, s, s).
+    Near-identical frames (pixel correlation >= DISTINCT_PIXEL_CORRELATION) are dropped first, so
+    an archive of many copies is judged on what differs. `content_correlation` is the rank
+    correlation, over every pair of distinct frames, of embedding cosine with the raw-pixel
+    cosine (frames at CONTENT_SIDE² pixels, the sample's mean image removed):
+    near 0 when similarities are unrelated to content (a collapsed encoder's output is noise or
+    constant), clearly positive for an embedding that carries the images.
+    """
+    emb = np.asarray(embeddings, dtype=np.float64)
+    if len(emb) != len(pixels):
+        raise ValueError(f"embedding_health: {len(emb)} embeddings but {len(pixels)} frames of pixels")
+    keep = distinct_rows(pixels)
+    out: dict = {"health_frames_sampled": int(len(emb)), "distinct_frames": int(keep.size)}
+    if keep.size < 3:
+        return out
+    e, z = emb[keep], _pixel_directions(np.asarray(pixels)[keep])
+    upper = np.triu_indices(keep.size, k=1)
+    out["content_correlation"] = round(_rank_correlation((e @ e.T)[upper], (z @ z.T)[upper]), 4)
+    out["participation_ratio_distinct"] = round(participation_ratio(e), 3)
+    out["pixel_participation_ratio_distinct"] = round(participation_ratio(z), 3)
+    return out

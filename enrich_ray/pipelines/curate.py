@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import platform
 import tempfile
@@ -220,7 +221,7 @@ def _index(run: RunFolder, cfg: Config) -> dict:
         "frame_index", pa.array(frames["frame_index"], pa.int32())
     )
     run.write_table("knn/graph.parquet", table)
-    return {"frames": len(frames), "k": k}
+    return {"frames": len(frames), "k": k, "recall": graph.recall}
 
 
 def load_graph(run: RunFolder):
@@ -426,6 +427,26 @@ def _versions() -> dict:
     return out
 
 
+def embedding_summary(work: RunFolder, frames: pd.DataFrame, emb: np.ndarray, cfg: Config) -> dict:
+    """The embedding block of summary.json and of the report, the same for curate and nightly:
+    participation ratio, embedding_health on a seeded sample (its decoded pixels read from
+    `work`), and the model's training figures when its folder has them (metrics.json)."""
+    from enrich_ray.embed import checkpoint
+    from enrich_ray.embed.diagnostics import embedding_health, health_sample_rows, participation_ratio
+
+    out: dict = {"embedder": cfg.embed.embedder, "dim": int(emb.shape[1]) if emb.size else None}
+    if emb.size:
+        out["participation_ratio"] = round(participation_ratio(emb), 3)
+        rows = health_sample_rows(len(emb))
+        out.update(embedding_health(emb[rows], _pixels_of(work, frames.iloc[rows])))
+    if cfg.embed.embedder == "vae" and cfg.embed.model:
+        metrics = resolve(cfg.embed.model, cfg.storage).join(checkpoint.METRICS_JSON)
+        if metrics.fs.exists(metrics.path):
+            trained = json.loads(metrics.fs.cat_file(metrics.path))
+            out.update({k: trained[k] for k in ("active_units", "val_recon", "val_kl") if k in trained})
+    return out
+
+
 def _report(run: RunFolder, archive: str, cfg: Config, timings: dict) -> dict:
     from enrich_ray.report.html import write_report
 
@@ -461,14 +482,7 @@ def _report(run: RunFolder, archive: str, cfg: Config, timings: dict) -> dict:
         "every_image_decoded_or_error": accounted == archive_rows,
         "every_frame_embedded_or_error": frames_decoded == len(frames) + embed_errors,
     }
-    embedding = {"embedder": cfg.embed.embedder, "dim": int(emb.shape[1]) if emb.size else None}
-    if emb.size:
-        from enrich_ray.embed.diagnostics import participation_ratio
-
-        embedding["participation_ratio"] = float(participation_ratio(emb))
-    if run.is_done("train"):
-        metrics = run.marker("train").get("metrics") or {}
-        embedding.update({k: metrics[k] for k in ("active_units", "val_recon", "val_kl") if k in metrics})
+    embedding = embedding_summary(run, frames, emb, cfg)
     summary = {
         "run": {"archive": archive, "out": run.uri, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
         "counts": counts,
@@ -476,6 +490,7 @@ def _report(run: RunFolder, archive: str, cfg: Config, timings: dict) -> dict:
         "errors_by_type": errors.groupby(["stage", "error_type"]).size().rename("rows").reset_index().to_dict("records"),
         "redundancy": run.read_json("redundancy.json"),
         "embedding": embedding,
+        "index": run.marker("index").get("recall") or {},
         "timings_s": dict(timings),
         "versions": _versions(),
         "config": config_dict(cfg),

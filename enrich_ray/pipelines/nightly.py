@@ -281,7 +281,8 @@ def _run_night(cat: Catalog, shards: list[str], night: str, cfg: Config, model: 
         "ranked_tonight": int((~manifest["is_seed"]).sum()),
         "history_frames": len(history),
     }
-    _night_report(night_run, {"night": night, "counts": counts}, manifest, dups, outl, errors, graph, len(history), work, new_frames, cfg)
+    embedding = stages.embedding_summary(work, new_frames, new_emb, cfg)
+    _night_report(night_run, {"night": night, "counts": counts, "embedding": embedding}, manifest, dups, outl, errors, graph, len(history), work, new_frames, cfg)
     lap("write_outputs")
 
     # Commit: the night's embeddings, then catalog.json (the one write that makes it visible).
@@ -289,7 +290,7 @@ def _run_night(cat: Catalog, shards: list[str], night: str, cfg: Config, model: 
     cat.run.loc.fs.makedirs(cat.run.path(cat.partition(night)).path, exist_ok=True)
     cat.run.write_table(f"{cat.partition(night)}/part-00000.parquet", schema.result_rows(work.read_table("embeddings")))
     lap("commit_embeddings")
-    summary = {"night": night, "counts": counts, "model_hash": model_hash, "timings_s": timings,
+    summary = {"night": night, "counts": counts, "embedding": embedding, "model_hash": model_hash, "timings_s": timings,
                "seconds": round(time.perf_counter() - t0, 2)}
     night_run.write_json("summary.json", summary)
     previous_index = cat.state["index"]
@@ -454,7 +455,7 @@ def _night_report(run: RunFolder, summary: dict, manifest, dups, outl, errors, g
         """Tonight's rows of an analysis table, renumbered from 0 like the thumbnails."""
         return df[df["row"] >= n_hist].assign(row=lambda d: d["row"] - n_hist) if len(df) else df
 
-    write_report(run.path("report.html").uri(), {"counts": summary["counts"], "run": {"night": summary["night"]}},
+    write_report(run.path("report.html").uri(), {"counts": summary["counts"], "run": {"night": summary["night"]}, "embedding": summary["embedding"]},
                  shown, tonight(dups), tonight(outl), errors, nn, thumbs, cfg.report, cfg.storage)
 
 

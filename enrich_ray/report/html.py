@@ -11,8 +11,11 @@ The `summary` dict (every key optional; a missing one renders as "not recorded")
                  frames_decoded, frames_embedded, error_rows, ranked, ...)
     checks:      {name: bool}: accounting checks; a failed one puts a warning at the top
     timings_s:   {stage: seconds}, in order; the report adds the total
-    embedding:   {embedder, dim, active_units, participation_ratio, ...}: shown as a table; the
+    embedding:   {embedder, dim, active_units, participation_ratio, content_correlation,
+                 distinct_frames, ...}: shown as a table and judged by collapse_warnings; the
                  median nearest-neighbour similarity is computed from `nn_similarity`
+    index:       graph_recall's figures {recall_at_k, k, sample, nn_underestimate_max, ...}:
+                 shown in the embedding section
     versions:    {package: version}
     config:      config_dict(cfg) of the run (secrets already redacted), shown folded; the
                  labeling-time estimate reads selection.ranker, selection.seconds_per_image and
@@ -35,8 +38,8 @@ from enrich_ray.config import ReportConfig, SelectionConfig, StorageConfig
 from enrich_ray.io.fs import resolve
 from enrich_ray.report.plots import REDUNDANCY_THRESHOLDS, coverage_png, redundancy_png, share_above, thumbnail_png
 
-COLLAPSE_PARTICIPATION_RATIO = 5.0  # below this effective dimension the embedding looks collapsed
-COLLAPSE_MEDIAN_NN_SIMILARITY = 0.95  # above this median 1-NN cosine every frame looks alike
+COLLAPSE_CONTENT_CORRELATION = 0.2  # below this the embedding's similarities do not track the pixels
+COLLAPSE_MIN_DISTINCT_FRAMES = 10  # fewer distinct sampled frames than this: too few to judge
 GROUP_MEMBERS_SHOWN = 8  # thumbnails per near-duplicate group
 ERROR_EXAMPLES = 3  # example rows per error type
 MESSAGE_CHARS = 300  # an error message is cut to this many characters on the page
@@ -62,25 +65,28 @@ word-break:break-all}details pre{background:#f6f7fa;padding:.8em;overflow:auto}
 """
 
 
-def collapse_warnings(participation_ratio: float | None, median_nn_similarity: float | None) -> list[str]:
-    """Why the embedding looks collapsed (empty when it does not).
+def collapse_warnings(embedding: Mapping[str, Any]) -> list[str]:
+    """Why the embedding looks collapsed (empty when it does not); the one home of the rule.
 
-    The rule: participation ratio below 5 (the embeddings span fewer than about five directions)
-    or median nearest-neighbour similarity above 0.95 (almost every frame has a near twin). A
-    ranking over a collapsed embedding is no better than random (docs/architecture.md §3, embedding health).
+    It reads the figures of embed/diagnostics.embedding_health (curate and nightly record them
+    alike): the embedding is collapsed when its cosine similarities do not track image content
+    (rank correlation with the raw-pixel cosine over pairs of distinct sampled frames below
+    COLLAPSE_CONTENT_CORRELATION, judged on at least COLLAPSE_MIN_DISTINCT_FRAMES distinct
+    frames), or when training recorded no active latent unit. Near-identical frames are dropped
+    before judging, so an archive of copies is not called collapsed. The thresholds stand on
+    tests/benchmarks/bench_health.py. A ranking over a collapsed embedding is no better than random.
     """
     reasons = []
-    if participation_ratio is not None and np.isfinite(participation_ratio):
-        if participation_ratio < COLLAPSE_PARTICIPATION_RATIO:
+    active = embedding.get("active_units")
+    if isinstance(active, (int, np.integer)) and not isinstance(active, bool) and active == 0:
+        reasons.append("no latent unit is active (mean KL > 0.01 nats): the encoder ignores its input")
+    rho = embedding.get("content_correlation")
+    distinct = embedding.get("distinct_frames") or 0
+    if rho is not None and np.isfinite(rho) and distinct >= COLLAPSE_MIN_DISTINCT_FRAMES:
+        if rho < COLLAPSE_CONTENT_CORRELATION:
             reasons.append(
-                f"participation ratio {participation_ratio:.2f} < {COLLAPSE_PARTICIPATION_RATIO:g}: "
-                "the embeddings span only a few directions"
-            )
-    if median_nn_similarity is not None and np.isfinite(median_nn_similarity):
-        if median_nn_similarity > COLLAPSE_MEDIAN_NN_SIMILARITY:
-            reasons.append(
-                f"median nearest-neighbour similarity {median_nn_similarity:.3f} > "
-                f"{COLLAPSE_MEDIAN_NN_SIMILARITY:g}: almost every frame looks like another"
+                f"embedding similarity does not track image content: rank correlation with raw-pixel "
+                f"similarity {rho:.2f} < {COLLAPSE_CONTENT_CORRELATION:g} over {distinct:,} distinct frames"
             )
     return reasons
 
@@ -130,7 +136,7 @@ def render_report(
     selection = _selection_settings(summary)
     median_nn = float(np.median(nn)) if nn.size else None
     embedding = dict(summary.get("embedding") or {})
-    warnings = collapse_warnings(embedding.get("participation_ratio"), median_nn)
+    warnings = collapse_warnings(embedding)
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -147,7 +153,7 @@ def render_report(
         _duplicates_section(duplicates, groups, thumbs),
         _outliers_section(outliers, odd, thumbs),
         _errors_section(errors),
-        _embedding_section(embedding, median_nn, nn.size, warnings),
+        _embedding_section(embedding, median_nn, nn.size, warnings, summary.get("index")),
         _run_section(summary),
         "</body></html>",
     ]
@@ -460,20 +466,24 @@ EMBEDDING_LABELS = {
     "embedder": "embedder",
     "dim": "dimensions",
     "active_units": "active units (mean KL > 0.01 nats)",
-    "participation_ratio": "participation ratio (effective dimension)",
+    "participation_ratio": "participation ratio (effective dimension, all frames)",
+    "content_correlation": "content correlation (rank correlation of embedding cosine with raw-pixel cosine, distinct sampled frames)",
+    "distinct_frames": "distinct frames in the health sample (pixel correlation < 0.98)",
 }
 
 
-def _embedding_section(embedding: dict, median_nn: float | None, n: int, warnings: list[str]) -> str:
+def _embedding_section(embedding: dict, median_nn: float | None, n: int, warnings: list[str], index: dict | None = None) -> str:
     known = [[label, _value(embedding.get(key, "not recorded"))] for key, label in EMBEDDING_LABELS.items()]
     other = [[_e(k), _value(v)] for k, v in embedding.items() if k not in EMBEDDING_LABELS]
     rows = [*known, *other, [f"median nearest-neighbour similarity ({n:,} frames)", _num(median_nn)]]
+    rows += _knn_recall_rows(index or {})
     verdict = (
         '<p class="warning">Looks collapsed: ' + "; ".join(_e(w) for w in warnings) + ".</p>"
         if warnings
-        else f'<p class="muted">Not collapsed by the report\'s rule: participation ratio at least '
-        f"{COLLAPSE_PARTICIPATION_RATIO:g} and median nearest-neighbour similarity at most "
-        f"{COLLAPSE_MEDIAN_NN_SIMILARITY:g} (or not recorded).</p>"
+        else f'<p class="muted">Not collapsed by the report\'s rule: embedding similarity tracks image content '
+        f"(content correlation at least {COLLAPSE_CONTENT_CORRELATION:g} over at least "
+        f"{COLLAPSE_MIN_DISTINCT_FRAMES} distinct frames, or too few to judge) and some latent unit is active "
+        f"(or not recorded).</p>"
     )
     return (
         '<section id="embedding"><h2>Embedding diagnostics</h2>'
@@ -481,6 +491,19 @@ def _embedding_section(embedding: dict, median_nn: float | None, n: int, warning
         + verdict
         + "</section>"
     )
+
+
+def _knn_recall_rows(index: dict) -> list[list[str]]:
+    """The kNN graph's measured recall (graph_recall's figures in summary['index'])."""
+    if "recall_at_k" not in index:
+        return [["kNN graph recall", "not recorded"]]
+    low = ' <b class="warning">below 0.95</b>' if index["recall_at_k"] < 0.95 else ""
+    return [
+        [f"kNN graph recall@{index.get('k', '?')} against exact search ({_e(index.get('sample', '?'))} sampled frames, "
+         f"{_e(index.get('method', '?'))} graph)", _num(index["recall_at_k"]) + low],
+        ["1-NN similarity underestimate, max / mean (cosine)",
+         f"{_num(index.get('nn_underestimate_max'))} / {_num(index.get('nn_underestimate_mean'))}"],
+    ]
 
 
 def _run_section(summary: dict) -> str:

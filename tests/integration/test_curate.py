@@ -50,6 +50,8 @@ def test_every_input_ends_in_one_place(pixel_run, sample_archive):
     counts = summary["counts"]
     assert summary["checks"] == {"every_image_decoded_or_error": True, "every_frame_embedded_or_error": True}
     assert counts["archive_images"] == counts["images_accounted"] >= 12  # 11 DICOM files and a blank PNG, with or without BUSI
+    assert summary["index"]["recall_at_k"] >= 0.95 and summary["index"]["sample"] > 0  # the kNN graph's measured recall
+    assert {"content_correlation", "distinct_frames", "participation_ratio"} <= set(summary["embedding"])
     errors = pd.read_parquet(out / "errors.parquet")
     failed = set(errors["source_uri"].str.rsplit("/", n=1).str[-1])
     assert {"MR_truncated.dcm", "broken.png"} <= failed

@@ -66,6 +66,8 @@ def test_three_nights(ray_cluster, nights, tmp_path, monkeypatch):
     r1 = nightly(str(catalog), archives[0], NIGHTS[0], cfg)
     s1 = json.loads((catalog / "nights" / NIGHTS[0] / "summary.json").read_text())
     assert r1.exit_code == 0 and s1["counts"]["frames_embedded"] == 12 and s1["counts"]["labeled_seed_frames"] == 0
+    # The same embedding figures as curate's (stages.embedding_summary), the model's active units with them.
+    assert {"content_correlation", "distinct_frames", "participation_ratio", "active_units"} <= set(s1["embedding"])
     top1 = pd.read_csv(catalog / "nights" / NIGHTS[0] / "top.csv")
     assert len(top1) == 5
     (catalog / "labeled").mkdir()

@@ -52,9 +52,14 @@ def test_exact_graph_equals_brute_force_with_ties_and_duplicates():
     x[8] = x[3]
     neighbors, sims = brute_force(x, 12)
     graph = exact_knn_graph(x, 12)
-    np.testing.assert_array_equal(graph.neighbors, neighbors)
+    # Ties in real arithmetic differ in the last float32 bit between matrix-product kernels, so ids
+    # are compared where the reference's similarity is apart (1e-6) from every other in its row.
+    apart = np.array([[np.sum(np.abs(row - v) <= 1e-6) == 1 for v in row] for row in sims])
+    np.testing.assert_array_equal(graph.neighbors[apart], neighbors[apart])
+    assert apart.mean() > 0.5
     np.testing.assert_allclose(graph.similarities, sims, atol=1e-6)
     assert (graph.neighbors != np.arange(300)[:, None]).all()
+    assert {7, 8} <= set(graph.neighbors[3, :2]) and graph.similarities[3, 1] >= 1 - 1e-6
 
 
 def test_exact_graph_pads_when_fewer_others_than_k():
@@ -258,3 +263,23 @@ def test_auto_keeps_the_clustered_join_on_clustered_data_and_fixed_kinds_warn(ca
     assert any("recall@10" in r.getMessage() and "index.kind=auto" in r.getMessage() for r in caplog.records)
     small = knn_graph(x[:500], 5, IndexConfig(kind="auto"))
     assert small.recall["method"] == "exact" and small.recall["recall_at_k"] == 1.0
+
+
+def test_index_stage_records_the_recall_in_its_marker(tmp_path):
+    from enrich_ray.config import Config
+    from enrich_ray.pipelines import curate
+    from enrich_ray.pipelines.run_folder import RunFolder
+
+    x = clustered(600, d=16, components=6, seed=16)
+    run = RunFolder(str(tmp_path / "run"))
+    run.loc.fs.makedirs(run.path("embeddings").path, exist_ok=True)
+    table = pa.table({
+        "image_id": [f"img{i:04d}" for i in range(len(x))],
+        "frame_index": pa.array(np.zeros(len(x), np.int32)),
+        "source_uri": [f"/data/{i}.png" for i in range(len(x))],
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), x.shape[1]),
+    })
+    run.write_table("embeddings/part-0.parquet", table)
+    info = curate._index(run, Config())
+    assert info["recall"]["recall_at_k"] == 1.0 and info["recall"]["k"] == 10 and info["recall"]["method"] == "exact"
+    assert info["recall"]["sample"] == 300 and set(info["recall"]) >= {"nn_underestimate_max", "nn_underestimate_mean"}

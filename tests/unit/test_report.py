@@ -273,7 +273,7 @@ def test_manifest_without_coverage_says_so(inputs, tmp_path):
 def test_collapsed_embedding_shows_a_banner(inputs, tmp_path):
     collapsed = {"embedder": "vae", "participation_ratio": 1.7, "content_correlation": 0.03, "distinct_frames": 120}
     page = inputs.write(tmp_path / "report.html", ReportConfig(), summary={**inputs.summary, "embedding": collapsed})
-    assert 'id="collapse-warning"' in page and "pixel correlation 0.03 &lt; 0.2 over 120 distinct frames" in page
+    assert 'id="collapse-warning"' in page and "raw-pixel similarity 0.03 &lt; 0.2 over 120 distinct frames" in page
     # Near twins everywhere (an archive of copies) and a low participation ratio are not collapse.
     twins = np.full(len(inputs.nn_similarity), 0.99)
     healthy = {"embedder": "vae", "participation_ratio": 2.4, "content_correlation": 0.8, "distinct_frames": 40}
