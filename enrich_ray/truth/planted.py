@@ -91,6 +91,8 @@ def plant_archive(
     if not 0 <= foreign_share < 0.5:
         raise ValueError(f"foreign_share must be in [0, 0.5), got {foreign_share}")
     out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"out {out} is not empty: a planted archive needs a folder of its own (pack reads all of it)")
     rng = np.random.default_rng(seed)
     n_base = DEFAULT_N_BASE[base] if n_base is None else n_base
     planter = _Planter(out)

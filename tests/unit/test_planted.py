@@ -109,6 +109,9 @@ def test_bad_arguments_name_the_setting(tmp_path):
         plant_archive(tmp_path, "mnist")
     with pytest.raises(ValueError, match="foreign_share"):
         plant_archive(tmp_path, "synthetic", foreign_share=0.7)
+    (tmp_path / "old.png").write_bytes(b"")
+    with pytest.raises(ValueError, match="is not empty"):
+        plant_archive(tmp_path, "synthetic")
 
 
 # --- scoring on hand-made run tables -------------------------------------------------------------
