@@ -19,7 +19,7 @@ duplicate of a frame stays in its row with similarity 1.
 Every graph `knn_graph` returns carries its measured recall (`graph_recall`: recall@k and the
 underestimate of the 1-NN similarity against exact search on a seeded sample of frames). How well
 the clustered join does depends on the data: high on clustered embeddings, far lower on isotropic
-ones (`tests/benchmarks/bench_knn.py --quick --skip-faiss [--isotropic]` prints each). So with
+ones (`tests/benchmarks/bench_knn_recall.py` prints both, and what 'auto' ends at). So with
 kind 'auto' a join below RECALL_TARGET is widened (more cluster lists per frame, then the exact
 graph); with a fixed kind it is kept and a warning names the recall.
 """
@@ -50,7 +50,7 @@ TOPK_GROUP = 32  # column groups of the top-k filter (see topk_rows)
 GRAPH_ASSIGN = 12  # cluster lists each frame is stored in (bench_knn.py prints the recall it gives)
 RECALL_TARGET = 0.95  # 'auto' widens the clustered join until its measured recall@k reaches this
 RECALL_SAMPLE = 300  # frames whose exact neighbours the recall is measured against
-WIDEN_FACTOR = 4  # 'auto': each widening stores every frame in this many times more cluster lists
+WIDEN_FACTOR = 2  # 'auto': each widening stores every frame in twice as many cluster lists
 EXACT_SHARE = 0.25  # 'auto': a join that would scan this share of the clusters per frame runs exact
 KMEANS_POINTS_PER_CENTROID = 64  # k-means trains on at most this many frames per centroid
 MIN_POINTS_PER_CENTROID = 39  # faiss warns when k-means has fewer training frames per centroid
