@@ -6,25 +6,32 @@ deviations, MAD x 1.4826, a frame lies beyond the archive's median; the mean abs
 1.2533 stands in when more than half the frames share one value):
 
 - neighbourhood: the similarity to the k-th nearest other frame for every k in
-  AnalysisConfig.outlier_scales (default 1, 10, 50). A lone foreign frame has a far 1st
-  neighbour; a bad series of 10-30 near-identical frames has close 1st and 10th neighbours (each
-  other) but a far 50th: the largest scale must exceed the largest foreign group to be found.
+  AnalysisConfig.outlier_scales (default 10, 50). A lone foreign frame has far neighbours at
+  every scale; a bad series of 10-30 near-identical frames has close 10th neighbours (each other)
+  but a far 50th: the largest scale must exceed the largest foreign group to be found. The 1st
+  neighbour is not read by default: in an archive full of near-twins its spread is tiny, and k = 1
+  flagged 40% of the clean frames of a planted BUSI archive (enrich_ray.truth, seed 0).
 - appearance: 28 statistics of the decoded 64x64 frame (mean, spread, dark and bright share, edge
   and texture energy, top/bottom balance, five intensity quantiles, a 4x4 layout of block means),
   each robustly standardised; the evidence is the log distance to the k-th nearest frame in that
   space, k the largest scale (a density at a scale larger than a group).
-- header: a value of modality, photometric, body_part or the shape rows x cols held by fewer than
-  AnalysisConfig.outlier_rare_share of the frames, in a column whose common values cover at least
-  1 - 2 x that share of the archive (an archive of a hundred shapes has no rare shape). Colour
-  (colorfulness above AnalysisConfig.outlier_colour_min) counts the same way when colour frames are
-  rare. These categorical facts count as STRONG x outlier_mad_k.
+- header: a known value of modality, body_part, photometric or the shape rows x cols held by fewer
+  than AnalysisConfig.outlier_rare_share of the frames, other than a value most known frames hold,
+  in a column whose common or missing values cover at least 1 - 2 x that share of the archive (an
+  archive of a hundred shapes has no rare shape; a PNG's missing modality is unknown, not rare).
+  A rare modality or body part (what the frame shows) and colour (colorfulness above
+  AnalysisConfig.outlier_colour_min, when colour frames are rare) count as STRONG x outlier_mad_k;
+  a rare photometric or shape (how it was stored: a re-save, a resize or a crop changes them) only
+  adds SUPPORT x outlier_mad_k to the neighbourhood and appearance evidence.
 - blank: a constant frame (is_constant) is always flagged.
 
-score = the largest of these z values (ties: the sum of neighbourhood and appearance z, then row);
-rank 1 has the highest score. The flag: score above outlier_mad_k (default 3.5), i.e. some
-evidence lies beyond the robust cut-off `robust_cutoff` of its own distribution, or a rare header
-value, colour or a blank frame. A group of near twins (duplicate_group >= 0 shared) takes the
-median score of its members, so it is flagged whole or not at all; a blank frame stays flagged.
+score = max(neighbourhood z, appearance z) + support, or STRONG x outlier_mad_k for a rare
+modality, body part, colour or blank frame if larger (ties: the sum of neighbourhood and
+appearance z, then row); rank 1 has the highest score. The flag: score above outlier_mad_k
+(default 3.5), i.e. some evidence lies beyond the robust cut-off (`robust_cutoff`) of its own
+distribution, or a strong header fact. A group of near twins (duplicate_group >= 0 shared) takes
+the lower median of its members' scores, so it is flagged whole, exactly when more than half of
+its members are flagged on their own evidence, or not at all; a blank frame stays flagged.
 `reason` says, for each flagged frame, which evidence did it.
 
 `outliers(graph, mad_k)` is the older 10-NN typicality score, kept for the nightly increment.
@@ -41,8 +48,10 @@ from enrich_ray.index.knn import EXACT_MAX_ROWS, KnnGraph, knn_graph
 MAD_TO_SD = 1.4826
 MEAN_AD_TO_SD = 1.2533
 NO_NEIGHBOUR = -1.0  # the similarity counted for a frame whose row holds no neighbour at all
-STRONG = 2.0  # a rare header value, colour or a blank frame counts as this many cut-offs
-HEADER_COLUMNS = ("modality", "photometric", "body_part")
+STRONG = 2.0  # a rare modality or body part, colour or a blank frame counts as this many cut-offs
+SUPPORT = 0.5  # a rare shape or photometric adds this many cut-offs to the image's own evidence
+STRONG_COLUMNS = ("modality", "body_part")  # what the frame shows
+SUPPORT_COLUMNS = ("photometric",)  # how it was stored: a re-save or a resize changes these, plus the shape
 SEARCH_BLOCK = 65_536  # query frames per faiss search in the appearance space
 APPEARANCE_NAMES = (
     "mean", "spread", "dark share", "bright share", "edges", "texture", "top/bottom balance",
@@ -156,37 +165,46 @@ def kth_distance(points: np.ndarray, k: int) -> np.ndarray:
 
 
 def _rare_values(values: pd.Series, share: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per frame: whether its value is rare (see the module docstring) and that value's count."""
-    codes, _ = pd.factorize(values, use_na_sentinel=False)  # a missing value is one value of its own
-    counts = np.bincount(codes, minlength=1)[codes]
-    common = counts >= share * len(values)
-    if values.isna().all() or common.mean() < 1 - 2 * share:
+    """Per frame: whether its value is rare (see the module docstring) and that value's count. A missing
+    value is unknown and never rare; nor is a value most known frames hold (US DICOM among US PNGs)."""
+    known = values.notna().to_numpy()
+    if not known.any():
+        return np.zeros(len(values), bool), np.zeros(len(values), np.int64)
+    codes, _ = pd.factorize(values)  # -1 where missing
+    per_value = np.bincount(codes[known])
+    counts = np.where(known, per_value[np.maximum(codes, 0)], 0)
+    majority = np.flatnonzero(per_value > known.sum() / 2)
+    common = ~known | (counts >= share * len(values)) | np.isin(codes, majority)
+    if common.mean() < 1 - 2 * share:  # too diverse a column: nothing in it is rare
         return np.zeros(len(values), bool), counts
     return ~common, counts
 
 
-def _header_evidence(header: pd.DataFrame, n: int, cfg: AnalysisConfig) -> tuple[np.ndarray, list[list[str]]]:
-    """Per frame: whether a header fact or colour is rare, and the reasons."""
-    rare = np.zeros(n, bool)
+def _header_evidence(header: pd.DataFrame, n: int, cfg: AnalysisConfig) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
+    """Per frame: whether a strong fact (modality, body part, colour) is rare, whether a supporting
+    one (photometric, shape) is, and the reasons."""
+    strong, support = np.zeros(n, bool), np.zeros(n, bool)
     reasons: list[list[str]] = [[] for _ in range(n)]
-    columns = {c: header[c].astype(object).where(header[c].notna(), None) for c in HEADER_COLUMNS if c in header}
+    columns = {c: header[c].astype(object).where(header[c].notna(), None)
+               for c in (*STRONG_COLUMNS, *SUPPORT_COLUMNS) if c in header}
     if "rows" in header and "cols" in header:
         shape = [None if pd.isna(r) or pd.isna(c) else f"{int(r)}x{int(c)}" for r, c in zip(header["rows"], header["cols"])]
         columns["shape"] = pd.Series(shape, dtype=object)
     for name, values in columns.items():
         is_rare, counts = _rare_values(values.reset_index(drop=True), cfg.outlier_rare_share)
         for i in np.flatnonzero(is_rare):
-            value = values.iloc[i]
-            label = "missing" if pd.isna(value) else value
-            reasons[i].append(f"{name} {label} rare ({counts[i]} of {n} frames)")
-        rare |= is_rare
+            reasons[i].append(f"{name} {values.iloc[i]} rare ({counts[i]} of {n} frames)")
+        if name in STRONG_COLUMNS:
+            strong |= is_rare
+        else:
+            support |= is_rare
     if "colorfulness" in header:
         colour = header["colorfulness"].fillna(0).to_numpy(np.float64) > cfg.outlier_colour_min
         if 0 < colour.sum() < cfg.outlier_rare_share * n:
             for i in np.flatnonzero(colour):
                 reasons[i].append(f"colour image ({int(colour.sum())} of {n} frames in colour)")
-            rare |= colour
-    return rare, reasons
+            strong |= colour
+    return strong, support, reasons
 
 
 def _check(cfg: AnalysisConfig) -> None:
@@ -232,23 +250,26 @@ def outlier_table(
     neighbour_z = robust_z(-sims) if n else np.zeros((0, len(scales)))
     appearance = robust_z(appearance_features(pixels)) if n else np.zeros((0, len(APPEARANCE_NAMES)))
     appearance_z = robust_z(np.log(kth_distance(np.clip(appearance, -50, 50), scales[-1]) + 1e-6)[:, None])[:, 0] if n else np.zeros(0)
-    rare, reasons = _header_evidence(header, n, cfg)
+    rare, support, reasons = _header_evidence(header, n, cfg)
     blank = header["is_constant"].fillna(False).to_numpy(bool) if "is_constant" in header else np.zeros(n, bool)
 
     strong = STRONG * cfg.outlier_mad_k
     best_neighbour = neighbour_z.max(axis=1, initial=0.0)
-    score = np.maximum.reduce([best_neighbour, appearance_z, np.where(rare | blank, strong, 0.0)]) if n else np.zeros(0)
+    bonus = np.where(support, SUPPORT * cfg.outlier_mad_k, 0.0)
+    content = np.maximum(best_neighbour, appearance_z) + bonus
+    score = np.maximum(content, np.where(rare | blank, strong, 0.0)) if n else np.zeros(0)
     tie = best_neighbour + appearance_z
-    for i in range(n):
+    medians = np.median(sims, axis=0) if n else np.zeros(len(scales))
+    told = cfg.outlier_mad_k - bonus  # the content evidence worth telling: beyond the cut-off, less any support
+    for i in np.flatnonzero((score > cfg.outlier_mad_k) | blank):  # only these have evidence to tell
         if blank[i]:
             reasons[i].insert(0, "blank frame")
-        for j in np.argsort(-neighbour_z[i]):
-            if neighbour_z[i, j] > cfg.outlier_mad_k:
-                k = scales[j]
-                what = "no close match" if k == 1 else f"far from its {k} nearest frames"
-                reasons[i].append(f"{what} (similarity {sims[i, j]:.2f} at neighbour {k}, archive median {np.median(sims[:, j]):.2f})")
-                break
-        if appearance_z[i] > cfg.outlier_mad_k:
+        j = int(np.argmax(neighbour_z[i]))
+        if neighbour_z[i, j] > told[i]:
+            k = scales[j]
+            what = "no close match" if k == 1 else f"far from its {k} nearest frames"
+            reasons[i].append(f"{what} (similarity {sims[i, j]:.2f} at neighbour {k}, archive median {medians[j]:.2f})")
+        if appearance_z[i] > told[i]:
             top = np.argsort(-np.abs(appearance[i]))[:2]
             reasons[i].append(f"image statistics unlike the archive (z {appearance_z[i]:.1f}; {', '.join(APPEARANCE_NAMES[t] for t in top)})")
     own_flag = score > cfg.outlier_mad_k
@@ -278,8 +299,8 @@ def outlier_table(
 def _by_group(
     score: np.ndarray, flagged: np.ndarray, reason: np.ndarray, group: np.ndarray | None, mad_k: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Near-twin groups take their members' median score; flagged whole when it is above mad_k, with the
-    reason of their highest-scoring member."""
+    """Near-twin groups take their members' lower median score (above mad_k exactly when more than half
+    of the members are); flagged whole when it is above mad_k, with the reason of their highest-scoring member."""
     score, flagged, reason = score.copy(), flagged.copy(), reason.copy()
     if group is None or not len(score):
         return score, flagged, reason
@@ -287,12 +308,12 @@ def _by_group(
     if group.shape != score.shape:
         raise ValueError(f"duplicate_group must hold one group id per frame ({len(score)}), got shape {group.shape}")
     members = np.flatnonzero(group >= 0)
-    for rows in pd.Series(members).groupby(group[members]).groups.values():
-        rows = members[np.asarray(rows)]
-        median = float(np.median(score[rows]))
-        top = rows[np.argmax(score[rows])]
-        score[rows] = median
-        flagged[rows] = median > mad_k
-        if median > mad_k:
-            reason[rows] = f"near-twin group of {len(rows)}: {reason[top]}"
+    by_group = pd.Series(score[members], index=members).groupby(group[members])
+    median = by_group.transform(lambda v: np.quantile(v, 0.5, method="lower")).to_numpy()
+    top = by_group.transform("idxmax").to_numpy()
+    size = by_group.transform("size").to_numpy()
+    score[members] = median
+    flagged[members] = median > mad_k
+    hit = median > mad_k
+    reason[members[hit]] = [f"near-twin group of {m}: {reason[t]}" for m, t in zip(size[hit], top[hit])]
     return score, flagged, reason
