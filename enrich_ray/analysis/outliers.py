@@ -225,15 +225,16 @@ def _check_mad_k(mad_k: float) -> None:
 def outlier_table(
     graph: KnnGraph,
     embeddings: np.ndarray,
-    pixels: np.ndarray,
+    appearance: np.ndarray,
     header: pd.DataFrame,
     duplicate_group: np.ndarray | None,
     cfg: AnalysisConfig,
 ) -> pd.DataFrame:
     """Every frame ranked by how foreign it is to the archive (rank 1 = most foreign; see the module docstring).
 
-    graph: the run's kNN graph; embeddings: its (N, d) vectors; pixels: the decoded (N, s*s) frames in
-    [0, 1]; header: N rows in graph order with any of modality, photometric, body_part, rows, cols,
+    graph: the run's kNN graph; embeddings: its (N, d) vectors; appearance: `appearance_features` of
+    the decoded frames (N, 28; the caller computes them batch by batch, so the pixels never sit in
+    memory whole); header: N rows in graph order with any of modality, photometric, body_part, rows, cols,
     colorfulness, is_constant (absent columns are not evidence); duplicate_group: the near-twin group
     id per row, -1 outside a group (None: no groups).
     Columns: rank, row, score, nn_similarity, neighbour_z, appearance_z, header_rare, is_constant,
@@ -241,14 +242,14 @@ def outlier_table(
     """
     _check(cfg)
     n = len(graph)
-    if len(embeddings) != n or len(pixels) != n or len(header) != n:
-        raise ValueError(f"outlier_table: graph ({n}), embeddings ({len(embeddings)}), pixels ({len(pixels)}) "
+    if len(embeddings) != n or len(appearance) != n or len(header) != n:
+        raise ValueError(f"outlier_table: graph ({n}), embeddings ({len(embeddings)}), appearance ({len(appearance)}) "
                          f"and header ({len(header)}) must have one row per frame")
     header = header.reset_index(drop=True)
     scales = sorted(set(cfg.outlier_scales))
     sims = neighbour_similarities(graph, embeddings, scales)
     neighbour_z = robust_z(-sims) if n else np.zeros((0, len(scales)))
-    appearance = robust_z(appearance_features(pixels)) if n else np.zeros((0, len(APPEARANCE_NAMES)))
+    appearance = robust_z(np.asarray(appearance, np.float64)) if n else np.zeros((0, len(APPEARANCE_NAMES)))
     appearance_z = robust_z(np.log(kth_distance(np.clip(appearance, -50, 50), scales[-1]) + 1e-6)[:, None])[:, 0] if n else np.zeros(0)
     rare, support, reasons = _header_evidence(header, n, cfg)
     blank = header["is_constant"].fillna(False).to_numpy(bool) if "is_constant" in header else np.zeros(n, bool)

@@ -42,7 +42,7 @@ OUTPUTS = {
     "embed": ["embeddings", "embed_state.json"],
     "index": ["index", "knn"],
     "analyze": ["duplicates.parquet", "outliers.parquet", "redundancy.json", "redundancy.png"],
-    "rank": ["manifest.parquet", "manifest.csv"],
+    "rank": ["manifest.parquet", "manifest.csv", "excluded.parquet"],
     "report": ["errors.parquet", "summary.json", "report.html", "config.yaml"],
 }
 EXIT_NOTHING_EMBEDDED = 3  # the job finished, but no frame could be embedded (every file unreadable)
@@ -279,20 +279,36 @@ def _path_duplicates(dups: pd.DataFrame, uris: list[list[str]]) -> pd.DataFrame:
     return out[DUPLICATE_COLUMNS]
 
 
-def _flag_blank_frames(run: RunFolder, outl: pd.DataFrame) -> pd.DataFrame:
-    """Blank (constant) frames are always flagged: an embedding may find them close to dark frames."""
-    keys = schema.result_rows(run.read_table("decoded", columns=["image_id", "frame_index", "is_constant", "stage"]))
-    blank = keys.filter(keys["is_constant"]).select(["image_id", "frame_index"]).to_pandas()
-    is_blank = pd.MultiIndex.from_frame(outl[["image_id", "frame_index"]]).isin(pd.MultiIndex.from_frame(blank))
-    return outl.assign(is_constant=is_blank, flagged=outl["flagged"].to_numpy() | is_blank)
+EVIDENCE_COLUMNS = ["image_id", "frame_index", "modality", *schema.FRAME_FACTS, "colorfulness", "is_constant"]
+
+
+def frame_evidence(run: RunFolder, frames: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+    """The outlier table's evidence for each frame row: header facts, blank flags and appearance
+    statistics, computed batch by batch over the decoded frames (the pixels never sit in memory whole)."""
+    from enrich_ray.analysis.outliers import appearance_features
+
+    facts, features = [], []
+    for batch in run.scan("decoded", [*EVIDENCE_COLUMNS, "pixels"], filter=pc.field("stage").is_null()):
+        pixels = batch.column("pixels").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        features.append(appearance_features(pixels.reshape(batch.num_rows, -1)))
+        facts.append(batch.drop_columns(["pixels"]).to_pandas())
+    table = pd.concat(facts, ignore_index=True).astype({"frame_index": "int64"})
+    keys = frames[["image_id", "frame_index"]].astype({"frame_index": "int64"}).reset_index(names="_row")
+    found = keys.merge(table.reset_index(names="_decoded"), on=["image_id", "frame_index"], how="left")
+    found = found.sort_values("_row").drop_duplicates("_row")
+    if found["_decoded"].isna().any():
+        raise StorageError("the decoded table lacks frames the embeddings hold: rerun with --force")
+    where = found["_decoded"].to_numpy(np.int64)
+    return table.iloc[where].reset_index(drop=True), np.concatenate(features)[where]
 
 
 def _analyze(run: RunFolder, archive: str, cfg: Config) -> dict:
-    from enrich_ray.analysis.outliers import outliers
+    from enrich_ray.analysis.outliers import outlier_table
     from enrich_ray.analysis.redundancy import plot_redundancy, redundancy_stats
 
     frames, emb = load_embeddings(run)
     graph = load_graph(run)
+    dups = _duplicates(run, archive, cfg, frames, emb, graph)
     if len(frames) and graph.k:
         nn = graph.nn_similarity
         groups = frames[[c for c in schema.GROUP_KEYS if c in frames.columns]]
@@ -300,11 +316,11 @@ def _analyze(run: RunFolder, archive: str, cfg: Config) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             plot_redundancy({"this archive": nn}, f"{tmp}/redundancy.png")
             run.write_bytes("redundancy.png", Path(f"{tmp}/redundancy.png").read_bytes())
-        outl = _flag_blank_frames(run, _with_keys(outliers(graph, cfg.analysis.outlier_mad_k), frames))
+        header, appearance = frame_evidence(run, frames)
+        outl = _with_keys(outlier_table(graph, emb, appearance, header, duplicate_group_of_rows(dups, len(frames)), cfg.analysis), frames)
     else:
         stats = {}
-        outl = pd.DataFrame(columns=["rank", "row", "score", "nn_similarity", "flagged", "image_id", "frame_index", "source_uri"])
-    dups = _duplicates(run, archive, cfg, frames, emb, graph)
+        outl = pd.DataFrame(columns=["rank", "row", "score", "nn_similarity", "flagged", "reason", "image_id", "frame_index", "source_uri"])
     run.write_table("duplicates.parquet", dups)
     run.write_table("outliers.parquet", outl)
     run.write_json("redundancy.json", stats)
@@ -312,6 +328,14 @@ def _analyze(run: RunFolder, archive: str, cfg: Config) -> dict:
         "duplicate_groups": int(dups["group_id"].nunique()) if len(dups) else 0,
         "outliers_flagged": int(outl["flagged"].sum()) if len(outl) else 0,
     }
+
+
+def duplicate_group_of_rows(dups: pd.DataFrame, n: int) -> np.ndarray:
+    """The duplicate group id of each frame row, -1 outside every group."""
+    group = np.full(n, -1, np.int64)
+    if len(dups):
+        group[dups["row"].to_numpy(np.int64)] = dups["group_id"].to_numpy(np.int64)
+    return group
 
 
 def _rank(run: RunFolder, cfg: Config) -> dict:
@@ -324,7 +348,11 @@ def _rank(run: RunFolder, cfg: Config) -> dict:
         empty = pd.DataFrame(columns=["rank", "image_id", "frame_index", "source_uri", "ranker", "score", "is_seed"])
         run.write_table("manifest.parquet", empty)
         run.write_csv("manifest.csv", empty)
-        return {"ranked": 0}
+        run.write_table("excluded.parquet", pd.DataFrame(columns=EXCLUDED_COLUMNS))
+        return {"ranked": 0, "excluded": {}}
+    excluded, keep = _excluded(run, frames, cfg)
+    run.write_table("excluded.parquet", excluded)
+    frames, emb = frames.iloc[keep].reset_index(drop=True), emb[keep]
     labeled = labeled_mask(cfg.selection.seed_manifest, frames, cfg)
     seed = seed_rows(len(frames), cfg.selection, labeled)
     sel = cfg.selection
@@ -336,7 +364,28 @@ def _rank(run: RunFolder, cfg: Config) -> dict:
     manifest = build_manifest(ranking, frames, cfg.selection, emb)
     run.write_table("manifest.parquet", manifest)
     run.write_csv("manifest.csv", manifest)
-    return {"ranked": len(manifest), "seed": len(seed)}
+    return {"ranked": len(manifest), "seed": len(seed), "excluded": excluded["why"].value_counts().to_dict()}
+
+
+EXCLUDED_COLUMNS = ["row", "why", "reason", "image_id", "frame_index", "source_uri"]
+
+
+def _excluded(run: RunFolder, frames: pd.DataFrame, cfg: Config) -> tuple[pd.DataFrame, np.ndarray]:
+    """The frames that leave the ranking (selection.junk: flagged foreign, blank, exact copies), keyed,
+    and the rows that stay; with selection.exclude_junk false every row stays and none is listed."""
+    from enrich_ray.selection.junk import junk_rows, ranking_rows
+
+    outl = run.read_table("outliers.parquet").to_pandas()
+    dups = run.read_table("duplicates.parquet").to_pandas()
+    blank = None
+    if "is_constant" in outl.columns:
+        blank = np.zeros(len(frames), bool)
+        blank[outl["row"].to_numpy(np.int64)] = outl["is_constant"].to_numpy(bool)
+    junk = junk_rows(outl, dups.drop_duplicates("row"), blank) if len(outl) else pd.DataFrame(columns=["row", "why", "reason"])
+    keep = ranking_rows(len(frames), junk, cfg.selection)
+    if len(keep) == len(frames):
+        junk = junk.iloc[:0]
+    return _with_keys(junk, frames)[EXCLUDED_COLUMNS], keep
 
 
 def _is_folder(uri: str, cfg: Config) -> bool:
@@ -483,6 +532,7 @@ def _report(run: RunFolder, archive: str, cfg: Config, timings: dict) -> dict:
         "every_frame_embedded_or_error": frames_decoded == len(frames) + embed_errors,
     }
     embedding = embedding_summary(run, frames, emb, cfg)
+    excluded = run.read_table("excluded.parquet").to_pandas()
     summary = {
         "run": {"archive": archive, "out": run.uri, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
         "counts": counts,
@@ -490,6 +540,7 @@ def _report(run: RunFolder, archive: str, cfg: Config, timings: dict) -> dict:
         "errors_by_type": errors.groupby(["stage", "error_type"]).size().rename("rows").reset_index().to_dict("records"),
         "redundancy": run.read_json("redundancy.json"),
         "embedding": embedding,
+        "excluded_from_ranking": {str(k): int(v) for k, v in excluded["why"].value_counts().items()},
         "index": run.marker("index").get("recall") or {},
         "timings_s": dict(timings),
         "versions": _versions(),

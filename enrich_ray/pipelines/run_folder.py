@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pandas as pd
@@ -112,6 +113,13 @@ class RunFolder:
         loc = self.path(name)
         ds = pads.dataset(loc.path, filesystem=loc.arrow_fs(), format="parquet")
         return ds.to_table(columns=columns, filter=filter)
+
+    def scan(self, name: str, columns: list[str], filter=None, batch_rows: int = 8192) -> Iterator[pa.Table]:
+        """Read a Parquet file or folder of the run batch by batch, so a large column never sits in memory whole."""
+        loc = self.path(name)
+        ds = pads.dataset(loc.path, filesystem=loc.arrow_fs(), format="parquet")
+        for batch in ds.to_batches(columns=columns, filter=filter, batch_size=batch_rows):
+            yield pa.Table.from_batches([batch])
 
     def files(self, name: str) -> list[str]:
         """URIs of the Parquet files in a folder of the run."""

@@ -149,7 +149,7 @@ def render_report(
         _checks_banner(summary.get("checks") or {}),
         _thumbnail_note(cfg, thumbnails),
         _redundancy_section(nn),
-        _ranking_section(manifest, top, selection, thumbs),
+        _ranking_section(manifest, top, selection, thumbs, summary.get("excluded_from_ranking") or {}),
         _duplicates_section(duplicates, groups, thumbs),
         _outliers_section(outliers, odd, thumbs),
         _errors_section(errors),
@@ -291,8 +291,17 @@ def _redundancy_section(nn: np.ndarray) -> str:
     )
 
 
-def _ranking_section(manifest: pd.DataFrame, top: pd.DataFrame, sel: SelectionConfig, thumbs: _Thumbs) -> str:
+def _ranking_section(manifest: pd.DataFrame, top: pd.DataFrame, sel: SelectionConfig, thumbs: _Thumbs,
+                     excluded: Mapping[str, int]) -> str:
     out = ['<section id="ranking"><h2>Ranking: what to label first</h2>']
+    if excluded:
+        listed = ", ".join(f"{int(n):,} {_e(why)}" for why, n in sorted(excluded.items()))
+        out.append(
+            f'<p id="excluded">{sum(map(int, excluded.values())):,} frames left the ranking ({listed}): '
+            "blank frames and frames flagged as foreign are listed under Outliers, exact copies under "
+            "Duplicates, and all of them in excluded.parquet with the reason. "
+            "<code>--set selection.exclude_junk=false</code> ranks them too.</p>"
+        )
     n = len(manifest)
     if n == 0:
         out.append('<p class="muted">No frame was ranked.</p></section>')
@@ -411,8 +420,10 @@ def _outliers_section(outliers: pd.DataFrame, shown: pd.DataFrame, thumbs: _Thum
         return "".join(out)
     n_flagged = int(outliers["flagged"].astype(bool).sum())
     out.append(
-        "<p>Frames least like anything else in the archive (lowest similarity to their nearest "
-        "neighbours). "
+        "<p>Frames least like the rest of the archive: far from their 10th and 50th nearest frames "
+        "(a bad series of near-identical frames is found at the larger scale), image statistics unlike "
+        "the archive's, a modality, body part or colour rare in it, or blank. A frame is flagged when one "
+        "of these lies beyond the robust cut-off; a group of near twins is flagged whole or not at all. "
         + (
             f"{n_flagged:,} are flagged past the robust cut-off: check them for wrong modality, corrupt "
             "pixels or rare findings.</p>"
@@ -428,10 +439,10 @@ def _outliers_section(outliers: pd.DataFrame, shown: pd.DataFrame, thumbs: _Thum
         out.append("</div>")
     out.append(
         _table(
-            ["rank", "source", "frame", "score", "nn similarity", "flagged"],
+            ["rank", "source", "frame", "score", "nn similarity", "flagged", "why"],
             [
                 [str(int(r.rank)), _uri(r.source_uri), str(int(r.frame_index)), _num(r.score),
-                 _num(r.nn_similarity), "yes" if r.flagged else ""]
+                 _num(r.nn_similarity), "yes" if r.flagged else "", _e(getattr(r, "reason", ""))]
                 for r in shown.itertuples(index=False)
             ],
         )

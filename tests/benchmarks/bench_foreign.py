@@ -16,7 +16,7 @@ import numpy as np
 
 from enrich_ray import schema
 from enrich_ray.analysis.duplicates import near_duplicates
-from enrich_ray.analysis.outliers import outlier_table
+from enrich_ray.analysis.outliers import appearance_features, outlier_table
 from enrich_ray.config import AnalysisConfig, DecodeConfig, EmbedConfig
 from enrich_ray.decode.stage import decode_batch
 from enrich_ray.embed.registry import fit_state, make_embedder
@@ -39,7 +39,7 @@ def run(base: str, seed: int, cfg: AnalysisConfig) -> dict:
     dups = near_duplicates(graph, cfg.near_duplicate_threshold, emb, meta["pixel_hash"].tolist())
     group = np.full(len(meta), -1)
     group[dups["row"].to_numpy()] = dups["group_id"].to_numpy()
-    table = outlier_table(graph, emb, pixels.reshape(len(meta), -1), meta, group, cfg)
+    table = outlier_table(graph, emb, appearance_features(pixels), meta, group, cfg)
 
     roles = truth.set_index(["path", "frame_index"])["role"]
     rel = [uri.split("/src/", 1)[1] for uri in meta["source_uri"]]

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from enrich_ray.analysis.outliers import outlier_table
+from enrich_ray.analysis.outliers import appearance_features, outlier_table
 from enrich_ray.config import AnalysisConfig, SelectionConfig
 from enrich_ray.selection.junk import junk_rows, ranking_rows
 from tests.unit.foreign_archive import build_archive, synthetic_clean
@@ -42,7 +42,7 @@ def test_junk_rows_and_their_reasons():
 
 def test_planted_foreign_frames_leave_the_ranking():
     archive = build_archive(synthetic_clean(300))
-    table = outlier_table(archive.graph, archive.embeddings, archive.pixels, archive.header,
+    table = outlier_table(archive.graph, archive.embeddings, appearance_features(archive.pixels), archive.header,
                           archive.duplicate_group, AnalysisConfig())
     no_duplicates = pd.DataFrame(columns=["group_id", "row", "kind", "is_representative"])
     junk = junk_rows(table, no_duplicates, archive.header["is_constant"].to_numpy(bool))

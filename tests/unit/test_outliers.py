@@ -58,7 +58,7 @@ def synthetic() -> Archive:
 
 
 def test_floors_on_synthetic_ultrasound_with_planted_foreign_frames(synthetic):
-    table = outlier_table(synthetic.graph, synthetic.embeddings, synthetic.pixels, synthetic.header,
+    table = outlier_table(synthetic.graph, synthetic.embeddings, appearance_features(synthetic.pixels), synthetic.header,
                           synthetic.duplicate_group, AnalysisConfig())
     check_table(synthetic, table)
     got = floors(synthetic, table)
@@ -73,7 +73,7 @@ def test_floors_on_synthetic_ultrasound_with_planted_foreign_frames(synthetic):
 
 def test_floors_on_busi_with_planted_foreign_frames(busi_dir):
     archive = build_archive(busi_clean(busi_dir))
-    table = outlier_table(archive.graph, archive.embeddings, archive.pixels, archive.header,
+    table = outlier_table(archive.graph, archive.embeddings, appearance_features(archive.pixels), archive.header,
                           archive.duplicate_group, AnalysisConfig())
     check_table(archive, table)
     got = floors(archive, table)
@@ -98,10 +98,10 @@ def test_a_group_of_foreign_frames_is_found_at_the_largest_scale():
     ref = -np.sort(-full, axis=1)[:, [0, 9, 49]]
     np.testing.assert_allclose(sims, ref, atol=1e-5)
     pixels = np.full((620, 64 * 64), 0.5, np.float32) + rng.uniform(0, 0.01, (620, 64 * 64)).astype(np.float32)
-    table = outlier_table(graph, x, pixels, pd.DataFrame(index=range(620)), None, AnalysisConfig())
+    table = outlier_table(graph, x, appearance_features(pixels), pd.DataFrame(index=range(620)), None, AnalysisConfig())
     assert set(table["row"][:20]) == set(range(600, 620)) and table["flagged"][:20].all()
     assert table["reason"][0].startswith("far from its 50 nearest frames")
-    only_near = outlier_table(graph, x, pixels, pd.DataFrame(index=range(620)), None, AnalysisConfig(outlier_scales=[1, 10]))
+    only_near = outlier_table(graph, x, appearance_features(pixels), pd.DataFrame(index=range(620)), None, AnalysisConfig(outlier_scales=[1, 10]))
     assert not only_near.set_index("row")["flagged"][600:].any()
 
 
@@ -134,14 +134,14 @@ def test_header_rarity_needs_a_concentrated_column_and_groups_take_their_median(
                            "colorfulness": 0.0, "is_constant": False})
     group = np.full(n, -1)
     group[[0, 1, 2, 197]] = 7  # one CT frame among three ordinary twins: the group is not foreign
-    table = outlier_table(graph, x, pixels, header, group, AnalysisConfig()).set_index("row")
+    table = outlier_table(graph, x, appearance_features(pixels), header, group, AnalysisConfig()).set_index("row")
     assert table.loc[198, "flagged"] and table.loc[199, "flagged"] and not table.loc[197, "flagged"]
     assert table.loc[199, "reason"] == f"modality MR rare (1 of {n} frames)"
     assert len(set(table.loc[[0, 1, 2, 197], "score"])) == 1
     assert not any("shape" in r for r in table["reason"])
     header.loc[5, "colorfulness"] = 0.4
     header.loc[6, "is_constant"] = True
-    table = outlier_table(graph, x, pixels, header, None, AnalysisConfig()).set_index("row")
+    table = outlier_table(graph, x, appearance_features(pixels), header, None, AnalysisConfig()).set_index("row")
     assert table.loc[5, "reason"] == f"colour image (1 of {n} frames in colour)"
     assert table.loc[6, "flagged"] and table.loc[6, "reason"] == "blank frame"
 
@@ -155,11 +155,11 @@ def test_bad_settings_and_inputs_name_the_key():
                      (AnalysisConfig(outlier_mad_k=-1), "outlier_mad_k"),
                      (AnalysisConfig(outlier_colour_min=-0.1), "outlier_colour_min")]:
         with pytest.raises(ValueError, match=key):
-            outlier_table(graph, x, pixels, pd.DataFrame(index=range(4)), None, cfg)
+            outlier_table(graph, x, appearance_features(pixels), pd.DataFrame(index=range(4)), None, cfg)
     with pytest.raises(ValueError, match="one row per frame"):
-        outlier_table(graph, x, pixels[:3], pd.DataFrame(index=range(4)), None, AnalysisConfig())
+        outlier_table(graph, x, appearance_features(pixels[:3]), pd.DataFrame(index=range(4)), None, AnalysisConfig())
     with pytest.raises(ValueError, match="duplicate_group"):
-        outlier_table(graph, x, pixels, pd.DataFrame(index=range(4)), np.zeros(3), AnalysisConfig())
+        outlier_table(graph, x, appearance_features(pixels), pd.DataFrame(index=range(4)), np.zeros(3), AnalysisConfig())
 
 
 if __name__ == "__main__":
@@ -171,5 +171,5 @@ if __name__ == "__main__":
         archives["BUSI"] = lambda: build_archive(busi_clean(busi))
     for name, make in archives.items():
         a = make()
-        t = outlier_table(a.graph, a.embeddings, a.pixels, a.header, a.duplicate_group, AnalysisConfig())
+        t = outlier_table(a.graph, a.embeddings, appearance_features(a.pixels), a.header, a.duplicate_group, AnalysisConfig())
         print(name, floors(a, t))
