@@ -58,7 +58,13 @@ def test_every_input_ends_in_one_place(pixel_run, sample_archive):
     assert (errors["message"].str.len() > 10).all()
     emri = pd.read_parquet(out / "embeddings").dropna(subset=["embedding"])
     assert emri["source_uri"].str.endswith("emri_small.dcm").sum() == 10  # a 10-frame MR: one row per frame
-    assert result.exit_code == 0 and counts["frames_embedded"] == counts["ranked"]
+    excluded = pd.read_parquet(out / "excluded.parquet")
+    assert result.exit_code == 0 and counts["frames_embedded"] == counts["ranked"] + len(excluded)
+    assert sum(summary["excluded_from_ranking"].values()) == len(excluded)
+    blank = excluded[excluded["source_uri"].str.endswith("blank frame.png")]
+    assert list(blank["why"]) == ["blank"]  # junk leaves the ranking, with its reason
+    manifest = pd.read_parquet(out / "manifest.parquet")
+    assert not set(zip(excluded["image_id"], excluded["frame_index"])) & set(zip(manifest["image_id"], manifest["frame_index"]))
 
 
 def test_outputs_have_the_documented_columns(pixel_run):
