@@ -27,9 +27,12 @@ deviations, MAD x 1.4826, a frame lies beyond the archive's median; the mean abs
 
 score = max(neighbourhood z, appearance z) + support, or STRONG x outlier_mad_k for a rare
 modality, body part, colour or blank frame if larger (ties: the sum of neighbourhood and
-appearance z, then row); rank 1 has the highest score. The flag: score above outlier_mad_k
-(default 3.5), i.e. some evidence lies beyond the robust cut-off (`robust_cutoff`) of its own
-distribution, or a strong header fact. A group of near twins (duplicate_group >= 0 shared) takes
+appearance z, then row); rank 1 has the highest score. Beyond the cut-off (`beyond_cutoff`): score
+above outlier_mad_k (default 3.5), i.e. some evidence lies beyond the robust cut-off
+(`robust_cutoff`) of its own distribution, or a strong header fact. Flagged: beyond the cut-off and
+among the AnalysisConfig.outlier_max_share (default 5%) highest scores: foreign frames are a
+minority, and an archive where more frames than that look unlike the rest (a grab-bag of
+modalities) has no majority for them to be foreign to. A group of near twins (duplicate_group >= 0 shared) takes
 the lower median of its members' scores, so it is flagged whole, exactly when more than half of
 its members are flagged on their own evidence, or not at all; a blank frame stays flagged.
 `reason` says, for each flagged frame, which evidence did it.
@@ -213,6 +216,8 @@ def _check(cfg: AnalysisConfig) -> None:
         raise ValueError(f"analysis.outlier_scales must be positive integers, got {cfg.outlier_scales!r}")
     if not 0 < cfg.outlier_rare_share < 0.5:
         raise ValueError(f"analysis.outlier_rare_share must lie in (0, 0.5), got {cfg.outlier_rare_share}")
+    if not 0 < cfg.outlier_max_share <= 1:
+        raise ValueError(f"analysis.outlier_max_share must lie in (0, 1], got {cfg.outlier_max_share}")
     if cfg.outlier_colour_min < 0:
         raise ValueError(f"analysis.outlier_colour_min must be non-negative, got {cfg.outlier_colour_min}")
 
@@ -275,8 +280,8 @@ def outlier_table(
             reasons[i].append(f"image statistics unlike the archive (z {appearance_z[i]:.1f}; {', '.join(APPEARANCE_NAMES[t] for t in top)})")
     own_flag = score > cfg.outlier_mad_k
     reason = np.array(["; ".join(r) for r in reasons], dtype=object)
-    score, flagged, reason = _by_group(score, own_flag, reason, duplicate_group, cfg.outlier_mad_k)
-    flagged |= blank
+    score, beyond, reason = _by_group(score, own_flag, reason, duplicate_group, cfg.outlier_mad_k)
+    flagged = blank | _capped(beyond & ~blank, score, cfg.outlier_max_share)
     reason = np.where(flagged, reason, "")
 
     rows = np.arange(n, dtype=np.int64)
@@ -291,10 +296,24 @@ def outlier_table(
             "appearance_z": appearance_z[order].astype(np.float32),
             "header_rare": rare[order],
             "is_constant": blank[order],
+            "beyond_cutoff": (beyond | blank)[order],
             "flagged": flagged[order],
             "reason": reason[order].astype(str),
         }
     )
+
+
+def _capped(beyond: np.ndarray, score: np.ndarray, max_share: float) -> np.ndarray:
+    """The frames beyond the cut-off, less all but the max_share x N highest-scoring: in an archive where
+    more look unlike the rest there is no majority to be foreign to (ties at the cap stay, so a group
+    of near twins, which shares one score, stays whole)."""
+    cap = int(max_share * len(score))
+    if beyond.sum() <= cap:
+        return beyond
+    if cap == 0:
+        return np.zeros_like(beyond)
+    least = np.sort(score[beyond])[::-1][cap - 1]
+    return beyond & (score >= least)
 
 
 def _by_group(
