@@ -121,7 +121,7 @@ class AnalysisConfig:
 
     near_duplicate_threshold: float = 0.98
     outlier_mad_k: float = 3.5
-    outlier_top: int = 50
+    outlier_max_share: float = 0.05  # at most this share of the frames is flagged: foreign frames are a minority
     outlier_scales: list[int] = field(default_factory=lambda: [10, 50])  # k-th neighbours read (see analysis/outliers.py)
     outlier_rare_share: float = 0.05  # a header value held by fewer frames than this share is rare
     outlier_colour_min: float = 0.1  # decode's colorfulness (mean max-min channel, 0-1) above which a frame is in colour
