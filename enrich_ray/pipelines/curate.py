@@ -254,8 +254,10 @@ def pixel_hashes(run: RunFolder, frames: pd.DataFrame) -> list[str | None]:
     return [h if isinstance(h, str) else None for h in found["pixel_hash"]]
 
 
-def _duplicates(run: RunFolder, archive: str, cfg: Config, frames: pd.DataFrame, emb: np.ndarray, graph) -> pd.DataFrame:
-    """Exact and near-duplicate groups (analysis.duplicates) of the run's frames, a row per path of each member."""
+def _duplicates(run: RunFolder, archive: str, cfg: Config, frames: pd.DataFrame, emb: np.ndarray, graph,
+                thumbs: np.ndarray | None = None) -> pd.DataFrame:
+    """Exact and near-duplicate groups (analysis.duplicates) of the run's frames, a row per path of each
+    exact member. thumbs: the frames' analysis.duplicates.thumbnails (None: no content check)."""
     from enrich_ray.analysis.duplicates import near_duplicates
 
     if not len(frames):
@@ -263,15 +265,16 @@ def _duplicates(run: RunFolder, archive: str, cfg: Config, frames: pd.DataFrame,
     table = archive_table(archive, ["image_id", "source_uris"], cfg.storage).to_pandas()
     uris = frames["image_id"].map(dict(zip(table["image_id"], table["source_uris"])))
     uris = [list(u) if isinstance(u, (list, np.ndarray)) and len(u) else [s] for u, s in zip(uris, frames["source_uri"])]
-    groups = near_duplicates(graph, cfg.analysis.near_duplicate_threshold, emb, pixel_hashes(run, frames),
-                             np.array([len(u) for u in uris], np.int64))
+    a = cfg.analysis
+    groups = near_duplicates(graph, a.near_duplicate_threshold, emb, pixel_hashes(run, frames),
+                             np.array([len(u) for u in uris], np.int64), thumbs, a.near_duplicate_content_threshold)
     return _path_duplicates(_with_keys(groups, frames), uris)
 
 
 def _path_duplicates(dups: pd.DataFrame, uris: list[list[str]]) -> pd.DataFrame:
-    """A row per path of each member: a file at several paths (identical bytes, one archive row) is
-    its frame at each, with the frame's kind and similarity; the representative is its first path."""
-    paths = [uris[r] for r in dups["row"]]
+    """A row per path of each exact member: a file at several paths (identical bytes, one archive row)
+    is its frame at each, the representative at its first path; a near member speaks for its first path."""
+    paths = [uris[r] if kind == "exact" else uris[r][:1] for r, kind in zip(dups["row"], dups["kind"])]
     out = dups.loc[dups.index.repeat([len(p) for p in paths])].reset_index(drop=True)
     out["source_uri"] = [uri for p in paths for uri in p]
     first = np.concatenate([[True] + [False] * (len(p) - 1) for p in paths]) if paths else np.zeros(0, bool)
@@ -282,15 +285,18 @@ def _path_duplicates(dups: pd.DataFrame, uris: list[list[str]]) -> pd.DataFrame:
 EVIDENCE_COLUMNS = ["image_id", "frame_index", "modality", *schema.FRAME_FACTS, "colorfulness", "is_constant"]
 
 
-def frame_evidence(run: RunFolder, frames: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
-    """The outlier table's evidence for each frame row: header facts, blank flags and appearance
-    statistics, computed batch by batch over the decoded frames (the pixels never sit in memory whole)."""
+def frame_evidence(run: RunFolder, frames: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """The outlier table's evidence for each frame row (header facts, blank flags, appearance statistics)
+    and the near-duplicate content check's thumbnails (analysis.duplicates.thumbnails), computed batch
+    by batch over the decoded frames (the pixels never sit in memory whole)."""
+    from enrich_ray.analysis.duplicates import thumbnails
     from enrich_ray.analysis.outliers import appearance_features
 
-    facts, features = [], []
+    facts, features, thumbs = [], [], []
     for batch in run.scan("decoded", [*EVIDENCE_COLUMNS, "pixels"], filter=pc.field("stage").is_null()):
         pixels = batch.column("pixels").combine_chunks().flatten().to_numpy(zero_copy_only=False)
         features.append(appearance_features(pixels.reshape(batch.num_rows, -1)))
+        thumbs.append(thumbnails(pixels.reshape(batch.num_rows, -1)))
         facts.append(batch.drop_columns(["pixels"]).to_pandas())
     table = pd.concat(facts, ignore_index=True).astype({"frame_index": "int64"})
     keys = frames[["image_id", "frame_index"]].astype({"frame_index": "int64"}).reset_index(names="_row")
@@ -299,7 +305,7 @@ def frame_evidence(run: RunFolder, frames: pd.DataFrame) -> tuple[pd.DataFrame, 
     if found["_decoded"].isna().any():
         raise StorageError("the decoded table lacks frames the embeddings hold: rerun with --force")
     where = found["_decoded"].to_numpy(np.int64)
-    return table.iloc[where].reset_index(drop=True), np.concatenate(features)[where]
+    return table.iloc[where].reset_index(drop=True), np.concatenate(features)[where], np.concatenate(thumbs)[where]
 
 
 def _analyze(run: RunFolder, archive: str, cfg: Config) -> dict:
@@ -308,7 +314,8 @@ def _analyze(run: RunFolder, archive: str, cfg: Config) -> dict:
 
     frames, emb = load_embeddings(run)
     graph = load_graph(run)
-    dups = _duplicates(run, archive, cfg, frames, emb, graph)
+    header, appearance, thumbs = frame_evidence(run, frames) if len(frames) and graph.k else (None, None, None)
+    dups = _duplicates(run, archive, cfg, frames, emb, graph, thumbs)
     if len(frames) and graph.k:
         nn = graph.nn_similarity
         groups = frames[[c for c in schema.GROUP_KEYS if c in frames.columns]]
@@ -316,7 +323,6 @@ def _analyze(run: RunFolder, archive: str, cfg: Config) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             plot_redundancy({"this archive": nn}, f"{tmp}/redundancy.png")
             run.write_bytes("redundancy.png", Path(f"{tmp}/redundancy.png").read_bytes())
-        header, appearance = frame_evidence(run, frames)
         outl = _with_keys(outlier_table(graph, emb, appearance, header, duplicate_group_of_rows(dups, len(frames)), cfg.analysis), frames)
     else:
         stats = {}
@@ -331,10 +337,20 @@ def _analyze(run: RunFolder, archive: str, cfg: Config) -> dict:
 
 
 def duplicate_group_of_rows(dups: pd.DataFrame, n: int) -> np.ndarray:
-    """The duplicate group id of each frame row, -1 outside every group."""
+    """The duplicate family of each frame row, -1 outside every group: a near group with the exact
+    groups of its members (their identical frames), or an exact group alone; numbered by the near
+    group's id, else the exact group's (analysis.duplicates)."""
     group = np.full(n, -1, np.int64)
-    if len(dups):
-        group[dups["row"].to_numpy(np.int64)] = dups["group_id"].to_numpy(np.int64)
+    if not len(dups):
+        return group
+    rows, gids = dups["row"].to_numpy(np.int64), dups["group_id"].to_numpy(np.int64)
+    near = (dups["kind"] == "near").to_numpy()
+    near_of_row = np.full(n, -1, np.int64)
+    near_of_row[rows[near]] = gids[near]
+    reps = dups["is_representative"].to_numpy(bool)
+    family = dict(zip(gids[reps].tolist(), np.where(near_of_row[rows[reps]] >= 0, near_of_row[rows[reps]], gids[reps]).tolist()))
+    family.update(zip(gids[near].tolist(), gids[near].tolist()))
+    group[rows] = [family[g] for g in gids.tolist()]
     return group
 
 

@@ -257,7 +257,8 @@ def _run_night(cat: Catalog, shards: list[str], night: str, cfg: Config, model: 
     all_frames = pd.concat([history, new_frames.assign(night=night)], ignore_index=True)
     graph = _night_graph(cat, index_version, all_emb, len(history), cfg)
     hashes = [None] * len(history) + stages.pixel_hashes(work, new_frames)  # the catalog keeps no pixel hashes
-    dups = _night_duplicates(graph, all_frames, all_emb, hashes, len(history), resent, history, cfg)
+    thumbs = _night_thumbnails(work, new_frames, len(history))
+    dups = _night_duplicates(graph, all_frames, all_emb, hashes, len(history), resent, history, cfg, thumbs)
     outl = _night_outliers(graph, all_frames, len(history), cfg)
     lap("duplicates_outliers")
     manifest, seeds = _night_ranking(cat, history, hist_emb, new_frames, new_emb, cfg)
@@ -373,13 +374,25 @@ def _night_graph(cat: Catalog, index_version: str | None, all_emb: np.ndarray, n
     return KnnGraph(neighbors, sims)
 
 
+def _night_thumbnails(work, new_frames: pd.DataFrame, n_hist: int) -> np.ndarray:
+    """The content check's thumbnails (analysis.duplicates.thumbnails): tonight's from the decoded
+    frames; earlier nights' unknown (NaN: the catalog keeps no pixels), so the embeddings alone judge
+    a pair of tonight's frame with an earlier one."""
+    from enrich_ray.analysis.duplicates import THUMBNAIL_SIDE
+
+    earlier = np.full((n_hist, THUMBNAIL_SIDE ** 2), np.nan, np.float16)
+    return np.concatenate([earlier, stages.frame_evidence(work, new_frames)[2]]) if len(new_frames) else earlier
+
+
 def _night_duplicates(graph, frames: pd.DataFrame, emb: np.ndarray, hashes: list[str | None], n_hist: int,
-                      resent: list[str], history: pd.DataFrame, cfg: Config) -> pd.DataFrame:
-    """Tonight's duplicate groups (exact by pixel_hash among tonight's frames, near by the exact
-    similarity of the embeddings, of each other or of earlier frames), and re-sent images."""
+                      resent: list[str], history: pd.DataFrame, cfg: Config, thumbs: np.ndarray | None = None) -> pd.DataFrame:
+    """Tonight's duplicate groups (exact by pixel_hash among tonight's frames; near by analysis.duplicates,
+    of each other by both checks, of earlier frames by the embeddings alone), and re-sent images."""
     from enrich_ray.analysis.duplicates import near_duplicates
 
-    dups = near_duplicates(graph, cfg.analysis.near_duplicate_threshold, emb, hashes) if len(frames) and graph.k else pd.DataFrame()
+    a = cfg.analysis
+    dups = (near_duplicates(graph, a.near_duplicate_threshold, emb, hashes, thumbs=thumbs, content_threshold=a.near_duplicate_content_threshold)
+            if len(frames) and graph.k else pd.DataFrame())
     if len(dups):
         tonight = dups.groupby("group_id")["row"].transform(lambda rows: (rows >= n_hist).any())
         dups = dups[tonight].copy()

@@ -15,13 +15,14 @@ from pathlib import Path
 import numpy as np
 
 from enrich_ray import schema
-from enrich_ray.analysis.duplicates import near_duplicates
+from enrich_ray.analysis.duplicates import near_duplicates, thumbnails
 from enrich_ray.analysis.outliers import appearance_features, outlier_table
 from enrich_ray.config import AnalysisConfig, DecodeConfig, EmbedConfig
 from enrich_ray.decode.stage import decode_batch
 from enrich_ray.embed.registry import fit_state, make_embedder
 from enrich_ray.index.knn import exact_knn_graph
 from enrich_ray.io.pack import archive_table, pack
+from enrich_ray.pipelines.curate import duplicate_group_of_rows
 from enrich_ray.truth.planted import BASES, plant_archive
 
 
@@ -36,9 +37,9 @@ def run(base: str, seed: int, cfg: AnalysisConfig) -> dict:
     embed = EmbedConfig(embedder="pixels")
     emb = make_embedder(embed, DecodeConfig(), state=fit_state(embed, DecodeConfig(), pixels)).embed_array(pixels)
     graph = exact_knn_graph(emb, 10)
-    dups = near_duplicates(graph, cfg.near_duplicate_threshold, emb, meta["pixel_hash"].tolist())
-    group = np.full(len(meta), -1)
-    group[dups["row"].to_numpy()] = dups["group_id"].to_numpy()
+    dups = near_duplicates(graph, cfg.near_duplicate_threshold, emb, meta["pixel_hash"].tolist(), thumbs=thumbnails(pixels),
+                           content_threshold=cfg.near_duplicate_content_threshold)
+    group = duplicate_group_of_rows(dups, len(meta))
     table = outlier_table(graph, emb, appearance_features(pixels), meta, group, cfg)
 
     roles = truth.set_index(["path", "frame_index"])["role"]

@@ -13,12 +13,13 @@ import pandas as pd
 import pyarrow as pa
 
 from enrich_ray import schema
-from enrich_ray.analysis.duplicates import near_duplicates
+from enrich_ray.analysis.duplicates import near_duplicates, thumbnails
 from enrich_ray.config import AnalysisConfig, DecodeConfig, EmbedConfig
 from enrich_ray.decode.dicom import read_header
 from enrich_ray.decode.stage import decode_batch
 from enrich_ray.embed.registry import fit_state, make_embedder
 from enrich_ray.index.knn import KnnGraph, exact_knn_graph
+from enrich_ray.pipelines.curate import duplicate_group_of_rows
 
 PHOTOS = ["astronaut", "coffee", "camera", "moon"]  # colour and grey photographs
 DICOMS = ["CT_small.dcm", "MR_small.dcm"]
@@ -171,8 +172,9 @@ def build_archive(clean: list[np.ndarray], seed: int = 0, k: int = 10) -> Archiv
     embedder = make_embedder(cfg, DecodeConfig(), state=fit_state(cfg, DecodeConfig(), pixels.reshape(-1, 64, 64)))
     embeddings = embedder.embed_array(pixels.reshape(-1, 64, 64))
     graph = exact_knn_graph(embeddings, k)
-    dups = near_duplicates(graph, AnalysisConfig().near_duplicate_threshold, embeddings)
-    group = np.full(len(items), -1, np.int64)
-    group[dups["row"].to_numpy()] = dups["group_id"].to_numpy()
+    analysis = AnalysisConfig()
+    dups = near_duplicates(graph, analysis.near_duplicate_threshold, embeddings, thumbs=thumbnails(pixels),
+                           content_threshold=analysis.near_duplicate_content_threshold)
+    group = duplicate_group_of_rows(dups, len(items))
     kind = meta["kind"].to_numpy()
     return Archive(pixels, header, embeddings, graph, group, kind != "clean", kind)

@@ -99,45 +99,50 @@ def _hashes_of(x: np.ndarray) -> list[str]:
     return [pixel_hash(row) for row in x]
 
 
-def reference_groups(x: np.ndarray, graph: KnnGraph, threshold: float, hashes: list, copies: list[int]) -> dict[int, set[int]]:
-    """The leader rule in plain loops: representative row -> the rows of its group."""
+def reference_groups(x: np.ndarray, graph: KnnGraph, threshold: float, hashes: list, copies: list[int],
+                     thumbs: np.ndarray | None = None, content: float = -1.0) -> tuple[dict, dict]:
+    """The two judgments in plain loops: exact {representative row: rows} and near {representative row: rows}."""
     n = len(x)
     x64 = x.astype(np.float64)
     gram = x64 @ x64.T
     gram = (gram + gram.T) / 2
+    ncc = None if thumbs is None else thumbs.astype(np.float64) @ thumbs.astype(np.float64).T
     unit = list(range(n))
     for i in range(n):
         for j in range(i):
             if hashes[i] is not None and hashes[i] == hashes[j]:
                 unit[i] = unit[j]
                 break
-    weight = {u: sum(copies[i] for i in range(n) if unit[i] == u) for u in set(unit)}
-    near = {u: set() for u in weight}
+    units = sorted(set(unit))
+    exact = {u: {i for i in range(n) if unit[i] == u} for u in units if sum(copies[i] for i in range(n) if unit[i] == u) >= 2}
+    near = {u: set() for u in units}
     for i in range(n):
         for j in graph.neighbors[i]:
             a, b = unit[i], unit[int(j)]
-            if j >= 0 and a != b and gram[a, b] >= threshold:
+            if j >= 0 and a != b and gram[a, b] >= threshold and (ncc is None or ncc[a, b] >= content):
                 near[a].add(b)
                 near[b].add(a)
     grouped: set[int] = set()
-    groups = {}
+    stars = {}
     while True:
         best = None
-        for a in sorted(weight):
-            if a in grouped:
-                continue
+        for a in units:
             others = sorted(b for b in near[a] if b not in grouped)
-            count = weight[a] - 1 + sum(weight[b] for b in others)
-            if count == 0:
+            if a in grouped or not others:
                 continue
-            mean = (weight[a] - 1 + sum(weight[b] * gram[a, b] for b in others)) / count
-            if best is None or (count, mean) > best[:2]:
-                best = (count, mean, a, others)
+            key = (len(others), sum(gram[a, b] for b in others) / len(others))
+            if best is None or key > best[0]:
+                best = (key, a, others)
         if best is None:
-            return groups
-        _, _, a, others = best
+            return exact, stars
+        _, a, others = best
         grouped |= {a, *others}
-        groups[a] = {i for i in range(n) if unit[i] in {a, *others}}
+        stars[a] = {a, *others}
+
+
+def _groups(table: pd.DataFrame, kind: str) -> dict[int, set[int]]:
+    part = table[table["kind"] == kind]
+    return {int(g.loc[g["is_representative"], "row"].iloc[0]): set(g["row"]) for _, g in part.groupby("group_id")}
 
 
 def _planted(seed: int) -> tuple[np.ndarray, list, list[int]]:
@@ -154,41 +159,65 @@ def _planted(seed: int) -> tuple[np.ndarray, list, list[int]]:
     return x, hashes, copies
 
 
+def _thumbs_of(x: np.ndarray, seed: int) -> np.ndarray:
+    """Stand-in thumbnails that mostly follow the embeddings: some close pairs fail the content check."""
+    rng = np.random.default_rng(seed)
+    t = np.concatenate([x, 0.15 * rng.standard_normal((len(x), 4))], axis=1)
+    t -= t.mean(axis=1, keepdims=True)
+    return (t / np.linalg.norm(t, axis=1, keepdims=True)).astype(np.float16)
+
+
 @pytest.mark.parametrize("seed", range(4))
-def test_duplicate_groups_equal_the_plain_leader_rule(seed):
+def test_duplicate_groups_equal_the_plain_reference(seed):
     x, hashes, copies = _planted(seed)
     graph = exact_knn_graph(x, 4)
-    table = near_duplicates(graph, 0.98, x, hashes, np.array(copies))
+    thumbs = _thumbs_of(x, seed) if seed % 2 else None
+    table = near_duplicates(graph, 0.98, x, hashes, np.array(copies), thumbs, 0.97)
     assert list(table.columns) == ["group_id", "row", "kind", "similarity", "is_representative", "group_size", "pixel_hash"]
-    got = {int(g.loc[g["is_representative"], "row"].iloc[0]): set(g["row"]) for _, g in table.groupby("group_id")}
-    want = reference_groups(x, graph, 0.98, hashes, copies)
-    assert got == want and len(want) >= 8
-    assert table["group_id"].tolist() == sorted(table["group_id"]) and sorted(got) == [
-        int(r) for r in table.loc[table["is_representative"], "row"]
-    ]
-    for rep, rows in want.items():
-        g = table[table["row"].isin(rows)]
-        assert (g["group_size"] == sum(copies[r] for r in rows)).all()
+    want_exact, want_near = reference_groups(x, graph, 0.98, hashes, copies, thumbs, 0.97)
+    assert _groups(table, "exact") == want_exact and _groups(table, "near") == want_near
+    assert len(want_exact) >= 8 and len(want_near) >= 6
+    assert table["group_id"].tolist() == sorted(table["group_id"])
+    for rep, rows in want_exact.items():
+        assert (table[table["row"].isin(rows) & (table["kind"] == "exact")]["group_size"] == sum(copies[r] for r in rows)).all()
+    _assert_invariants(table, x, hashes, 0.98, copies, thumbs, 0.97)
 
 
-def _assert_invariants(table: pd.DataFrame, x: np.ndarray, hashes: list, threshold: float, copies=None) -> None:
-    """Every 'exact' member has its representative's pixels; every 'near' one is within the threshold of it."""
+def _assert_invariants(table: pd.DataFrame, x: np.ndarray, hashes: list, threshold: float, copies=None,
+                       thumbs: np.ndarray | None = None, content: float = -1.0) -> None:
+    """Every 'exact' member has its representative's pixels; every 'near' one passes both checks to it,
+    recomputed here; a row is in at most one group of each kind, in two only as its exact group's representative."""
+    x64 = x.astype(np.float64)
     for _, g in table.groupby("group_id"):
         assert g["is_representative"].sum() == 1 and g["is_representative"].iloc[0]
+        assert g["kind"].nunique() == 1
         rep = int(g["row"].iloc[0])
         for r in g.itertuples():
-            cos = float(x[r.row].astype(np.float64) @ x[rep].astype(np.float64))
-            assert cos >= threshold - 1e-6 and r.similarity == pytest.approx(1.0 if r.is_representative else cos, abs=1e-6)
-            same = hashes[r.row] is not None and hashes[r.row] == hashes[rep]
-            if not r.is_representative:
-                assert (r.kind == "exact") == same, (r.row, rep)
-        has_copy = len(g) > 1 and (g["kind"].iloc[1:] == "exact").any() or (copies is not None and copies[rep] > 1)
-        assert g["kind"].iloc[0] == ("exact" if has_copy else "near")
+            cos = float(x64[r.row] @ x64[rep])
+            assert r.similarity == pytest.approx(1.0 if r.is_representative else cos, abs=1e-6)
+            if r.kind == "exact":
+                assert r.row == rep or (hashes[r.row] is not None and hashes[r.row] == hashes[rep]), (r.row, rep)
+            elif not r.is_representative:
+                assert cos >= threshold - 1e-6
+                assert thumbs is None or float(thumbs[r.row].astype(np.float64) @ thumbs[rep].astype(np.float64)) >= content - 1e-3
+                assert hashes[r.row] is None or hashes[r.row] != hashes[rep]
+        if g["kind"].iloc[0] == "exact":
+            assert len(g) > 1 or (copies is not None and copies[rep] > 1)
+            assert g["group_size"].iloc[0] == (len(g) if copies is None else sum(copies[r] for r in g["row"]))
+        else:
+            assert len(g) >= 2 and (g["group_size"] == len(g)).all()
+    for kind in ("exact", "near"):
+        assert not table[table["kind"] == kind]["row"].duplicated().any()
+    twice = set(table.loc[table["row"].duplicated(), "row"])
+    exact_reps = set(table.loc[(table["kind"] == "exact") & table["is_representative"], "row"])
+    assert twice <= exact_reps
 
 
 def test_duplicate_invariants_on_planted_data():
     x, hashes, copies = _planted(7)
-    _assert_invariants(near_duplicates(exact_knn_graph(x, 6), 0.98, x, hashes, np.array(copies)), x, hashes, 0.98, copies)
+    thumbs = _thumbs_of(x, 7)
+    _assert_invariants(near_duplicates(exact_knn_graph(x, 6), 0.98, x, hashes, np.array(copies), thumbs, 0.97),
+                       x, hashes, 0.98, copies, thumbs, 0.97)
 
 
 def test_a_chain_never_makes_one_group():
@@ -208,6 +237,28 @@ def test_a_chain_never_makes_one_group():
     assert near_duplicates(exact_knn_graph(x[[0, 2]], 1), 0.98, x[[0, 2]]).empty
 
 
+def test_an_exact_set_inside_a_near_star_keeps_its_exact_group():
+    from enrich_ray.pipelines.curate import duplicate_group_of_rows
+
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal(16)
+    x = np.stack([a, a, a, a + 0.05 * rng.standard_normal(16), rng.standard_normal(16), rng.standard_normal(16)])
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    hashes = ["h", "h", "h", "h3", "h4", "h4"]  # rows 0-2 identical; row 3 close; rows 4 and 5 identical too
+    table = near_duplicates(exact_knn_graph(x, 2), 0.98, x, hashes)
+    _assert_invariants(table, x, hashes, 0.98)
+    assert _groups(table, "exact") == {0: {0, 1, 2}, 4: {4, 5}}
+    assert _groups(table, "near") == {0: {0, 3}}  # row 0 stands for its set; rows 1 and 2 only in the exact group
+    assert set(table.loc[table["kind"] == "exact", "group_size"]) == {3, 2}
+    family = duplicate_group_of_rows(table, len(x))
+    assert len(set(family[:4])) == 1 and family[4] == family[5] != family[0]
+    # The report's and junk's reading: one representative per group, exact copies are non-representatives.
+    from enrich_ray.selection.junk import junk_rows
+
+    junk = junk_rows(pd.DataFrame({"row": [], "flagged": []}), table.drop_duplicates("row"))
+    assert junk["row"].tolist() == [1, 2, 5] and set(junk["why"]) == {"exact duplicate"}
+
+
 def test_identical_pixels_are_one_unit_even_beyond_k():
     # 30 identical frames and a kNN graph of k = 3: the hash, not the graph, makes them one group.
     rng = np.random.default_rng(2)
@@ -216,7 +267,7 @@ def test_identical_pixels_are_one_unit_even_beyond_k():
     hashes = _hashes_of(x)
     table = near_duplicates(exact_knn_graph(x, 3), 0.98, x, hashes)
     assert table["group_id"].nunique() == 1 and set(table["row"]) == set(range(30))
-    assert set(table["kind"]) == {"exact"} and table["row"].iloc[0] == 0
+    assert set(table["kind"]) == {"exact"} and table["row"].iloc[0] == 0 and table["group_size"].iloc[0] == 30
     # Without hashes identical embeddings are only near: 'exact' never comes from a similarity.
     assert set(near_duplicates(exact_knn_graph(x, 3), 0.98, x)["kind"]) == {"near"}
     # A byte-copied frame with no other member is a group of its own.
@@ -224,23 +275,55 @@ def test_identical_pixels_are_one_unit_even_beyond_k():
     assert alone["row"].tolist() == [0] and alone["kind"].tolist() == ["exact"] and alone["group_size"].tolist() == [2]
 
 
+def test_thumbnails_ignore_brightness_and_contrast():
+    from enrich_ray.analysis.duplicates import content_similarity, thumbnails
+
+    rng = np.random.default_rng(4)
+    frame = cv2.GaussianBlur(rng.random((64, 64)).astype(np.float32), (9, 9), 3)
+    other = cv2.GaussianBlur(rng.random((64, 64)).astype(np.float32), (9, 9), 3)
+    frames = np.stack([frame, 0.6 * frame + 0.3, frame[::-1], other, np.full((64, 64), 0.5, np.float32)])
+    t = thumbnails(frames)
+    assert t.shape == (5, 256) and t.dtype == np.float16
+    assert np.allclose(thumbnails(frames.reshape(5, -1)), t)
+    sim = content_similarity(t, np.zeros(5, np.int64), np.arange(5))
+    assert sim[0] == pytest.approx(1.0, abs=1e-3) and sim[1] == pytest.approx(1.0, abs=1e-3)
+    assert abs(sim[3]) < 0.5 and sim[4] == 0  # another image; a constant frame correlates with nothing
+    # A pair of close frames that fails the content check is no group; with a thumbnail unknown (NaN)
+    # the embeddings judge alone.
+    x = np.array([[1.0, 0.0], [0.99, 0.141]], np.float32)
+    two = np.stack([t[0], t[3]])
+    assert near_duplicates(exact_knn_graph(x, 1), 0.98, x, thumbs=two, content_threshold=0.9).empty
+    two[1] = np.nan
+    assert set(near_duplicates(exact_knn_graph(x, 1), 0.98, x, thumbs=two, content_threshold=0.9)["row"]) == {0, 1}
+    odd = thumbnails(np.stack([cv2.resize(frame, (50, 50))]))  # a side the thumbnail does not divide
+    assert float(odd[0].astype(np.float32) @ t[0].astype(np.float32)) > 0.95
+    with pytest.raises(ValueError, match="square"):
+        thumbnails(np.zeros((2, 10)))
+
+
 def test_duplicates_reject_bad_input():
     x = np.eye(3, dtype=np.float32)
     graph = exact_knn_graph(x, 1)
     with pytest.raises(ValueError, match="threshold"):
         near_duplicates(graph, 1.5, x)
+    with pytest.raises(ValueError, match="content_threshold"):
+        near_duplicates(graph, 0.9, x, content_threshold=2.0)
     with pytest.raises(ValueError, match="3"):
         near_duplicates(graph, 0.9, x[:2])
     with pytest.raises(ValueError, match="pixel_hash"):
         near_duplicates(graph, 0.9, x, ["a"])
     with pytest.raises(ValueError, match="copies"):
         near_duplicates(graph, 0.9, x, copies=np.array([1, 0, 1]))
+    with pytest.raises(ValueError, match="thumbs"):
+        near_duplicates(graph, 0.9, x, thumbs=np.zeros((2, 4)))
     assert near_duplicates(graph, 0.9, x).empty
 
 
 def test_dicom_duplicate_families_by_pixels_and_similarity():
+    from enrich_ray.analysis.duplicates import thumbnails
     from enrich_ray.decode.dicom import iter_dicom_frames
     from enrich_ray.decode.preprocess import preprocess
+    from enrich_ray.pipelines.curate import duplicate_group_of_rows
 
     cfg = DecodeConfig()
     frames, keys, hashes = [], [], []
@@ -251,40 +334,48 @@ def test_dicom_duplicate_families_by_pixels_and_similarity():
                 hashes.append(pixel_hash(image.image))
                 keys.append((family, name, index))
     x = pixel_embeddings(np.stack(frames))
-    table = near_duplicates(exact_knn_graph(x, 10), THRESHOLD, x, hashes)
-    _assert_invariants(table, x, hashes, THRESHOLD)
-    found = {frozenset(g) for _, g in table.groupby("group_id")["row"]}
+    thumbs = thumbnails(np.stack(frames))
+    content = AnalysisConfig().near_duplicate_content_threshold
+    table = near_duplicates(exact_knn_graph(x, 10), THRESHOLD, x, hashes, thumbs=thumbs, content_threshold=content)
+    _assert_invariants(table, x, hashes, THRESHOLD, thumbs=thumbs, content=content)
+    family = duplicate_group_of_rows(table, len(x))
+    found = {frozenset(np.flatnonzero(family == f).tolist()) for f in set(family.tolist()) - {-1}}
     expected = set()
-    for family, names in DICOM_FAMILIES.items():
-        for index in {k[2] for k in keys if k[0] == family}:
-            rows = frozenset(r for r, k in enumerate(keys) if k[0] == family and k[2] == index)
+    for name_family in DICOM_FAMILIES:
+        for index in {k[2] for k in keys if k[0] == name_family}:
+            rows = frozenset(r for r, k in enumerate(keys) if k[0] == name_family and k[2] == index)
             if len(rows) > 1:
                 expected.add(rows)
-    assert found == expected
-    kinds = table.assign(family=[keys[r][0] for r in table["row"]]).groupby("family")["kind"].agg(set)
-    assert kinds["MR_small"] == {"exact"} and kinds["emri_small"] == {"exact"}  # lossless: identical pixels
-    assert "near" in kinds["US1"]  # lossy J2K and reduced-resolution decoding
+    # Every set of re-encodings is one family; a family never mixes two objects (it may join adjacent
+    # frames of one multi-frame file, as it joins a cine clip's).
+    assert all(any(rows <= f for f in found) for rows in expected)
+    assert all(len({keys[r][0] for r in f}) == 1 for f in found)
+    exact = [set(rows) for rows in _groups(table, "exact").values()]
+    lossless = [set(rows) for rows in expected if keys[min(rows)][0] in ("MR_small", "emri_small")]
+    assert lossless and all(rows in exact for rows in lossless)  # identical pixels: one exact group each
+    us1 = [r for r, k in enumerate(keys) if k[0] == "US1"]
+    assert not any(set(us1) <= rows for rows in exact) and set(us1) <= set(table["row"])  # lossy J2K: near, not exact
 
 
-def test_busi_duplicates_at_the_default_threshold_never_chain(busi, busi_dir):
+def test_busi_duplicates_at_the_default_thresholds_never_chain(busi, busi_dir):
+    from enrich_ray.analysis.duplicates import thumbnails
     from enrich_ray.decode.raster import decode_raster
 
     names, frames = busi
     hashes = [pixel_hash(decode_raster((busi_dir / n).read_bytes(), DecodeConfig()).image) for n in names]
     x = pixel_embeddings(frames)
+    thumbs = thumbnails(frames)
+    content = AnalysisConfig().near_duplicate_content_threshold
     graph = exact_knn_graph(x, 10)
-    table = near_duplicates(graph, THRESHOLD, x, hashes)
+    table = near_duplicates(graph, THRESHOLD, x, hashes, thumbs=thumbs, content_threshold=content)
     assert table["group_id"].nunique() >= 20
-    _assert_invariants(table, x, hashes, THRESHOLD)
-    # BUSI files the same image under two classes: the one exact pair.
+    _assert_invariants(table, x, hashes, THRESHOLD, thumbs=thumbs, content=content)
+    # BUSI files the same image under two classes: the one exact group.
     twins = [names.index("malignant/malignant (145).png"), names.index("benign/benign (433).png")]
-    group = table[table["row"].isin(twins)]
-    assert group["group_id"].nunique() == 1 and set(group["kind"]) == {"exact"}
-    assert (table["kind"] == "exact").sum() == 2
-    # At a loose threshold too, members stay within it of their representative (components chained
-    # different scenes there: some group held a pair below 0.8).
-    loose = near_duplicates(graph, 0.85, x, hashes)
-    _assert_invariants(loose, x, hashes, 0.85)
+    assert _groups(table, "exact") == {min(twins): set(twins)}
+    # At a loose threshold too, members stay within it of their representative.
+    loose = near_duplicates(graph, 0.7, x, hashes, thumbs=thumbs, content_threshold=0.8)
+    _assert_invariants(loose, x, hashes, 0.7, thumbs=thumbs, content=0.8)
 
 
 # --- outliers ----------------------------------------------------------------------------------

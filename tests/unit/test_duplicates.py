@@ -20,6 +20,13 @@ from enrich_ray.config import DecodeConfig
 from enrich_ray.decode.stage import decode_batch, pixel_hash
 from tests.conftest import testdata_path
 
+# Measured on the planted archive below (pixel embedder, default thresholds): 30 of 36 near-dups
+# grouped with their original (0.833: burned-in text, +8% brightness and a 5-degree rotation on the
+# flat synthetic frames are what it misses; BUSI reaches >= 0.91, see analysis/duplicates.py), no
+# false pair of 42. Below the issue's 0.90 goal on this base.
+NEAR_RECALL_FLOOR = 0.83
+NEAR_FALSE_CEILING = 0.01
+
 FULL = DecodeConfig(reduced_resolution=False)
 
 
@@ -152,26 +159,81 @@ def test_pixel_hash_covers_shape_and_dtype():
     assert pixel_hash(np.asfortranarray(np.arange(6.0).reshape(2, 3))) == pixel_hash(np.arange(6.0).reshape(2, 3))
 
 
-def test_byte_copies_fold_into_their_frames_group():
+def test_byte_copies_are_rows_of_their_exact_group_and_near_members_speak_for_one_path():
     import pandas as pd
 
     from enrich_ray.analysis.duplicates import near_duplicates
     from enrich_ray.index.knn import exact_knn_graph
-    from enrich_ray.pipelines.curate import _path_duplicates, _with_keys
+    from enrich_ray.pipelines.curate import _path_duplicates, _with_keys, duplicate_group_of_rows
 
     rng = np.random.default_rng(0)
     base = rng.standard_normal((3, 32))
     x = np.stack([base[0], base[0], base[0] + 0.05 * rng.standard_normal(32), base[1], base[2]])
     x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
     hashes = ["h0", "h0", "h2", "h3", "h4"]  # rows 0 and 1: the same pixels in two files
-    uris = [["a"], ["b1", "b2"], ["c"], ["d1", "d2", "d3"], ["e"]]  # b and d: identical bytes at several paths
+    uris = [["a"], ["b1", "b2"], ["c1", "c2"], ["d1", "d2", "d3"], ["e"]]  # identical bytes at several paths
     frames = pd.DataFrame({"image_id": list("abcde"), "frame_index": 0, "source_uri": [u[0] for u in uris]})
     groups = near_duplicates(exact_knn_graph(x, 2), 0.98, x, hashes, np.array([len(u) for u in uris]))
     dups = _path_duplicates(_with_keys(groups, frames), uris)
-    g0, g1 = (dups[dups["group_id"] == g] for g in (0, 1))
-    assert g0["source_uri"].tolist() == ["a", "b1", "b2", "c"] and g0["kind"].tolist() == ["exact", "exact", "exact", "near"]
-    assert g1["source_uri"].tolist() == ["d1", "d2", "d3"] and set(g1["kind"]) == {"exact"}
-    assert g0["group_size"].eq(4).all() and g1["group_size"].eq(3).all()
-    assert dups.groupby("group_id")["is_representative"].sum().tolist() == [1, 1]
-    assert dups.loc[dups["is_representative"], "source_uri"].tolist() == ["a", "d1"]
+    by_group = {g: d for g, d in dups.groupby("group_id")}
+    assert sorted(by_group) == [0, 1, 2, 3]  # exact {0, 1}, near {0, 2}, exact {2} (bytes at two paths), exact {3}
+    g0, g1, g2, g3 = (by_group[g] for g in range(4))
+    assert g0["source_uri"].tolist() == ["a", "b1", "b2"] and set(g0["kind"]) == {"exact"} and g0["group_size"].eq(3).all()
+    assert g1["source_uri"].tolist() == ["a", "c1"] and set(g1["kind"]) == {"near"} and g1["group_size"].eq(2).all()
+    assert g2["source_uri"].tolist() == ["c1", "c2"] and set(g2["kind"]) == {"exact"}
+    assert g3["source_uri"].tolist() == ["d1", "d2", "d3"] and set(g3["kind"]) == {"exact"} and g3["group_size"].eq(3).all()
+    assert dups.groupby("group_id")["is_representative"].sum().tolist() == [1, 1, 1, 1]
+    assert dups.loc[dups["is_representative"], "source_uri"].tolist() == ["a", "a", "c1", "d1"]
     assert "e" not in set(dups["source_uri"])
+    family = duplicate_group_of_rows(dups, len(x))  # the near star with the exact sets of its members
+    assert family[0] == family[1] == family[2] != family[3] and family[4] == -1
+
+
+@pytest.fixture(scope="module")
+def planted_archive(tmp_path_factory):
+    """A small planted archive (enrich_ray.truth, synthetic base), packed and decoded, with pixel embeddings."""
+    from enrich_ray import schema
+    from enrich_ray.config import EmbedConfig
+    from enrich_ray.embed.registry import fit_state, make_embedder
+    from enrich_ray.io.pack import archive_table, pack
+    from enrich_ray.truth import plant_archive
+
+    out = tmp_path_factory.mktemp("planted_dups")
+    truth = plant_archive(out / "src", "synthetic", n_base=120, seed=0, near_dup_share=0.3)
+    pack([str(out / "src")], str(out / "archive"), progress=False)
+    archive = archive_table(str(out / "archive"), schema.ARCHIVE.names).to_pandas()
+    frames, errors = decode_batch(pa.Table.from_pandas(archive, schema=schema.ARCHIVE, preserve_index=False), DecodeConfig())
+    meta = frames.drop_columns(["pixels"]).to_pandas()
+    pixels = np.asarray(frames.column("pixels").combine_chunks().flatten(), np.float32).reshape(len(meta), 64, 64)
+    embed = EmbedConfig(embedder="pixels")
+    emb = make_embedder(embed, DecodeConfig(), state=fit_state(embed, DecodeConfig(), pixels)).embed_array(pixels)
+    uris = meta["image_id"].map(dict(zip(archive["image_id"], archive["source_uris"]))).map(list).tolist()
+    return out, truth, meta, pixels, emb, uris
+
+
+def test_planted_duplicates_reach_their_floors(planted_archive):
+    """Exact: every identical pair and nothing else; near: the planted near-dups at the measured floors."""
+    from enrich_ray.analysis.duplicates import content_similarity, near_duplicates, thumbnails
+    from enrich_ray.config import AnalysisConfig
+    from enrich_ray.index.knn import exact_knn_graph
+    from enrich_ray.pipelines.curate import _path_duplicates, _with_keys
+    from enrich_ray.truth import score_exact, score_near
+
+    out, truth, meta, pixels, emb, uris = planted_archive
+    cfg = AnalysisConfig()
+    thumbs = thumbnails(pixels)
+    table = near_duplicates(exact_knn_graph(emb, 10), cfg.near_duplicate_threshold, emb, meta["pixel_hash"].tolist(),
+                            np.array([len(u) for u in uris]), thumbs, cfg.near_duplicate_content_threshold)
+    dups = _path_duplicates(_with_keys(table, meta[["image_id", "frame_index", "source_uri"]]), uris)
+    dups["source_uri"] = [u.split("/src/", 1)[1] for u in dups["source_uri"]]
+    exact = score_exact(truth, dups, str(out / "src"))
+    assert exact["precision"] == 1.0 and exact["recall"] == 1.0 and exact["true_pairs"] >= 5
+    near = score_near(truth, dups, str(out / "src"))
+    assert near["planted"] >= 20 and near["recall"] >= NEAR_RECALL_FLOOR
+    assert near["false_pair_rate"] <= NEAR_FALSE_CEILING
+    # The invariant behind the floors, on real frames: every near member passes both checks.
+    for _, g in table[table["kind"] == "near"].groupby("group_id"):
+        rep = np.full(len(g), g["row"].iloc[0])
+        unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+        assert (np.einsum("ij,ij->i", unit[g["row"]].astype(np.float64), unit[rep].astype(np.float64)) >= cfg.near_duplicate_threshold - 1e-6).all()
+        assert (content_similarity(thumbs, g["row"].to_numpy(), rep) >= cfg.near_duplicate_content_threshold).all()
