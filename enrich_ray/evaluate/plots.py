@@ -47,7 +47,7 @@ def plot_auc_curves(summary: pd.DataFrame, full: tuple[float, float], path: str 
         ax.set_ylim(ymin, ymax + (len(set(marks["ranker"])) + 0.5) * (ymax - ymin) * 0.05)
         ticks = sorted(set(part["fraction"] * 100) | {100.0})
         ax.set_xscale("log")
-        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.set_xticks(ticks, [f"{t:.1f}".rstrip("0").rstrip(".") for t in ticks])  # 1.9966 (94 of 4,708) reads 2
         ax.minorticks_off()
         ax.set_title(f"{title}: {embedder} embedding", fontsize=10)
         ax.set_xlabel("training images used (%, log scale)")
