@@ -5,7 +5,9 @@ the reason a person can check.
 deviations, MAD x 1.4826, a frame lies beyond the archive's median; the mean absolute deviation x
 1.2533 stands in when more than half the frames share one value):
 
-- neighbourhood: the similarity to the k-th nearest other frame for every k in
+- neighbourhood: in the space AnalysisConfig.outlier_space names (default 'content': the frames'
+  standardised 16x16 thumbnails, `content_neighbourhood`, what a person sees whatever the embedder;
+  'embedding': the run's embedding), the similarity to the k-th nearest other frame for every k in
   AnalysisConfig.outlier_scales (default 10, 50). A lone foreign frame has far neighbours at
   every scale; a bad series of 10-30 near-identical frames has close 10th neighbours (each other)
   but a far 50th: the largest scale must exceed the largest foreign group to be found. The 1st
@@ -46,7 +48,7 @@ import numpy as np
 import pandas as pd
 
 from enrich_ray.config import AnalysisConfig, IndexConfig
-from enrich_ray.index.knn import EXACT_MAX_ROWS, KnnGraph, knn_graph
+from enrich_ray.index.knn import EXACT_MAX_ROWS, KnnGraph, knn_graph, unit_rows
 
 MAD_TO_SD = 1.4826
 MEAN_AD_TO_SD = 1.2533
@@ -130,6 +132,19 @@ def neighbour_similarities(graph: KnnGraph, embeddings: np.ndarray, scales: list
     cols = np.array([min(k, kmax) - 1 for k in scales])
     out = sims[:, cols].astype(np.float64)
     return np.where(np.isfinite(out), out, NO_NEIGHBOUR)
+
+
+def content_neighbourhood(thumbnails: np.ndarray, scales: list[int], index: IndexConfig) -> tuple[KnnGraph, np.ndarray]:
+    """The kNN graph (k = the largest scale) and unit rows of the frames' standardised thumbnails
+    (analysis.duplicates.thumbnails): neighbourhoods of what a person sees, whatever the embedder.
+    A blank frame (a zero thumbnail) stands at one fixed direction, like every other blank frame."""
+    x = np.asarray(thumbnails, dtype=np.float32).copy()
+    blank = ~(np.linalg.norm(x, axis=1) > 0)
+    x[blank] = 0.0
+    x[blank, 0] = 1.0
+    x = unit_rows(x)
+    k = min(max(scales), len(x) - 1)
+    return knn_graph(x, k, index) if k > 0 else KnnGraph(np.zeros((len(x), 0), np.int64), np.zeros((len(x), 0), np.float32)), x
 
 
 def appearance_features(pixels: np.ndarray) -> np.ndarray:

@@ -173,3 +173,21 @@ if __name__ == "__main__":
         a = make()
         t = outlier_table(a.graph, a.embeddings, appearance_features(a.pixels), a.header, a.duplicate_group, AnalysisConfig())
         print(name, floors(a, t))
+
+
+def test_content_neighbourhood_reads_thumbnails_like_a_plain_search():
+    from enrich_ray.analysis.duplicates import thumbnails
+    from enrich_ray.analysis.outliers import content_neighbourhood
+    from enrich_ray.config import IndexConfig
+
+    rng = np.random.default_rng(5)
+    frames = rng.uniform(0, 1, (80, 64, 64)).astype(np.float32)
+    frames[3] = 0.4  # blank: a zero thumbnail
+    frames[7] = frames[6] * 0.5 + 0.2  # the same content, darker and flatter
+    thumbs = thumbnails(frames)
+    graph, unit = content_neighbourhood(thumbs, [10, 50], IndexConfig())
+    assert graph.k == 50 and np.allclose(np.linalg.norm(unit, axis=1), 1, atol=1e-5)
+    ref = unit @ unit.T
+    np.fill_diagonal(ref, -np.inf)
+    np.testing.assert_allclose(graph.similarities[:, 9], np.sort(ref, axis=1)[:, -10], atol=1e-5)
+    assert graph.neighbors[6, 0] == 7 and graph.similarities[6, 0] > 0.99  # brightness and contrast do not matter
