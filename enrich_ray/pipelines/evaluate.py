@@ -57,6 +57,7 @@ REDUNDANCY_PLOT = "redundancy.png"
 AUCS_FILE = "aucs.csv"
 UNITS_FILE = "embeddings.npz"  # the embeddings a resumed run ranks again
 RUN_FILE = "run.json"  # the settings of the run, so a rerun resumes only the same run
+SESSIONS_FILE = "sessions.csv"  # one row per finished session: what it trained, on what, in how long
 AUC_COLUMNS = ["dataset", "replicate", "model", "model_seed", "embedder", "ranker", "fraction", "n_train",
                "steps", "best_step", "step_cap", "auc"]
 ENCODE_BATCH = 512
@@ -456,6 +457,14 @@ def run_evaluation(dataset: str, cfg: Config, out: str) -> dict:
     redundancy_png = redraw_redundancy(root)
 
     seconds = time.perf_counter() - t_start
+    device = settings.device.type if settings.device.type != "cuda" else torch.cuda.get_device_name(0)
+    session = pd.DataFrame([{"finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "device": device,
+                             "torch_threads": torch.get_num_threads(), "classifiers_trained": len(train_seconds),
+                             "train_seconds": float(np.sum(train_seconds)), "seconds": seconds}])
+    sessions_path = run_dir / SESSIONS_FILE
+    session.to_csv(sessions_path, mode="a", header=not sessions_path.exists(), index=False)
+    sessions = pd.read_csv(sessions_path)
+    trained = int(sessions["classifiers_trained"].sum())
     result = {
         "dataset": data.name,
         "source": dataset,
@@ -472,10 +481,11 @@ def run_evaluation(dataset: str, cfg: Config, out: str) -> dict:
         "full_auc_sd": full_stats[1],
         "classifiers": len(groups),
         "classifiers_trained_now": len(train_seconds),
-        "seconds_per_classifier": float(np.mean(train_seconds)) if train_seconds else None,
-        "device": settings.device.type if settings.device.type != "cuda" else torch.cuda.get_device_name(0),
-        "torch_threads": torch.get_num_threads(),
-        "seconds": seconds,
+        "sessions": len(sessions),
+        "seconds_per_classifier": float(sessions["train_seconds"].sum() / trained) if trained else None,
+        "device": ", ".join(dict.fromkeys(sessions["device"].astype(str))),
+        "torch_threads": ", ".join(dict.fromkeys(sessions["torch_threads"].astype(str))),
+        "seconds": float(sessions["seconds"].sum()),
         "budget": budget.to_dict(orient="records"),
         "embeddings": embeddings.to_dict(orient="records"),
         "files": {name: str(run_dir / name) for name in (AUCS_FILE, "summary.csv", "budget.csv", "embeddings.csv",
@@ -530,8 +540,9 @@ def summary_markdown(result: dict, summary: pd.DataFrame, budget: pd.DataFrame, 
         f"{result['summary']}.",
         f"{result['n_train']} training, {result['n_val']} validation and {result['n_test']} test images at "
         f"{result['side_px']} px; {result['classifiers']} classifiers"
-        + (f" ({result['classifiers_trained_now']} trained in the last session, {spc:.2f} s each" if spc else " (all from an earlier session")
-        + f" on {result['device']}, {result['torch_threads']} torch thread(s)); last session {result['seconds']:.0f} s.",
+        + (f" ({spc:.2f} s each" if spc else " (none timed")
+        + f" on {result['device']}, {result['torch_threads']} torch thread(s)); {result['seconds']:.0f} s in all over "
+        f"{result['sessions']} session(s) (`{SESSIONS_FILE}`).",
         f"{n} AUCs per point. Δ: difference in mean AUC (ranker minus random, or minus the full set) with a Welch 95% "
         "t-interval; p: two-sided Mann-Whitney U; MDE: the smallest difference a two-sided t-test at α = 0.05 detects "
         "with power 0.8 at these n and the pooled sd (Mann-Whitney needs about 5% more). 'matches full' means only that "

@@ -440,6 +440,11 @@ def test_interrupted_run_resumes_to_the_same_aucs(tmp_path):
     assert pd.read_csv(tmp_path / "b" / "planted" / "summary.csv").equals(pd.read_csv(tmp_path / "a" / "planted" / "summary.csv"))
     again = run_evaluation(str(npz), cfg, str(tmp_path / "b"))
     assert again["classifiers_trained_now"] == 0 and path.read_text() == expected
+    sessions = pd.read_csv(tmp_path / "b" / "planted" / "sessions.csv")  # the time of every session, summed
+    assert sessions["classifiers_trained"].tolist() == [24, resumed["classifiers_trained_now"], 0]
+    assert again["sessions"] == 3 and again["seconds"] == pytest.approx(sessions["seconds"].sum())
+    assert again["seconds_per_classifier"] == pytest.approx(sessions["train_seconds"].sum() / sessions["classifiers_trained"].sum())
+    assert "over 3 session(s)" in (tmp_path / "b" / "planted" / "summary.md").read_text()
     path.write_text("dataset,repl")  # killed while writing the header
     run_evaluation(str(npz), cfg, str(tmp_path / "b"))
     assert path.read_text() == expected
