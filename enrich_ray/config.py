@@ -122,7 +122,7 @@ class AnalysisConfig:
     near_duplicate_threshold: float = 0.85  # embeddings' cosine a near member reaches (analysis/duplicates.py)
     near_duplicate_content_threshold: float = 0.95  # and its thumbnails' cross-correlation, both to the representative
     outlier_mad_k: float = 3.5
-    outlier_space: Literal["content", "embedding"] = "content"  # where outliers' neighbourhoods are read (analysis/outliers.py)
+    outlier_space: Literal["both", "content", "embedding"] = "both"  # where outliers' neighbourhoods are read (analysis/outliers.py)
     outlier_max_share: float = 0.05  # at most this share of the frames is flagged: foreign frames are a minority
     outlier_scales: list[int] = field(default_factory=lambda: [10, 50])  # k-th neighbours read (see analysis/outliers.py)
     outlier_rare_share: float = 0.05  # a header value held by fewer frames than this share is rare

@@ -5,9 +5,9 @@ the reason a person can check.
 deviations, MAD x 1.4826, a frame lies beyond the archive's median; the mean absolute deviation x
 1.2533 stands in when more than half the frames share one value):
 
-- neighbourhood: in the space AnalysisConfig.outlier_space names (default 'content': the frames'
-  standardised 16x16 thumbnails, `content_neighbourhood`, what a person sees whatever the embedder;
-  'embedding': the run's embedding), the similarity to the k-th nearest other frame for every k in
+- neighbourhood: in the space AnalysisConfig.outlier_space names (`neighbourhood_space`; default
+  'both': the mean of the cosine of the frames' standardised 16x16 thumbnails, what a person sees,
+  and of the run's embedding; 'content' or 'embedding' alone), the similarity to the k-th nearest other frame for every k in
   AnalysisConfig.outlier_scales (default 10, 50). A lone foreign frame has far neighbours at
   every scale; a bad series of 10-30 near-identical frames has close 10th neighbours (each other)
   but a far 50th: the largest scale must exceed the largest foreign group to be found. The 1st
@@ -134,17 +134,28 @@ def neighbour_similarities(graph: KnnGraph, embeddings: np.ndarray, scales: list
     return np.where(np.isfinite(out), out, NO_NEIGHBOUR)
 
 
-def content_neighbourhood(thumbnails: np.ndarray, scales: list[int], index: IndexConfig) -> tuple[KnnGraph, np.ndarray]:
-    """The kNN graph (k = the largest scale) and unit rows of the frames' standardised thumbnails
-    (analysis.duplicates.thumbnails): neighbourhoods of what a person sees, whatever the embedder.
-    A blank frame (a zero thumbnail) stands at one fixed direction, like every other blank frame."""
+def neighbourhood_space(space: str, graph: KnnGraph, embeddings: np.ndarray, thumbnails: np.ndarray,
+                        scales: list[int], index: IndexConfig) -> tuple[KnnGraph, np.ndarray]:
+    """The kNN graph and unit rows outlier_table reads neighbourhoods in (AnalysisConfig.outlier_space):
+    'embedding' the run's own; 'content' the frames' standardised thumbnails
+    (analysis.duplicates.thumbnails: what a person sees, whatever the embedder); 'both' the two joined,
+    [content, embedding] / sqrt(2), whose cosine is the mean of the two cosines, so a frame is far only
+    when it is far by content and by embedding. A blank frame (a zero thumbnail) stands at one fixed
+    content direction, like every other blank frame."""
+    if space == "embedding":
+        return graph, embeddings
+    if space not in ("content", "both"):
+        raise ValueError(f"analysis.outlier_space must be content, embedding or both, got {space!r}")
     x = np.asarray(thumbnails, dtype=np.float32).copy()
     blank = ~(np.linalg.norm(x, axis=1) > 0)
     x[blank] = 0.0
     x[blank, 0] = 1.0
     x = unit_rows(x)
+    if space == "both":
+        x = np.hstack([x, unit_rows(embeddings)]) / np.float32(np.sqrt(2))
     k = min(max(scales), len(x) - 1)
-    return knn_graph(x, k, index) if k > 0 else KnnGraph(np.zeros((len(x), 0), np.int64), np.zeros((len(x), 0), np.float32)), x
+    empty = KnnGraph(np.zeros((len(x), 0), np.int64), np.zeros((len(x), 0), np.float32))
+    return (knn_graph(x, k, index) if k > 0 else empty), x
 
 
 def appearance_features(pixels: np.ndarray) -> np.ndarray:

@@ -309,7 +309,7 @@ def frame_evidence(run: RunFolder, frames: pd.DataFrame) -> tuple[pd.DataFrame, 
 
 
 def _analyze(run: RunFolder, archive: str, cfg: Config) -> dict:
-    from enrich_ray.analysis.outliers import content_neighbourhood, outlier_table
+    from enrich_ray.analysis.outliers import neighbourhood_space, outlier_table
     from enrich_ray.analysis.redundancy import plot_redundancy, redundancy_stats
 
     frames, emb = load_embeddings(run)
@@ -323,7 +323,7 @@ def _analyze(run: RunFolder, archive: str, cfg: Config) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             plot_redundancy({"this archive": nn}, f"{tmp}/redundancy.png")
             run.write_bytes("redundancy.png", Path(f"{tmp}/redundancy.png").read_bytes())
-        space = (graph, emb) if cfg.analysis.outlier_space == "embedding" else content_neighbourhood(thumbs, cfg.analysis.outlier_scales, cfg.index)
+        space = neighbourhood_space(cfg.analysis.outlier_space, graph, emb, thumbs, cfg.analysis.outlier_scales, cfg.index)
         outl = _with_keys(outlier_table(*space, appearance, header, duplicate_group_of_rows(dups, len(frames)), cfg.analysis), frames)
     else:
         stats = {}

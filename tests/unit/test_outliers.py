@@ -80,6 +80,25 @@ def test_floors_on_busi_with_planted_foreign_frames(busi_dir):
     assert got["top5_and_flagged"] >= 0.9 and got["clean_flagged"] <= 0.02, got
 
 
+@pytest.mark.parametrize("base, space, top", [("synthetic", "both", 0.9), ("synthetic", "content", 0.9),
+                                              ("busi", "both", 0.9), ("busi", "content", 0.7)])
+def test_floors_in_the_curate_spaces(request, base, space, top):
+    """The neighbourhoods curate reads by default (content and embedding joined), and by content alone
+    (which found 74% of BUSI's planted frames in the top 5%: why 'both' is the default)."""
+    from enrich_ray.analysis.duplicates import thumbnails
+    from enrich_ray.analysis.outliers import neighbourhood_space
+    from enrich_ray.config import IndexConfig
+
+    archive = request.getfixturevalue("synthetic") if base == "synthetic" else build_archive(busi_clean(request.getfixturevalue("busi_dir")))
+    cfg = AnalysisConfig(outlier_space=space)
+    graph, unit = neighbourhood_space(space, archive.graph, archive.embeddings, thumbnails(archive.pixels),
+                                      cfg.outlier_scales, IndexConfig())
+    table = outlier_table(graph, unit, appearance_features(archive.pixels), archive.header, archive.duplicate_group, cfg)
+    check_table(archive, table)
+    got = floors(archive, table)
+    assert got["top5_and_flagged"] >= top and got["clean_flagged"] <= 0.03, got
+
+
 def test_a_group_of_foreign_frames_is_found_at_the_largest_scale():
     """A tight cluster of 20 far from a blob of 600: close at k = 1 and 10, far at k = 50."""
     rng = np.random.default_rng(0)
@@ -175,9 +194,9 @@ if __name__ == "__main__":
         print(name, floors(a, t))
 
 
-def test_content_neighbourhood_reads_thumbnails_like_a_plain_search():
+def test_neighbourhood_spaces_read_thumbnails_and_embeddings_like_a_plain_search():
     from enrich_ray.analysis.duplicates import thumbnails
-    from enrich_ray.analysis.outliers import content_neighbourhood
+    from enrich_ray.analysis.outliers import neighbourhood_space
     from enrich_ray.config import IndexConfig
 
     rng = np.random.default_rng(5)
@@ -185,9 +204,18 @@ def test_content_neighbourhood_reads_thumbnails_like_a_plain_search():
     frames[3] = 0.4  # blank: a zero thumbnail
     frames[7] = frames[6] * 0.5 + 0.2  # the same content, darker and flatter
     thumbs = thumbnails(frames)
-    graph, unit = content_neighbourhood(thumbs, [10, 50], IndexConfig())
+    emb = rng.normal(size=(80, 8)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    graph, unit = neighbourhood_space("content", None, emb, thumbs, [10, 50], IndexConfig())
     assert graph.k == 50 and np.allclose(np.linalg.norm(unit, axis=1), 1, atol=1e-5)
     ref = unit @ unit.T
     np.fill_diagonal(ref, -np.inf)
     np.testing.assert_allclose(graph.similarities[:, 9], np.sort(ref, axis=1)[:, -10], atol=1e-5)
     assert graph.neighbors[6, 0] == 7 and graph.similarities[6, 0] > 0.99  # brightness and contrast do not matter
+    both, joined = neighbourhood_space("both", None, emb, thumbs, [10, 50], IndexConfig())
+    mean_cosine = (ref + emb @ emb.T) / 2  # the joined space's cosine is the mean of the two
+    np.fill_diagonal(mean_cosine, -np.inf)
+    np.testing.assert_allclose(both.similarities[:, 0], mean_cosine.max(axis=1), atol=1e-5)
+    assert neighbourhood_space("embedding", graph, emb, thumbs, [10], IndexConfig())[1] is emb
+    with pytest.raises(ValueError, match="outlier_space"):
+        neighbourhood_space("pixels", graph, emb, thumbs, [10], IndexConfig())
