@@ -188,10 +188,17 @@ if __name__ == "__main__":
     busi = SHARED_DATA / "busi_256" / "Dataset_BUSI_with_GT"
     if busi.is_dir():
         archives["BUSI"] = lambda: build_archive(busi_clean(busi))
+    from enrich_ray.analysis.duplicates import thumbnails
+    from enrich_ray.analysis.outliers import neighbourhood_space
+    from enrich_ray.config import IndexConfig
+
     for name, make in archives.items():
         a = make()
-        t = outlier_table(a.graph, a.embeddings, appearance_features(a.pixels), a.header, a.duplicate_group, AnalysisConfig())
-        print(name, floors(a, t))
+        for space in ("embedding", "content", "both"):
+            cfg = AnalysisConfig(outlier_space=space)
+            graph, unit = neighbourhood_space(space, a.graph, a.embeddings, thumbnails(a.pixels), cfg.outlier_scales, IndexConfig())
+            t = outlier_table(graph, unit, appearance_features(a.pixels), a.header, a.duplicate_group, cfg)
+            print(name, space, floors(a, t))
 
 
 def test_neighbourhood_spaces_read_thumbnails_and_embeddings_like_a_plain_search():
