@@ -20,7 +20,7 @@ Two judgments, one table (COLUMNS), each group of one kind:
 
 A unit's representative row may thus be in two groups: the representative of its exact group and
 a member (or the representative) of a near group; the other rows of its set are only in the exact
-group. Every other row is in at most one group. A family (curate.duplicate_group_of_rows) is a near
+group. Every other row is in at most one group. A family (`duplicate_families`) is a near
 group plus the exact groups of its members, or an exact group alone.
 
 Columns: group_id (groups numbered by representative row, an exact group before a near one of the
@@ -273,3 +273,21 @@ def _table(near: dict[int, list[int]], unit: np.ndarray, x: np.ndarray, hashes: 
         }
     ).astype(COLUMNS)
     return table.sort_values(["group_id", "is_representative", "similarity", "row"], ascending=[True, False, False, True]).reset_index(drop=True)
+
+
+def duplicate_families(dups: pd.DataFrame, n: int) -> np.ndarray:
+    """The duplicate family of each frame row, -1 outside every group: a near group with the exact
+    groups of its members (their identical frames), or an exact group alone; numbered by the near
+    group's id, else the exact group's. The outlier table flags a family whole or not at all."""
+    group = np.full(n, -1, np.int64)
+    if not len(dups):
+        return group
+    rows, gids = dups["row"].to_numpy(np.int64), dups["group_id"].to_numpy(np.int64)
+    near = (dups["kind"] == "near").to_numpy()
+    near_of_row = np.full(n, -1, np.int64)
+    near_of_row[rows[near]] = gids[near]
+    reps = dups["is_representative"].to_numpy(bool)
+    family = dict(zip(gids[reps].tolist(), np.where(near_of_row[rows[reps]] >= 0, near_of_row[rows[reps]], gids[reps]).tolist()))
+    family.update(zip(gids[near].tolist(), gids[near].tolist()))
+    group[rows] = [family[g] for g in gids.tolist()]
+    return group

@@ -309,6 +309,7 @@ def frame_evidence(run: RunFolder, frames: pd.DataFrame) -> tuple[pd.DataFrame, 
 
 
 def _analyze(run: RunFolder, archive: str, cfg: Config) -> dict:
+    from enrich_ray.analysis.duplicates import duplicate_families
     from enrich_ray.analysis.outliers import neighbourhood_space, outlier_table
     from enrich_ray.analysis.redundancy import plot_redundancy, redundancy_stats
 
@@ -324,7 +325,7 @@ def _analyze(run: RunFolder, archive: str, cfg: Config) -> dict:
             plot_redundancy({"this archive": nn}, f"{tmp}/redundancy.png")
             run.write_bytes("redundancy.png", Path(f"{tmp}/redundancy.png").read_bytes())
         space = neighbourhood_space(cfg.analysis.outlier_space, graph, emb, thumbs, cfg.analysis.outlier_scales, cfg.index)
-        outl = _with_keys(outlier_table(*space, appearance, header, duplicate_group_of_rows(dups, len(frames)), cfg.analysis), frames)
+        outl = _with_keys(outlier_table(*space, appearance, header, duplicate_families(dups, len(frames)), cfg.analysis), frames)
     else:
         stats = {}
         outl = pd.DataFrame(columns=["rank", "row", "score", "nn_similarity", "flagged", "reason", "image_id", "frame_index", "source_uri"])
@@ -335,24 +336,6 @@ def _analyze(run: RunFolder, archive: str, cfg: Config) -> dict:
         "duplicate_groups": int(dups["group_id"].nunique()) if len(dups) else 0,
         "outliers_flagged": int(outl["flagged"].sum()) if len(outl) else 0,
     }
-
-
-def duplicate_group_of_rows(dups: pd.DataFrame, n: int) -> np.ndarray:
-    """The duplicate family of each frame row, -1 outside every group: a near group with the exact
-    groups of its members (their identical frames), or an exact group alone; numbered by the near
-    group's id, else the exact group's (analysis.duplicates)."""
-    group = np.full(n, -1, np.int64)
-    if not len(dups):
-        return group
-    rows, gids = dups["row"].to_numpy(np.int64), dups["group_id"].to_numpy(np.int64)
-    near = (dups["kind"] == "near").to_numpy()
-    near_of_row = np.full(n, -1, np.int64)
-    near_of_row[rows[near]] = gids[near]
-    reps = dups["is_representative"].to_numpy(bool)
-    family = dict(zip(gids[reps].tolist(), np.where(near_of_row[rows[reps]] >= 0, near_of_row[rows[reps]], gids[reps]).tolist()))
-    family.update(zip(gids[near].tolist(), gids[near].tolist()))
-    group[rows] = [family[g] for g in gids.tolist()]
-    return group
 
 
 def _rank(run: RunFolder, cfg: Config) -> dict:

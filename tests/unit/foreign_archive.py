@@ -19,7 +19,7 @@ from enrich_ray.decode.dicom import read_header
 from enrich_ray.decode.stage import decode_batch
 from enrich_ray.embed.registry import fit_state, make_embedder
 from enrich_ray.index.knn import KnnGraph, exact_knn_graph
-from enrich_ray.pipelines.curate import duplicate_group_of_rows
+from enrich_ray.analysis.duplicates import duplicate_families
 
 PHOTOS = ["astronaut", "coffee", "camera", "moon"]  # colour and grey photographs
 DICOMS = ["CT_small.dcm", "MR_small.dcm"]
@@ -175,6 +175,6 @@ def build_archive(clean: list[np.ndarray], seed: int = 0, k: int = 10) -> Archiv
     analysis = AnalysisConfig()
     dups = near_duplicates(graph, analysis.near_duplicate_threshold, embeddings, thumbs=thumbnails(pixels),
                            content_threshold=analysis.near_duplicate_content_threshold)
-    group = duplicate_group_of_rows(dups, len(items))
+    group = duplicate_families(dups, len(items))
     kind = meta["kind"].to_numpy()
     return Archive(pixels, header, embeddings, graph, group, kind != "clean", kind)

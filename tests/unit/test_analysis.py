@@ -238,7 +238,7 @@ def test_a_chain_never_makes_one_group():
 
 
 def test_an_exact_set_inside_a_near_star_keeps_its_exact_group():
-    from enrich_ray.pipelines.curate import duplicate_group_of_rows
+    from enrich_ray.analysis.duplicates import duplicate_families
 
     rng = np.random.default_rng(3)
     a = rng.standard_normal(16)
@@ -250,7 +250,7 @@ def test_an_exact_set_inside_a_near_star_keeps_its_exact_group():
     assert _groups(table, "exact") == {0: {0, 1, 2}, 4: {4, 5}}
     assert _groups(table, "near") == {0: {0, 3}}  # row 0 stands for its set; rows 1 and 2 only in the exact group
     assert set(table.loc[table["kind"] == "exact", "group_size"]) == {3, 2}
-    family = duplicate_group_of_rows(table, len(x))
+    family = duplicate_families(table, len(x))
     assert len(set(family[:4])) == 1 and family[4] == family[5] != family[0]
     # The report's and junk's reading: one representative per group, exact copies are non-representatives.
     from enrich_ray.selection.junk import junk_rows
@@ -323,7 +323,7 @@ def test_dicom_duplicate_families_by_pixels_and_similarity():
     from enrich_ray.analysis.duplicates import thumbnails
     from enrich_ray.decode.dicom import iter_dicom_frames
     from enrich_ray.decode.preprocess import preprocess
-    from enrich_ray.pipelines.curate import duplicate_group_of_rows
+    from enrich_ray.analysis.duplicates import duplicate_families
 
     cfg = DecodeConfig()
     frames, keys, hashes = [], [], []
@@ -338,7 +338,7 @@ def test_dicom_duplicate_families_by_pixels_and_similarity():
     content = AnalysisConfig().near_duplicate_content_threshold
     table = near_duplicates(exact_knn_graph(x, 10), THRESHOLD, x, hashes, thumbs=thumbs, content_threshold=content)
     _assert_invariants(table, x, hashes, THRESHOLD, thumbs=thumbs, content=content)
-    family = duplicate_group_of_rows(table, len(x))
+    family = duplicate_families(table, len(x))
     found = {frozenset(np.flatnonzero(family == f).tolist()) for f in set(family.tolist()) - {-1}}
     expected = set()
     for name_family in DICOM_FAMILIES:

@@ -164,7 +164,8 @@ def test_byte_copies_are_rows_of_their_exact_group_and_near_members_speak_for_on
 
     from enrich_ray.analysis.duplicates import near_duplicates
     from enrich_ray.index.knn import exact_knn_graph
-    from enrich_ray.pipelines.curate import _path_duplicates, _with_keys, duplicate_group_of_rows
+    from enrich_ray.analysis.duplicates import duplicate_families
+    from enrich_ray.pipelines.curate import _path_duplicates, _with_keys
 
     rng = np.random.default_rng(0)
     base = rng.standard_normal((3, 32))
@@ -185,7 +186,7 @@ def test_byte_copies_are_rows_of_their_exact_group_and_near_members_speak_for_on
     assert dups.groupby("group_id")["is_representative"].sum().tolist() == [1, 1, 1, 1]
     assert dups.loc[dups["is_representative"], "source_uri"].tolist() == ["a", "a", "c1", "d1"]
     assert "e" not in set(dups["source_uri"])
-    family = duplicate_group_of_rows(dups, len(x))  # the near star with the exact sets of its members
+    family = duplicate_families(dups, len(x))  # the near star with the exact sets of its members
     assert family[0] == family[1] == family[2] != family[3] and family[4] == -1
 
 
