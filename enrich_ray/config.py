@@ -334,7 +334,18 @@ def load_config(path: str | Path | Traversable | None = None, overrides: list[st
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: expected a mapping of sections at the top level")
     data = apply_overrides(data, overrides or [])
-    return _build(Config, data)
+    return check_settings(_build(Config, data))
+
+
+def check_settings(cfg: Config) -> Config:
+    """Cross-checks between sections, before any work: a combination that could only hang or fail later."""
+    cpus, actors = cfg.runtime.num_cpus, cfg.embed.num_actors
+    if cpus is not None and cfg.runtime.address is None and cpus <= actors:
+        raise ConfigError(
+            f"runtime.num_cpus={cpus} leaves no CPU beside the {actors} embedding actor(s) (embed.num_actors): "
+            f"the reads that feed them could never start; allow at least {actors + 1}"
+        )
+    return cfg
 
 
 def config_dict(cfg: Any, redact: bool = True) -> dict:

@@ -73,3 +73,13 @@ def test_cli_reports_config_errors_in_one_line(tmp_path, capsys):
     assert main(["curate", "--archive", str(tmp_path), "--out", str(tmp_path / "o"), "--config", str(p)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "selection: expected a mapping" in err[0]
+
+
+def test_a_local_ray_too_small_for_its_embedding_actors_is_refused_before_work():
+    """With one CPU the embedding actor takes it and the Parquet reads that feed it never start (a hang)."""
+    with pytest.raises(ConfigError, match=r"runtime.num_cpus=1 .*embed.num_actors"):
+        load_config(None, ["runtime.num_cpus=1"])
+    with pytest.raises(ConfigError, match="at least 3"):
+        load_config(None, ["runtime.num_cpus=2", "embed.num_actors=2"])
+    assert load_config(None, ["runtime.num_cpus=2"]).runtime.num_cpus == 2
+    assert load_config(None, ["runtime.num_cpus=1", "runtime.address=ray://head:10001"]).runtime.num_cpus == 1  # a cluster's own
