@@ -162,10 +162,21 @@ def embed_training_split(frames: np.ndarray, name: str, cfg: Config, out: Path,
     return unit, facts, natural_unit
 
 
+def _rows_without_junk(unit: np.ndarray, images: np.ndarray, cfg: Config, n: int) -> np.ndarray:
+    """The training rows 'enrich_clean' ranks: all but the junk curate would leave out (selection.junk)."""
+    from enrich_ray.selection.junk import junk_of_images, ranking_rows
+
+    junk = junk_of_images(unit, images, cfg.analysis, cfg.index)
+    log.info("enrich_clean: %d of %d training images left out as junk (%s)", len(junk), n, junk["why"].value_counts().to_dict())
+    return ranking_rows(n, junk, dataclasses.replace(cfg.selection, exclude_junk=True))
+
+
 def _replicate_rankings(units: dict[str, np.ndarray], ev: EvaluateConfig, cfg: Config,
-                        data: LabeledImages, train: np.ndarray, replicate: int, sizes: list[int]) -> dict[tuple[str, str], np.ndarray]:
+                        data: LabeledImages, train: np.ndarray, replicate: int, sizes: list[int],
+                        kept: dict[str, np.ndarray] | None = None) -> dict[tuple[str, str], np.ndarray]:
     """Training-split row orders of one replicate, seed set first and sizes[-1] long:
-    {(embedder, ranker): order}; random, which ignores the embedding, once as ('none', 'random')."""
+    {(embedder, ranker): order}; random, which ignores the embedding, once as ('none', 'random');
+    'enrich_clean' is ENRICH over the rows in kept[embedder] (junk left out) and the seed set."""
     sel = dataclasses.replace(cfg.selection, seed_count=sizes[0], seed_fraction=None, seed_manifest=None,
                               random_seed=ev.seed + replicate)
     seed = seed_rows(len(train), sel)
@@ -186,6 +197,14 @@ def _replicate_rankings(units: dict[str, np.ndarray], ev: EvaluateConfig, cfg: C
                 if len(query) == 0:
                     raise ConfigError(f"evaluate.query_label: the seed set of replicate {replicate} holds no image of class "
                                       f"{ev.query_label!r}; raise the first fraction")
+            if ranker == "enrich_clean":
+                rows = np.union1d((kept or {})[embedder], seed)
+                if len(rows) < sizes[-1]:
+                    raise ConfigError(f"evaluate.rankers: enrich_clean keeps {len(rows)} images, fewer than the "
+                                      f"largest subset ({sizes[-1]}); lower the last fraction")
+                local = rank("enrich", unit[rows], np.searchsorted(rows, seed), k, sel).order
+                orders[(embedder, ranker)] = rows[local]
+                continue
             orders[(embedder, ranker)] = rank(ranker, unit, seed, k, sel, query=query).order
     return orders
 
@@ -399,10 +418,12 @@ def run_evaluation(dataset: str, cfg: Config, out: str) -> dict:
     # Every classifier of the run, in a fixed order: a group is one training subset and model seed,
     # shared by the records it answers (the common seed set of every ranker, random under every embedder).
     all_rows = np.arange(len(train))
+    kept = {name: _rows_without_junk(unit, data.images[train], cfg, len(train)) for name, unit in units.items()} \
+        if "enrich_clean" in ev.rankers else {}
     groups: list[tuple[np.ndarray, int, list[dict]]] = []
     for r in range(ev.replicates):
         t_rank = time.perf_counter()
-        orders = _replicate_rankings(units, ev, cfg, data, train, r, sizes)
+        orders = _replicate_rankings(units, ev, cfg, data, train, r, sizes, kept)
         log.info("replicate %d/%d: %d rankings in %.1f s", r + 1, ev.replicates, len(orders), time.perf_counter() - t_rank)
         for m in range(ev.models_per_replicate):
             model_seed = 1000 * ev.seed + r * ev.models_per_replicate + m

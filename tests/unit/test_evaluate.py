@@ -467,3 +467,34 @@ def test_a_class_folder_evaluates_through_the_archive_path(tmp_path):
         assert sorted(npz.files) == ["pixels", "scikit-image faces + photos · pixels"]
         assert npz["scikit-image faces + photos · pixels"].shape == (216,)
     assert "## AUC per fraction" in (run / "summary.md").read_text()
+
+
+def test_enrich_clean_ranks_without_the_junk_curate_would_leave_out():
+    """ENRICH without junk: a blank frame and a planted photograph-like outlier never enter the ranking
+    (beyond the shared seed set); the order is the plain ENRICH order over the kept rows."""
+    from enrich_ray.evaluate.datasets import LabeledImages
+    from enrich_ray.pipelines.evaluate import _replicate_rankings, _rows_without_junk
+    from enrich_ray.selection import rank
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:28, 0:28] / 27.0
+    images = np.stack([np.clip(0.4 + 0.3 * np.sin(6 * xx + p) * yy + rng.normal(0, 0.02, (28, 28)), 0, 1)
+                       for p in rng.uniform(0, 0.6, 300)]).astype(np.float32)
+    images[7] = 0.0  # blank
+    images[11] = (rng.uniform(0, 1, (28, 28)) > 0.5).astype(np.float32)  # nothing like the rest
+    unit = images.reshape(300, -1) - images.reshape(300, -1).mean(axis=0)
+    unit /= np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-6)
+    unit[7] = np.eye(unit.shape[1])[0]
+    cfg = load_config(None, [])
+    kept = _rows_without_junk(unit, images, cfg, 300)
+    assert 7 not in kept and 11 not in kept and len(kept) >= 280
+    ev = dataclasses.replace(cfg.evaluate, rankers=["enrich_clean", "random"])
+    data = LabeledImages(name="toy", images=images, labels=np.arange(300) % 2, split=np.array(["train"] * 300), classes=["a", "b"])
+    train = np.arange(300)
+    orders = _replicate_rankings({"vae": unit}, ev, cfg, data, train, 0, [5, 60], {"vae": kept})
+    clean, rnd = orders[("vae", "enrich_clean")], orders[("none", "random")]
+    assert len(clean) == 60 and np.array_equal(np.sort(clean[:5]), np.sort(rnd[:5]))  # the shared seed set first
+    assert not set(clean[5:]) - set(kept)
+    rows = np.union1d(kept, rnd[:5])
+    ref = rows[rank("enrich", unit[rows], np.searchsorted(rows, np.sort(rnd[:5])), 55, cfg.selection).order]
+    np.testing.assert_array_equal(clean, ref)
