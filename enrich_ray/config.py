@@ -337,8 +337,26 @@ def load_config(path: str | Path | Traversable | None = None, overrides: list[st
     return check_settings(_build(Config, data))
 
 
+def check_analysis(cfg: AnalysisConfig) -> None:
+    """The ranges of the duplicate and outlier settings (analysis/duplicates.py, analysis/outliers.py)."""
+    for key in ("near_duplicate_threshold", "near_duplicate_content_threshold"):
+        if not -1.0 <= getattr(cfg, key) <= 1.0:
+            raise ConfigError(f"analysis.{key} must be a similarity in [-1, 1], got {getattr(cfg, key)}")
+    if cfg.outlier_mad_k < 0:
+        raise ConfigError(f"analysis.outlier_mad_k must be non-negative, got {cfg.outlier_mad_k}")
+    if not cfg.outlier_scales or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in cfg.outlier_scales):
+        raise ConfigError(f"analysis.outlier_scales must be positive integers, got {cfg.outlier_scales!r}")
+    if not 0 < cfg.outlier_rare_share < 0.5:
+        raise ConfigError(f"analysis.outlier_rare_share must lie in (0, 0.5), got {cfg.outlier_rare_share}")
+    if not 0 < cfg.outlier_max_share <= 1:
+        raise ConfigError(f"analysis.outlier_max_share must lie in (0, 1], got {cfg.outlier_max_share}")
+    if cfg.outlier_colour_min < 0:
+        raise ConfigError(f"analysis.outlier_colour_min must be non-negative, got {cfg.outlier_colour_min}")
+
+
 def check_settings(cfg: Config) -> Config:
-    """Cross-checks between sections, before any work: a combination that could only hang or fail later."""
+    """Cross-checks between sections and ranges, before any work: what could only hang or fail later."""
+    check_analysis(cfg.analysis)
     cpus, actors = cfg.runtime.num_cpus, cfg.embed.num_actors
     if cpus is not None and cfg.runtime.address is None and cpus <= actors:
         raise ConfigError(

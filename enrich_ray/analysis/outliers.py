@@ -47,7 +47,7 @@ import faiss
 import numpy as np
 import pandas as pd
 
-from enrich_ray.config import AnalysisConfig, IndexConfig
+from enrich_ray.config import AnalysisConfig, IndexConfig, check_analysis
 from enrich_ray.index.knn import EXACT_MAX_ROWS, KnnGraph, knn_graph, unit_rows
 
 MAD_TO_SD = 1.4826
@@ -236,18 +236,6 @@ def _header_evidence(header: pd.DataFrame, n: int, cfg: AnalysisConfig) -> tuple
     return strong, support, reasons
 
 
-def _check(cfg: AnalysisConfig) -> None:
-    _check_mad_k(cfg.outlier_mad_k)
-    if not cfg.outlier_scales or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in cfg.outlier_scales):
-        raise ValueError(f"analysis.outlier_scales must be positive integers, got {cfg.outlier_scales!r}")
-    if not 0 < cfg.outlier_rare_share < 0.5:
-        raise ValueError(f"analysis.outlier_rare_share must lie in (0, 0.5), got {cfg.outlier_rare_share}")
-    if not 0 < cfg.outlier_max_share <= 1:
-        raise ValueError(f"analysis.outlier_max_share must lie in (0, 1], got {cfg.outlier_max_share}")
-    if cfg.outlier_colour_min < 0:
-        raise ValueError(f"analysis.outlier_colour_min must be non-negative, got {cfg.outlier_colour_min}")
-
-
 def _check_mad_k(mad_k: float) -> None:
     if mad_k < 0:
         raise ValueError(f"analysis.outlier_mad_k must be non-negative, got {mad_k}")
@@ -271,7 +259,7 @@ def outlier_table(
     Columns: rank, row, score, nn_similarity, neighbour_z, appearance_z, header_rare, is_constant,
     flagged, reason ('' when not flagged).
     """
-    _check(cfg)
+    check_analysis(cfg)
     n = len(graph)
     if len(embeddings) != n or len(appearance) != n or len(header) != n:
         raise ValueError(f"outlier_table: graph ({n}), embeddings ({len(embeddings)}), appearance ({len(appearance)}) "

@@ -83,3 +83,10 @@ def test_a_local_ray_too_small_for_its_embedding_actors_is_refused_before_work()
         load_config(None, ["runtime.num_cpus=2", "embed.num_actors=2"])
     assert load_config(None, ["runtime.num_cpus=2"]).runtime.num_cpus == 2
     assert load_config(None, ["runtime.num_cpus=1", "runtime.address=ray://head:10001"]).runtime.num_cpus == 1  # a cluster's own
+
+
+@pytest.mark.parametrize("setting", ["analysis.outlier_max_share=0", "analysis.near_duplicate_threshold=5",
+                                     "analysis.outlier_scales=[0]", "analysis.outlier_mad_k=-1"])
+def test_analysis_ranges_are_refused_at_load_not_after_embedding(setting):
+    with pytest.raises(ConfigError, match=setting.split("=")[0]):
+        load_config(None, [setting])
