@@ -17,10 +17,11 @@ import numpy as np
 import pyarrow as pa
 
 from enrich_ray import schema
-from enrich_ray.config import DecodeConfig
+from enrich_ray.config import DecodeConfig, StorageConfig
 from enrich_ray.decode.dicom import iter_dicom_frames
 from enrich_ray.decode.preprocess import DisplayImage, preprocess
 from enrich_ray.decode.raster import decode_raster, raster_facts
+from enrich_ray.decode.sniff import sniff_format
 
 STAGE = "decode"
 RASTER_FORMATS = ("png", "jpeg")
@@ -96,3 +97,19 @@ def decode_batch(batch: pa.Table, cfg: DecodeConfig) -> tuple[pa.Table, pa.Table
     frames_schema = schema.frames_schema(cfg.size)
     frames = pa.Table.from_pydict({f.name: out[f.name] for f in frames_schema}, schema=frames_schema)
     return frames, pa.Table.from_pylist(errors, schema=schema.ERRORS)
+
+
+def decode_files(uris: list[str], cfg: DecodeConfig, storage: StorageConfig | None = None) -> pa.Table:
+    """Frames (schema.frames_schema) of the image files under the given folders, files or s3:// prefixes,
+    decoded as curate decodes an archive; files that are not images, and undecodable ones, are left out."""
+    from enrich_ray.io.pack import list_sources
+
+    rows = []
+    for loc, uri in list_sources(uris, storage):
+        data = loc.fs.cat_file(loc.path)
+        fmt = sniff_format(data, uri)
+        if fmt:
+            rows.append({"image_id": hashlib.sha256(data).hexdigest(), "source_uri": uri, "source_uris": [uri],
+                         "format": fmt, "size_bytes": len(data), "data": data})
+    frames, _ = decode_batch(pa.Table.from_pylist(rows, schema=schema.ARCHIVE), cfg)
+    return schema.result_rows(frames)

@@ -10,7 +10,6 @@ manifest, so results never depend on the order a distributed stage wrote them in
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import platform
@@ -395,19 +394,10 @@ def _is_folder(uri: str, cfg: Config) -> bool:
 
 def exemplar_embeddings(folder: str, run: RunFolder, cfg: Config) -> np.ndarray:
     """A folder of exemplar images embedded by the run's own embedder: the targeted ranker's query set."""
-    from enrich_ray.decode.sniff import sniff_format
-    from enrich_ray.decode.stage import decode_batch
+    from enrich_ray.decode.stage import decode_files
     from enrich_ray.embed.registry import make_embedder, state_from_json
-    from enrich_ray.io.pack import list_sources
 
-    rows = []
-    for loc, uri in list_sources([folder], cfg.storage):
-        data = loc.fs.cat_file(loc.path)
-        fmt = sniff_format(data, uri)
-        if fmt:
-            rows.append({"image_id": hashlib.sha256(data).hexdigest(), "source_uri": uri, "source_uris": [uri],
-                         "format": fmt, "size_bytes": len(data), "data": data})
-    frames, _ = decode_batch(pa.Table.from_pylist(rows, schema=schema.ARCHIVE), cfg.decode)
+    frames = decode_files([folder], cfg.decode, cfg.storage)
     if frames.num_rows == 0:
         raise ConfigError(f"selection.smi_query {folder}: no decodable exemplar image in the folder")
     state_file = run.path("embed_state.json")

@@ -13,43 +13,30 @@ embedding unrelated to content) and the raw-pixel embedder.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from enrich_ray import schema  # noqa: E402
 from enrich_ray.config import DecodeConfig, EmbedConfig, VAEConfig  # noqa: E402
-from enrich_ray.decode.sniff import sniff_format  # noqa: E402
-from enrich_ray.decode.stage import decode_batch  # noqa: E402
+from enrich_ray.decode.stage import decode_files  # noqa: E402
 from enrich_ray.embed.diagnostics import embedding_health, health_sample_rows, participation_ratio  # noqa: E402
 from enrich_ray.embed.registry import fit_state, make_embedder  # noqa: E402
 from enrich_ray.embed.train import train_vae  # noqa: E402
 from enrich_ray.pipelines.demo import demo_sources  # noqa: E402
-from enrich_ray.io.pack import list_sources  # noqa: E402
 from enrich_ray.report.html import collapse_warnings  # noqa: E402
 
 BUSI = Path(__file__).resolve().parents[3] / "shared" / "data" / "busi_256"
 DECODE = DecodeConfig()
 
 
-def decode_files(paths: list[str]) -> np.ndarray:
+def decode_pixels(paths: list[str]) -> np.ndarray:
     """Every frame of the given files, decoded as curate decodes them: (n, size, size)."""
-    rows = []
-    for loc, uri in list_sources(paths, None):
-        data = loc.fs.cat_file(loc.path)
-        fmt = sniff_format(data, uri)
-        if fmt:
-            rows.append({"image_id": hashlib.sha256(data).hexdigest(), "source_uri": uri, "source_uris": [uri],
-                         "format": fmt, "size_bytes": len(data), "data": data})
-    frames, _ = decode_batch(pa.Table.from_pylist(rows, schema=schema.ARCHIVE), DECODE)
-    frames = schema.result_rows(frames)
+    frames = decode_files(paths, DECODE)
     flat = frames.column("pixels").combine_chunks().flatten().to_numpy(zero_copy_only=False)
     return flat.reshape(frames.num_rows, DECODE.size, DECODE.size).astype(np.float32)
 
@@ -102,12 +89,12 @@ def main() -> None:
     if BUSI.exists():
         pngs = sorted(str(p) for p in BUSI.rglob("*.png") if "_mask" not in p.name)
         picked = [pngs[i] for i in np.sort(np.random.default_rng(0).choice(len(pngs), 200, replace=False))]
-        run_archive("BUSI 30", decode_files(picked[:30]))
+        run_archive("BUSI 30", decode_pixels(picked[:30]))
     else:
         print(f"{BUSI} absent: BUSI archives skipped")
-    run_archive("demo (pydicom files)", decode_files(demo_sources()))
+    run_archive("demo (pydicom files)", decode_pixels(demo_sources()))
     if BUSI.exists():
-        run_archive("BUSI 200", decode_files(picked))
+        run_archive("BUSI 200", decode_pixels(picked))
 
 
 if __name__ == "__main__":

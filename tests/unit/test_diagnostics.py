@@ -9,7 +9,7 @@ from enrich_ray.config import DecodeConfig, EmbedConfig, VAEConfig
 from enrich_ray.embed.diagnostics import distinct_rows, embedding_health, health_sample_rows
 from enrich_ray.embed.registry import fit_state, make_embedder
 from enrich_ray.report.html import collapse_warnings
-from tests.benchmarks.bench_health import decode_files
+from tests.benchmarks.bench_health import decode_pixels
 
 DECODE = DecodeConfig()
 
@@ -81,7 +81,7 @@ def test_too_few_distinct_frames_or_no_active_unit():
 def busi_30(busi_dir) -> np.ndarray:
     pngs = sorted(str(p) for p in busi_dir.rglob("*.png") if "_mask" not in p.name)
     picked = [pngs[i] for i in np.sort(np.random.default_rng(0).choice(len(pngs), 30, replace=False))]
-    return decode_files(picked)
+    return decode_pixels(picked)
 
 
 def test_healthy_small_busi_archive_is_not_collapsed_and_a_zeroed_encoder_is(busi_30, tmp_path):
