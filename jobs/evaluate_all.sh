@@ -4,12 +4,15 @@
 # after another, each with its own log. Rerunning the script resumes every dataset where its
 # aucs.csv stops. Usage (detached, one BLAS/torch thread):
 #   setsid nohup env OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 jobs/evaluate_all.sh [OUT] > /dev/null 2>&1 &
+# RANKERS (default enrich,random) and DATASETS (default all three, in this order) choose a part,
+# e.g. RANKERS=typiclust,random DATASETS="busi breastmnist" jobs/evaluate_all.sh runs/evaluation/typiclust
 set -u
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/evaluation/protocol30}
 DATA=${DATA:-../shared/data}
 mkdir -p "$OUT"
-RANKERS='evaluate.rankers=[enrich,random]'
+RANKERS="evaluate.rankers=[${RANKERS:-enrich,random}]"
+DATASETS=${DATASETS:-pneumoniamnist breastmnist busi}
 run() {  # name, dataset, extra --set arguments...
   local name=$1 dataset=$2
   shift 2
@@ -17,6 +20,11 @@ run() {  # name, dataset, extra --set arguments...
   .venv/bin/enrich-ray evaluate --dataset "$dataset" --out "$OUT" --set "$RANKERS" "$@" > "$OUT/$name.log" 2>&1
   echo "$(date -u +%FT%TZ) end $name rc=$?" >> "$OUT/jobs.log"
 }
-run pneumoniamnist "$DATA/pneumoniamnist_28/pneumoniamnist.npz"
-run breastmnist "$DATA/breastmnist_28/breastmnist.npz" --set vae.max_epochs=30
-run busi "$DATA/busi_256/Dataset_BUSI_with_GT" --set vae.max_epochs=30 --set decode.size=64
+for name in $DATASETS; do
+  case $name in
+    pneumoniamnist) run pneumoniamnist "$DATA/pneumoniamnist_28/pneumoniamnist.npz" ;;
+    breastmnist) run breastmnist "$DATA/breastmnist_28/breastmnist.npz" --set vae.max_epochs=30 ;;
+    busi) run busi "$DATA/busi_256/Dataset_BUSI_with_GT" --set vae.max_epochs=30 --set decode.size=64 ;;
+    *) echo "evaluate_all.sh: unknown dataset $name (pneumoniamnist, breastmnist, busi)" >&2; exit 2 ;;
+  esac
+done

@@ -1,4 +1,4 @@
-"""Selection: rank frames for labeling (ENRICH, random, EXAMINE, targeted SMI) and the manifest."""
+"""Selection: rank frames for labeling (ENRICH, random, EXAMINE, targeted SMI, TypiClust) and the manifest."""
 from enrich_ray.selection.baseline import random_ranking
 from enrich_ray.selection.enrich import (
     CoverageIndex,
@@ -12,6 +12,7 @@ from enrich_ray.selection.rankers import RANKERS, rank
 from enrich_ray.selection.ranking import Ranking
 from enrich_ray.selection.seeds import seed_rows
 from enrich_ray.selection.smi import smi_ranking
+from enrich_ray.selection.typiclust import typiclust_ranking
 
 __all__ = [
     "RANKERS",
@@ -27,4 +28,5 @@ __all__ = [
     "rank",
     "seed_rows",
     "smi_ranking",
+    "typiclust_ranking",
 ]

@@ -9,8 +9,9 @@ from enrich_ray.selection.enrich import enrich_greedy
 from enrich_ray.selection.examine import examine_ranking
 from enrich_ray.selection.ranking import Ranking
 from enrich_ray.selection.smi import smi_ranking
+from enrich_ray.selection.typiclust import typiclust_ranking
 
-RANKERS = ("enrich", "random", "examine", "smi")
+RANKERS = ("enrich", "random", "examine", "smi", "typiclust")
 
 
 def rank(
@@ -40,6 +41,8 @@ def rank(
             most_valuable_first=cfg.examine_most_valuable_first,
             exponential=cfg.examine_exponential,
         )
+    if name == "typiclust":
+        return typiclust_ranking(embeddings, seed, k, random_seed=cfg.random_seed)
     if name == "smi":
         if query is None:
             raise ValueError("the smi ranker needs a query set (selection.smi_query): none was given")

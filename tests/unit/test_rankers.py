@@ -1,4 +1,4 @@
-"""Seeds, random, EXAMINE and targeted SMI against brute-force references.
+"""Seeds, random, EXAMINE, targeted SMI and TypiClust against brute-force references.
 
 Every test that takes `labeled` runs twice: on synthetic clustered embeddings with a planted rare
 class (always), and on raw-pixel embeddings of real PneumoniaMNIST images (skipped without
@@ -15,6 +15,7 @@ from enrich_ray.config import SelectionConfig
 from enrich_ray.selection import rank, seed_rows
 from enrich_ray.selection.examine import examine_ranking, examine_scores
 from enrich_ray.selection.smi import FLQMI, FLVMI, kernel, smi_ranking
+from enrich_ray.selection.typiclust import kmeans_labels, typicality, typiclust_ranking
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -224,7 +225,7 @@ def test_targeted_selection_finds_the_query_class(labeled):
 def test_rank_dispatches_by_name(labeled):
     x = labeled[0][:80]
     cfg = SelectionConfig(smi_function="flqmi", smi_pool=30)
-    for name in ("enrich", "random", "examine"):
+    for name in ("enrich", "random", "examine", "typiclust"):
         r = rank(name, x, [2], 5, cfg)
         assert r.ranker == name and r.order[0] == 2 and r.order.size == 6 and np.unique(r.order).size == 6
     s = rank("smi", x, [2], 50, cfg, query=[4, 5])
@@ -233,3 +234,58 @@ def test_rank_dispatches_by_name(labeled):
         rank("smi", x, [2], 5, cfg)
     with pytest.raises(ValueError, match="unknown ranker"):
         rank("kmeans", x, [2], 5, cfg)
+
+
+def test_typicality_is_the_inverse_mean_distance_to_the_nearest_others(labeled):
+    x = labeled[0][:150]
+    d = np.sqrt(np.maximum(((x[:, None, :].astype(np.float64) - x[None, :, :]) ** 2).sum(-1), 0))
+    np.fill_diagonal(d, np.inf)
+    want = 1.0 / np.sort(d, axis=1)[:, :20].mean(axis=1)
+    assert np.allclose(typicality(x, 20), want, rtol=1e-3)
+
+
+def reference_typiclust(x: np.ndarray, seed: list[int], k: int, random_seed: int = 0) -> list[int]:
+    """TypiClust in plain loops over the same k-means labels: each round clusters into twice the
+    ranked set, then takes the most typical frame of each cluster without a ranked frame, largest first."""
+    typ = typicality(x, 20)
+    order = list(seed)
+    r = 0
+    while len(order) < len(seed) + k:
+        target = min(len(x), 2 * len(order))
+        labels = kmeans_labels(x, target, random_seed + r)
+        clusters = [c for c in range(target) if (labels == c).any() and not any(labels[i] == c for i in order)]
+        clusters.sort(key=lambda c: -(labels == c).sum())
+        for c in clusters[: target - len(order)]:
+            members = [i for i in range(len(x)) if labels[i] == c]
+            order.append(max(members, key=lambda i: (typ[i], -i)))
+            if len(order) == len(seed) + k:
+                break
+        r += 1
+    return order
+
+
+def test_typiclust_matches_the_plain_reference(labeled):
+    x = labeled[0][:300]
+    got = typiclust_ranking(x, [5, 17], 100)
+    assert got.order.tolist() == reference_typiclust(x, [5, 17], 100)
+    assert got.ranker == "typiclust" and got.n_seed == 2 and np.isnan(got.score[:2]).all() and np.isfinite(got.score[2:]).all()
+    assert np.unique(got.order).size == got.order.size
+    assert got.order.tolist() == typiclust_ranking(x, [5, 17], 100).order.tolist()  # deterministic
+
+
+def test_typiclust_picks_the_dense_middle_before_the_edge():
+    # 6 tight clusters of 60 and 40 scattered frames: the first picks are cluster frames, one per
+    # cluster, among the half nearest its centre; ENRICH's first picks are mostly the scattered ones.
+    rng = np.random.default_rng(4)
+    centres = rng.standard_normal((6, 16)) * 3
+    x = np.concatenate([np.repeat(centres, 60, axis=0) + 0.3 * rng.standard_normal((360, 16)), 3 * rng.standard_normal((40, 16))])
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    scattered = np.arange(360, 400)
+    picks = typiclust_ranking(x, [0], 5).order[1:]
+    assert not np.isin(picks, scattered).any()
+    assert sorted(picks // 60) == [1, 2, 3, 4, 5]  # once each cluster the seed's is not
+    for p in picks:
+        members = x[(p // 60) * 60 : (p // 60 + 1) * 60]
+        centre = members.mean(axis=0)
+        assert np.linalg.norm(x[p] - centre) <= np.median(np.linalg.norm(members - centre, axis=1))
+    assert np.isin(rank("enrich", x, [0], 6, SelectionConfig()).order[1:], scattered).mean() >= 0.5
