@@ -121,6 +121,7 @@ class AnalysisConfig:
 
     near_duplicate_threshold: float = 0.85  # embeddings' cosine a near member reaches (analysis/duplicates.py)
     near_duplicate_content_threshold: float = 0.95  # and its thumbnails' cross-correlation, both to the representative
+    near_duplicate_content_alone: float = 0.99  # or the thumbnails' cross-correlation alone reaches this
     outlier_mad_k: float = 3.5
     outlier_space: Literal["both", "content", "embedding"] = "both"  # where outliers' neighbourhoods are read (analysis/outliers.py)
     outlier_max_share: float = 0.05  # at most this share of the frames is flagged: foreign frames are a minority
@@ -133,7 +134,7 @@ class AnalysisConfig:
 class SelectionConfig:
     """The ranker and its seed set."""
 
-    ranker: Literal["enrich", "random", "examine", "smi"] = "enrich"
+    ranker: Literal["enrich", "random", "examine", "smi", "typiclust"] = "enrich"
     k: int | None = None  # None: rank every frame
     seed_count: int | None = 1
     seed_fraction: float | None = None
@@ -175,7 +176,7 @@ class ReportConfig:
 class EvaluateConfig:
     """The evaluation job (paper Fig. 1 and 3): does ranking help on a labeled dataset, and how much labeling does it save?"""
 
-    rankers: list[Literal["enrich", "enrich_clean", "random", "examine", "smi"]] = field(default_factory=lambda: ["enrich", "random", "examine"])
+    rankers: list[Literal["enrich", "enrich_clean", "random", "examine", "smi", "typiclust"]] = field(default_factory=lambda: ["enrich", "random", "examine"])
     embedders: list[Literal["vae", "pixels"]] = field(default_factory=lambda: ["vae", "pixels"])
     fractions: list[float] = field(default_factory=lambda: [0.02, 0.05, 0.1, 0.2, 0.4])  # the first: the random seed set
     increment: int | None = None  # the paper's fixed increments: seed set, then +increment images until the full set
@@ -339,9 +340,12 @@ def load_config(path: str | Path | Traversable | None = None, overrides: list[st
 
 def check_analysis(cfg: AnalysisConfig) -> None:
     """The ranges of the duplicate and outlier settings (analysis/duplicates.py, analysis/outliers.py)."""
-    for key in ("near_duplicate_threshold", "near_duplicate_content_threshold"):
+    for key in ("near_duplicate_threshold", "near_duplicate_content_threshold", "near_duplicate_content_alone"):
         if not -1.0 <= getattr(cfg, key) <= 1.0:
             raise ConfigError(f"analysis.{key} must be a similarity in [-1, 1], got {getattr(cfg, key)}")
+    if cfg.near_duplicate_content_alone < cfg.near_duplicate_content_threshold:
+        raise ConfigError(f"analysis.near_duplicate_content_alone ({cfg.near_duplicate_content_alone}) must be at least "
+                          f"analysis.near_duplicate_content_threshold ({cfg.near_duplicate_content_threshold})")
     if cfg.outlier_mad_k < 0:
         raise ConfigError(f"analysis.outlier_mad_k must be non-negative, got {cfg.outlier_mad_k}")
     if not cfg.outlier_scales or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in cfg.outlier_scales):

@@ -8,14 +8,18 @@ Two judgments, one table (COLUMNS), each group of one kind:
   paths, is an exact group; its representative is the set's lowest row (and, per path, its first
   path). Every member is pixel-identical to its representative. No similarity makes a frame exact.
 - 'near' groups are leader (star) clusters over UNITS: one unit per distinct pixel_hash (a frame
-  of unknown hash is a unit alone), its lowest row standing for the set. Candidates are the kNN
-  graph's edges; a pair of units is near when both checks hold between the two representatives:
-  the embeddings' exact cosine >= `threshold`, and the content similarity >= `content_threshold`:
-  the cross-correlation of small thumbnails of the decoded frames, each standardised to zero mean
-  and unit norm (`thumbnails`), which ignores brightness and contrast and tolerates JPEG, resizing,
-  burned-in text, a few percent of crop and a few degrees of rotation. Repeatedly, the ungrouped
-  unit with the most ungrouped near units (ties: the highest mean cosine to them, then the lowest
-  row) becomes a representative, and its ungrouped near units join it. So every member is near its
+  of unknown hash is a unit alone), its lowest row standing for the set. Candidates are the edges
+  of two kNN graphs, the embeddings' and the content graph's (`content_graph`: the thumbnails'
+  own neighbours, so a pair the embedder sets far apart is still offered). The content similarity
+  is the cross-correlation of small thumbnails of the decoded frames, each standardised to zero
+  mean and unit norm (`thumbnails`), which ignores brightness and contrast and tolerates JPEG,
+  resizing, a few percent of crop and a few degrees of rotation. A pair of units is near when,
+  between the two representatives, the content similarity >= `content_threshold` and the
+  embeddings' exact cosine >= `threshold`, or the content similarity alone >= `content_alone`
+  (thumbnails that agree this closely are the same picture, whatever the embedder says: a
+  brightness shift can turn the embedding away). Repeatedly, the ungrouped unit with the most
+  ungrouped near units (ties: the highest mean cosine to them, then the lowest row) becomes a
+  representative, and its ungrouped near units join it. So every member is near its
   representative, whatever the chain a-b-c: a and c share a group only when a~c too.
 
 A unit's representative row may thus be in two groups: the representative of its exact group and
@@ -25,6 +29,7 @@ group plus the exact groups of its members, or an exact group alone.
 
 Columns: group_id (groups numbered by representative row, an exact group before a near one of the
 same row), row, kind, similarity (the embeddings' exact cosine to the representative; 1 for it),
+content_similarity (the thumbnails' cross-correlation to the representative; NaN when unknown),
 is_representative, group_size (exact: frames counting each path of byte-identical copies; near:
 units), pixel_hash.
 
@@ -64,13 +69,15 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from enrich_ray.index.knn import KnnGraph, unit_rows
+from enrich_ray.config import AnalysisConfig, IndexConfig
+from enrich_ray.index.knn import KnnGraph, knn_graph, unit_rows
 
 COLUMNS = {
     "group_id": np.int64,
     "row": np.int64,
     "kind": object,
     "similarity": np.float32,  # exact cosine to the representative (1 for the representative)
+    "content_similarity": np.float32,  # thumbnails' cross-correlation to the representative (NaN: unknown)
     "is_representative": bool,
     "group_size": np.int64,
     "pixel_hash": object,  # the decode stage's hash of the frame's pixels; None when not given
@@ -114,15 +121,20 @@ def near_duplicates(
     copies: np.ndarray | None = None,
     thumbs: np.ndarray | None = None,
     content_threshold: float = -1.0,
+    content_alone: float | None = None,
+    content_neighbours: KnnGraph | None = None,
 ) -> pd.DataFrame:
     """The exact and near-duplicate groups of the module docstring, one table row per (group, frame),
     representative first.
 
     pixel_hash: per row, the hash of its decoded pixels (None: unknown). copies: per row, how many
     files hold its bytes (>= 1). thumbs: per row, `thumbnails` of its frame (None: no content check; a
-    NaN row: unknown, its pairs judged by the embeddings alone).
+    NaN row: unknown, its pairs judged by the embeddings alone). content_alone: the content similarity
+    that makes a pair near by itself (None: never). content_neighbours: the content graph, whose edges
+    are candidates too (None: the embeddings' graph alone offers pairs).
     """
-    for name, value in (("threshold", threshold), ("content_threshold", content_threshold)):
+    checks = [("threshold", threshold), ("content_threshold", content_threshold)]
+    for name, value in checks + ([("content_alone", content_alone)] if content_alone is not None else []):
         if not -1.0 <= value <= 1.0:
             raise ValueError(f"near-duplicate {name} must be a similarity in [-1, 1], got {value}")
     n = len(graph)
@@ -135,9 +147,46 @@ def near_duplicates(
         raise ValueError("copies must be at least 1 for every row")
     if thumbs is not None and (np.ndim(thumbs) != 2 or len(thumbs) != n):
         raise ValueError(f"thumbs must be an (n, d) array with one row per graph row ({n}), got shape {np.shape(thumbs)}")
+    if content_neighbours is not None and len(content_neighbours) != n:
+        raise ValueError(f"content_neighbours has {len(content_neighbours)} rows, the graph {n}")
     unit = _exact_units(hashes)
-    u, v, sim = _unit_edges(graph, unit, x, threshold, thumbs, content_threshold)
-    return _table(_leader_groups(n, u, v, sim), unit, x, hashes, weight)
+    u, v, sim = _unit_edges(graph, unit, x, threshold, thumbs, content_threshold, content_alone, content_neighbours)
+    return _table(_leader_groups(n, u, v, sim), unit, x, hashes, weight, thumbs)
+
+
+def content_rows(thumbs: np.ndarray) -> np.ndarray:
+    """Unit rows of standardised thumbnails whose dot is their cross-correlation; a blank frame (a zero
+    thumbnail) stands at one fixed direction, like every other blank frame."""
+    x = np.asarray(thumbs, dtype=np.float32).copy()
+    blank = ~(np.linalg.norm(x, axis=1) > 0)
+    x[blank] = 0.0
+    x[blank, 0] = 1.0
+    return unit_rows(x)
+
+
+def content_graph(thumbs: np.ndarray, k: int, index: IndexConfig) -> KnnGraph:
+    """The kNN graph of the frames' thumbnails (content_rows), built as the embeddings' graph is; a frame
+    whose thumbnail is unknown (NaN) has no neighbours (-1) and is no one's."""
+    t = np.asarray(thumbs, dtype=np.float32)
+    known = np.flatnonzero(np.isfinite(t).all(axis=1))
+    n = len(t)
+    k = min(k, max(len(known) - 1, 0))
+    neighbors, sims = np.full((n, k), -1, np.int64), np.full((n, k), -np.inf, np.float32)
+    if k > 0:
+        sub = knn_graph(content_rows(t[known]), k, index)
+        neighbors[known] = np.where(sub.neighbors >= 0, known[np.maximum(sub.neighbors, 0)], -1)
+        sims[known] = sub.similarities
+    return KnnGraph(neighbors, sims)
+
+
+def archive_duplicates(graph: KnnGraph, embeddings: np.ndarray, analysis: AnalysisConfig, index: IndexConfig,
+                       pixel_hash: Sequence[str | None] | None = None, copies: np.ndarray | None = None,
+                       thumbs: np.ndarray | None = None) -> pd.DataFrame:
+    """near_duplicates with the analysis settings, its content graph built from thumbs (k as the
+    embeddings' graph): the one call curate, nightly and the evaluation's junk filter make."""
+    neighbours = content_graph(thumbs, graph.k, index) if thumbs is not None and graph.k else None
+    return near_duplicates(graph, analysis.near_duplicate_threshold, embeddings, pixel_hash, copies, thumbs,
+                           analysis.near_duplicate_content_threshold, analysis.near_duplicate_content_alone, neighbours)
 
 
 def content_similarity(thumbs: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -168,28 +217,39 @@ def _exact_units(hashes: np.ndarray) -> np.ndarray:
 
 
 def _unit_edges(graph: KnnGraph, unit: np.ndarray, x: np.ndarray, threshold: float, thumbs: np.ndarray | None,
-                content_threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Undirected edges between units (lower unit first, each once) that pass both checks; their exact cosine."""
+                content_threshold: float, content_alone: float | None = None,
+                content_neighbours: KnnGraph | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Undirected edges between units (lower unit first, each once) that pass the checks; their exact cosine."""
     n = len(graph)
     if n == 0 or graph.k == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
-    nb, sims = graph.neighbors, graph.similarities
-    keep = (nb >= 0) & (sims >= threshold - _CANDIDATE_SLACK)
-    if (nb[keep] >= n).any():
-        raise ValueError(f"kNN graph has neighbour ids beyond its {n} rows")
-    src = unit[np.broadcast_to(np.arange(n)[:, None], nb.shape)[keep]]
-    dst = unit[nb[keep]]
-    lo, hi = np.minimum(src, dst), np.maximum(src, dst)
-    key = np.sort((lo * n + hi)[lo != hi])
-    key = key[np.r_[True, key[1:] != key[:-1]]] if key.size else key  # each undirected pair once, sorted
+    candidates = [_graph_pairs(graph, unit, threshold if content_alone is None else min(threshold, -1.0))]
+    if content_neighbours is not None and content_neighbours.k:
+        candidates.append(_graph_pairs(content_neighbours, unit, content_threshold))
+    key = np.concatenate(candidates)
+    key = np.unique(key)  # each undirected pair once, sorted
     pairs = np.stack([key // n, key % n], axis=1)
     blocks = [pairs[i : i + _CHUNK] for i in range(0, len(pairs), _CHUNK)]
     exact = np.concatenate([_cosine(x, p[:, 0], p[:, 1]) for p in blocks]) if blocks else np.zeros(0)
     ok = exact >= threshold
     if thumbs is not None and blocks:
         content = np.concatenate([content_similarity(thumbs, p[:, 0], p[:, 1]) for p in blocks])
-        ok &= (content >= content_threshold) | np.isnan(content)  # a thumbnail unknown (NaN): the embeddings judge alone
+        unknown = np.isnan(content)  # a thumbnail unknown: the embeddings judge alone
+        ok = (ok & ((content >= content_threshold) | unknown)) | (~unknown & (content >= (2.0 if content_alone is None else content_alone)))
     return pairs[ok, 0], pairs[ok, 1], exact[ok]
+
+
+def _graph_pairs(graph: KnnGraph, unit: np.ndarray, floor: float) -> np.ndarray:
+    """Keys (lo * n + hi) of the graph's edges between distinct units whose graph similarity reaches floor."""
+    n = len(graph)
+    nb, sims = graph.neighbors, graph.similarities
+    keep = (nb >= 0) & (sims >= floor - _CANDIDATE_SLACK)
+    if (nb[keep] >= n).any():
+        raise ValueError(f"kNN graph has neighbour ids beyond its {n} rows")
+    src = unit[np.broadcast_to(np.arange(n)[:, None], nb.shape)[keep]]
+    dst = unit[nb[keep]]
+    lo, hi = np.minimum(src, dst), np.maximum(src, dst)
+    return (lo * n + hi)[lo != hi]
 
 
 def _cosine(x: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -242,7 +302,8 @@ def _leader_groups(n: int, u: np.ndarray, v: np.ndarray, sim: np.ndarray) -> dic
     return groups
 
 
-def _table(near: dict[int, list[int]], unit: np.ndarray, x: np.ndarray, hashes: np.ndarray, weight: np.ndarray) -> pd.DataFrame:
+def _table(near: dict[int, list[int]], unit: np.ndarray, x: np.ndarray, hashes: np.ndarray, weight: np.ndarray,
+           thumbs: np.ndarray | None) -> pd.DataFrame:
     n = unit.size
     unit_weight = np.bincount(unit, weights=weight, minlength=n).astype(np.int64)
     exact_reps = np.flatnonzero(unit_weight >= 2)
@@ -259,14 +320,17 @@ def _table(near: dict[int, list[int]], unit: np.ndarray, x: np.ndarray, hashes: 
     _, group_id = np.unique(group_key, return_inverse=True)
     size = np.where(is_near, np.bincount(group_id)[group_id], unit_weight[rep])
     similarity = _cosine(x, rows, rep).astype(np.float32)
+    content = content_similarity(thumbs, rows, rep) if thumbs is not None else np.full(len(rows), np.nan, np.float32)
     is_rep = rows == rep
     similarity[is_rep] = 1.0
+    content[is_rep & ~np.isnan(content)] = 1.0
     table = pd.DataFrame(
         {
             "group_id": group_id,
             "row": rows,
             "kind": np.where(is_near, "near", "exact").astype(object),
             "similarity": similarity,
+            "content_similarity": content,
             "is_representative": is_rep,
             "group_size": size,
             "pixel_hash": hashes[rows],

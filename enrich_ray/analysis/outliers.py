@@ -47,6 +47,7 @@ import faiss
 import numpy as np
 import pandas as pd
 
+from enrich_ray.analysis.duplicates import content_rows
 from enrich_ray.config import AnalysisConfig, IndexConfig, check_analysis
 from enrich_ray.index.knn import EXACT_MAX_ROWS, KnnGraph, knn_graph, unit_rows
 
@@ -146,11 +147,7 @@ def neighbourhood_space(space: str, graph: KnnGraph, embeddings: np.ndarray, thu
         return graph, embeddings
     if space not in ("content", "both"):
         raise ValueError(f"analysis.outlier_space must be content, embedding or both, got {space!r}")
-    x = np.asarray(thumbnails, dtype=np.float32).copy()
-    blank = ~(np.linalg.norm(x, axis=1) > 0)
-    x[blank] = 0.0
-    x[blank, 0] = 1.0
-    x = unit_rows(x)
+    x = content_rows(thumbnails)
     if space == "both":
         x = np.hstack([x, unit_rows(embeddings)]) / np.float32(np.sqrt(2))
     k = min(max(scales), len(x) - 1)

@@ -257,16 +257,15 @@ def _duplicates(run: RunFolder, archive: str, cfg: Config, frames: pd.DataFrame,
                 thumbs: np.ndarray | None = None) -> pd.DataFrame:
     """Exact and near-duplicate groups (analysis.duplicates) of the run's frames, a row per path of each
     exact member. thumbs: the frames' analysis.duplicates.thumbnails (None: no content check)."""
-    from enrich_ray.analysis.duplicates import near_duplicates
+    from enrich_ray.analysis.duplicates import archive_duplicates
 
     if not len(frames):
         return pd.DataFrame(columns=DUPLICATE_COLUMNS)
     table = archive_table(archive, ["image_id", "source_uris"], cfg.storage).to_pandas()
     uris = frames["image_id"].map(dict(zip(table["image_id"], table["source_uris"])))
     uris = [list(u) if isinstance(u, (list, np.ndarray)) and len(u) else [s] for u, s in zip(uris, frames["source_uri"])]
-    a = cfg.analysis
-    groups = near_duplicates(graph, a.near_duplicate_threshold, emb, pixel_hashes(run, frames),
-                             np.array([len(u) for u in uris], np.int64), thumbs, a.near_duplicate_content_threshold)
+    groups = archive_duplicates(graph, emb, cfg.analysis, cfg.index, pixel_hashes(run, frames),
+                                np.array([len(u) for u in uris], np.int64), thumbs)
     return _path_duplicates(_with_keys(groups, frames), uris)
 
 

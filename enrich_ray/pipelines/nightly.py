@@ -388,11 +388,9 @@ def _night_duplicates(graph, frames: pd.DataFrame, emb: np.ndarray, hashes: list
                       resent: list[str], history: pd.DataFrame, cfg: Config, thumbs: np.ndarray | None = None) -> pd.DataFrame:
     """Tonight's duplicate groups (exact by pixel_hash among tonight's frames; near by analysis.duplicates,
     of each other by both checks, of earlier frames by the embeddings alone), and re-sent images."""
-    from enrich_ray.analysis.duplicates import near_duplicates
+    from enrich_ray.analysis.duplicates import archive_duplicates
 
-    a = cfg.analysis
-    dups = (near_duplicates(graph, a.near_duplicate_threshold, emb, hashes, thumbs=thumbs, content_threshold=a.near_duplicate_content_threshold)
-            if len(frames) and graph.k else pd.DataFrame())
+    dups = archive_duplicates(graph, emb, cfg.analysis, cfg.index, hashes, thumbs=thumbs) if len(frames) and graph.k else pd.DataFrame()
     if len(dups):
         tonight = dups.groupby("group_id")["row"].transform(lambda rows: (rows >= n_hist).any())
         dups = dups[tonight].copy()

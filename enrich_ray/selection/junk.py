@@ -65,7 +65,7 @@ def junk_of_images(embeddings: np.ndarray, images: np.ndarray, analysis: Analysi
     """junk_rows of a set of decoded frames held in memory ((N, s, s) in [0, 1], with their embeddings),
     judged as curate judges an archive: exact and near-duplicate groups, then the outlier table. For
     callers without a run folder (the evaluation job's training split); no header facts are known."""
-    from enrich_ray.analysis.duplicates import duplicate_families, near_duplicates, thumbnails
+    from enrich_ray.analysis.duplicates import archive_duplicates, duplicate_families, thumbnails
     from enrich_ray.analysis.outliers import appearance_features, neighbourhood_space, outlier_table
     from enrich_ray.decode.stage import pixel_hash
     from enrich_ray.index.knn import knn_graph
@@ -73,8 +73,7 @@ def junk_of_images(embeddings: np.ndarray, images: np.ndarray, analysis: Analysi
     n = len(images)
     graph = knn_graph(embeddings, min(index.k, n - 1), index)
     thumbs = thumbnails(images)
-    dups = near_duplicates(graph, analysis.near_duplicate_threshold, embeddings, [pixel_hash(f) for f in images],
-                           thumbs=thumbs, content_threshold=analysis.near_duplicate_content_threshold)
+    dups = archive_duplicates(graph, embeddings, analysis, index, [pixel_hash(f) for f in images], thumbs=thumbs)
     blank = np.ptp(images.reshape(n, -1), axis=1) == 0
     space = neighbourhood_space(analysis.outlier_space, graph, embeddings, thumbs, analysis.outlier_scales, index)
     outl = outlier_table(*space, appearance_features(images), pd.DataFrame({"is_constant": blank}),

@@ -13,8 +13,8 @@ import pandas as pd
 import pyarrow as pa
 
 from enrich_ray import schema
-from enrich_ray.analysis.duplicates import near_duplicates, thumbnails
-from enrich_ray.config import AnalysisConfig, DecodeConfig, EmbedConfig
+from enrich_ray.analysis.duplicates import archive_duplicates, thumbnails
+from enrich_ray.config import AnalysisConfig, DecodeConfig, EmbedConfig, IndexConfig
 from enrich_ray.decode.dicom import read_header
 from enrich_ray.decode.stage import decode_batch
 from enrich_ray.embed.registry import fit_state, make_embedder
@@ -173,8 +173,7 @@ def build_archive(clean: list[np.ndarray], seed: int = 0, k: int = 10) -> Archiv
     embeddings = embedder.embed_array(pixels.reshape(-1, 64, 64))
     graph = exact_knn_graph(embeddings, k)
     analysis = AnalysisConfig()
-    dups = near_duplicates(graph, analysis.near_duplicate_threshold, embeddings, thumbs=thumbnails(pixels),
-                           content_threshold=analysis.near_duplicate_content_threshold)
+    dups = archive_duplicates(graph, embeddings, analysis, IndexConfig(), thumbs=thumbnails(pixels))
     group = duplicate_families(dups, len(items))
     kind = meta["kind"].to_numpy()
     return Archive(pixels, header, embeddings, graph, group, kind != "clean", kind)

@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from enrich_ray.analysis.duplicates import near_duplicates
+from enrich_ray.analysis.duplicates import archive_duplicates, content_graph, near_duplicates, thumbnails
 from enrich_ray.analysis.outliers import MAD_TO_SD, outliers, robust_cutoff
 from enrich_ray.analysis.redundancy import plot_redundancy, redundancy_stats
-from enrich_ray.config import AnalysisConfig, DecodeConfig
+from enrich_ray.config import AnalysisConfig, DecodeConfig, IndexConfig
 from enrich_ray.decode.stage import pixel_hash
 from enrich_ray.index.knn import KnnGraph, exact_knn_graph
 from tests.conftest import testdata_path
@@ -100,7 +100,8 @@ def _hashes_of(x: np.ndarray) -> list[str]:
 
 
 def reference_groups(x: np.ndarray, graph: KnnGraph, threshold: float, hashes: list, copies: list[int],
-                     thumbs: np.ndarray | None = None, content: float = -1.0) -> tuple[dict, dict]:
+                     thumbs: np.ndarray | None = None, content: float = -1.0, alone: float | None = None,
+                     content_neighbours: KnnGraph | None = None) -> tuple[dict, dict]:
     """The two judgments in plain loops: exact {representative row: rows} and near {representative row: rows}."""
     n = len(x)
     x64 = x.astype(np.float64)
@@ -116,12 +117,14 @@ def reference_groups(x: np.ndarray, graph: KnnGraph, threshold: float, hashes: l
     units = sorted(set(unit))
     exact = {u: {i for i in range(n) if unit[i] == u} for u in units if sum(copies[i] for i in range(n) if unit[i] == u) >= 2}
     near = {u: set() for u in units}
-    for i in range(n):
-        for j in graph.neighbors[i]:
-            a, b = unit[i], unit[int(j)]
-            if j >= 0 and a != b and gram[a, b] >= threshold and (ncc is None or ncc[a, b] >= content):
-                near[a].add(b)
-                near[b].add(a)
+    edges = [(i, int(j)) for g in (graph, content_neighbours) if g is not None for i in range(n) for j in g.neighbors[i] if j >= 0]
+    for i, j in edges:
+        a, b = unit[i], unit[j]
+        both = gram[a, b] >= threshold and (ncc is None or np.isnan(ncc[a, b]) or ncc[a, b] >= content)
+        by_content = ncc is not None and alone is not None and ncc[a, b] >= alone
+        if a != b and (both or by_content):
+            near[a].add(b)
+            near[b].add(a)
     grouped: set[int] = set()
     stars = {}
     while True:
@@ -172,21 +175,29 @@ def test_duplicate_groups_equal_the_plain_reference(seed):
     x, hashes, copies = _planted(seed)
     graph = exact_knn_graph(x, 4)
     thumbs = _thumbs_of(x, seed) if seed % 2 else None
-    table = near_duplicates(graph, 0.98, x, hashes, np.array(copies), thumbs, 0.97)
-    assert list(table.columns) == ["group_id", "row", "kind", "similarity", "is_representative", "group_size", "pixel_hash"]
-    want_exact, want_near = reference_groups(x, graph, 0.98, hashes, copies, thumbs, 0.97)
+    if thumbs is not None:  # three pairs far apart in the embedding that look the same: near by content alone
+        for i, j in np.random.default_rng(seed).choice(len(x), (3, 2), replace=False):
+            thumbs[j] = thumbs[i]
+    alone, cgraph = (0.99, content_graph(thumbs, 4, IndexConfig())) if seed % 2 else (None, None)
+    table = near_duplicates(graph, 0.98, x, hashes, np.array(copies), thumbs, 0.97, alone, cgraph)
+    assert list(table.columns) == ["group_id", "row", "kind", "similarity", "content_similarity", "is_representative",
+                                   "group_size", "pixel_hash"]
+    want_exact, want_near = reference_groups(x, graph, 0.98, hashes, copies, thumbs, 0.97, alone, cgraph)
     assert _groups(table, "exact") == want_exact and _groups(table, "near") == want_near
     assert len(want_exact) >= 8 and len(want_near) >= 6
+    if thumbs is not None:
+        assert ((table["kind"] == "near") & (table["similarity"] < 0.98)).any()  # some by content alone
     assert table["group_id"].tolist() == sorted(table["group_id"])
     for rep, rows in want_exact.items():
         assert (table[table["row"].isin(rows) & (table["kind"] == "exact")]["group_size"] == sum(copies[r] for r in rows)).all()
-    _assert_invariants(table, x, hashes, 0.98, copies, thumbs, 0.97)
+    _assert_invariants(table, x, hashes, 0.98, copies, thumbs, 0.97, alone)
 
 
 def _assert_invariants(table: pd.DataFrame, x: np.ndarray, hashes: list, threshold: float, copies=None,
-                       thumbs: np.ndarray | None = None, content: float = -1.0) -> None:
-    """Every 'exact' member has its representative's pixels; every 'near' one passes both checks to it,
-    recomputed here; a row is in at most one group of each kind, in two only as its exact group's representative."""
+                       thumbs: np.ndarray | None = None, content: float = -1.0, alone: float | None = None) -> None:
+    """Every 'exact' member has its representative's pixels; every 'near' one passes both checks to it
+    (or the content check alone at `alone`), recomputed here; a row is in at most one group of each kind,
+    in two only as its exact group's representative."""
     x64 = x.astype(np.float64)
     for _, g in table.groupby("group_id"):
         assert g["is_representative"].sum() == 1 and g["is_representative"].iloc[0]
@@ -198,8 +209,10 @@ def _assert_invariants(table: pd.DataFrame, x: np.ndarray, hashes: list, thresho
             if r.kind == "exact":
                 assert r.row == rep or (hashes[r.row] is not None and hashes[r.row] == hashes[rep]), (r.row, rep)
             elif not r.is_representative:
-                assert cos >= threshold - 1e-6
-                assert thumbs is None or float(thumbs[r.row].astype(np.float64) @ thumbs[rep].astype(np.float64)) >= content - 1e-3
+                ncc = None if thumbs is None else float(thumbs[r.row].astype(np.float64) @ thumbs[rep].astype(np.float64))
+                assert (np.isnan(r.content_similarity) if ncc is None else r.content_similarity == pytest.approx(ncc, abs=1e-3))
+                by_content = ncc is not None and alone is not None and ncc >= alone - 1e-3
+                assert by_content or (cos >= threshold - 1e-6 and (ncc is None or ncc >= content - 1e-3))
                 assert hashes[r.row] is None or hashes[r.row] != hashes[rep]
         if g["kind"].iloc[0] == "exact":
             assert len(g) > 1 or (copies is not None and copies[rep] > 1)
@@ -211,6 +224,31 @@ def _assert_invariants(table: pd.DataFrame, x: np.ndarray, hashes: list, thresho
     twice = set(table.loc[table["row"].duplicated(), "row"])
     exact_reps = set(table.loc[(table["kind"] == "exact") & table["is_representative"], "row"])
     assert twice <= exact_reps
+
+
+def test_a_pair_the_embedding_sets_apart_is_near_when_its_thumbnails_agree():
+    # A brightness shift: the same picture (equal standardised thumbnails), opposite embeddings, so the
+    # embeddings' graph never offers the pair; the content graph does, and content_alone decides.
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((40, 8)).astype(np.float32)
+    x[1] = -x[0]
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    frames = rng.random((40, 32, 32)).astype(np.float32)
+    frames[1] = np.clip(frames[0] * 0.8 + 0.1, 0, 1)
+    thumbs = thumbnails(frames)
+    graph = exact_knn_graph(x, 3)
+    assert 1 not in graph.neighbors[0]
+    cfg = AnalysisConfig()
+    pair = archive_duplicates(graph, x, cfg, IndexConfig(), thumbs=thumbs)
+    assert set(pair["row"]) == {0, 1} and set(pair["kind"]) == {"near"}
+    member = pair[~pair["is_representative"]].iloc[0]
+    assert member["similarity"] < 0 and member["content_similarity"] > 0.99
+    _assert_invariants(pair, x, [None] * 40, cfg.near_duplicate_threshold, None, thumbs,
+                       cfg.near_duplicate_content_threshold, cfg.near_duplicate_content_alone)
+    # Without content_alone (the older rule: both checks), or without the content graph, no group.
+    assert near_duplicates(graph, 0.85, x, thumbs=thumbs, content_threshold=0.95,
+                           content_neighbours=content_graph(thumbs, 3, IndexConfig())).empty
+    assert near_duplicates(graph, 0.85, x, thumbs=thumbs, content_threshold=0.95, content_alone=0.99).empty
 
 
 def test_duplicate_invariants_on_planted_data():
@@ -276,7 +314,7 @@ def test_identical_pixels_are_one_unit_even_beyond_k():
 
 
 def test_thumbnails_ignore_brightness_and_contrast():
-    from enrich_ray.analysis.duplicates import content_similarity, thumbnails
+    from enrich_ray.analysis.duplicates import content_similarity
 
     rng = np.random.default_rng(4)
     frame = cv2.GaussianBlur(rng.random((64, 64)).astype(np.float32), (9, 9), 3)
@@ -320,7 +358,6 @@ def test_duplicates_reject_bad_input():
 
 
 def test_dicom_duplicate_families_by_pixels_and_similarity():
-    from enrich_ray.analysis.duplicates import thumbnails
     from enrich_ray.decode.dicom import iter_dicom_frames
     from enrich_ray.decode.preprocess import preprocess
     from enrich_ray.analysis.duplicates import duplicate_families
@@ -358,7 +395,6 @@ def test_dicom_duplicate_families_by_pixels_and_similarity():
 
 
 def test_busi_duplicates_at_the_default_thresholds_never_chain(busi, busi_dir):
-    from enrich_ray.analysis.duplicates import thumbnails
     from enrich_ray.decode.raster import decode_raster
 
     names, frames = busi
