@@ -14,7 +14,8 @@ counts nothing as flagged; without `rank` its row order is the rank.
 - score_near: a planted near-dup is found when it shares a group with its original; every grouped
   member-to-representative pair is exact (identical pixels), planted (one family), unplanted (two
   base images: the base set may hold real near-duplicates; on the synthetic base they are false)
-  or false.
+  or false; the worst case counts as false too every unplanted pair whose thumbnails correlate
+  below 0.99 (two pictures a person could call different).
 - score_foreign: foreign and blank frames in the outlier list's top share, flagged, groups flagged
   whole/partly/not at all, and their ENRICH ranks (a frame absent from the manifest is excluded).
 """
@@ -160,13 +161,15 @@ def _unplanted_identical(truth: pd.DataFrame) -> int:
     return count
 
 
-def score_near(truth: pd.DataFrame, dups: pd.DataFrame, archive_root: str | None = None) -> dict:
+def score_near(truth: pd.DataFrame, dups: pd.DataFrame, archive_root: str | None = None, same_picture: float = 0.99) -> dict:
     """Near-duplicates: recall of planted near-dups (grouped with their original), per transform, cine
-    frames grouped, and the grouped pairs by kind of relation."""
+    frames grouped, and the grouped pairs by kind of relation. Unplanted pairs (two base images) whose
+    thumbnails correlate below `same_picture` are counted as false too in `false_pair_rate_worst`."""
     units = _units(truth)
     unit_of = dict(zip(zip(truth["path"], truth["frame_index"].astype(int)), units))
     groups_of: dict = defaultdict(set)
     pairs = {"exact": 0, "planted": 0, "unplanted": 0, "false": 0, "unknown": 0}
+    unplanted_unlike = 0  # unplanted pairs whose thumbnails correlate below same_picture (or unknown)
     if len(dups) and "group_id" in dups.columns and "image_id" in dups.columns:
         d = dups.assign(frame_index=dups["frame_index"].astype(int) if "frame_index" in dups else 0)
         d = d.assign(unit=list(zip(d["image_id"], d["frame_index"])))
@@ -176,9 +179,12 @@ def score_near(truth: pd.DataFrame, dups: pd.DataFrame, archive_root: str | None
         for _, grp in d.groupby("group_id", sort=True):
             rep_rows = grp[grp["is_representative"].astype(bool)] if "is_representative" in grp.columns else grp.iloc[:0]
             rep = (rep_rows if len(rep_rows) else grp).iloc[0]["unit"]
+            content = dict(zip(grp["unit"], grp["content_similarity"] if "content_similarity" in grp else [np.nan] * len(grp)))
             for u in dict.fromkeys(grp["unit"]):
                 if u != rep:
-                    pairs[_relation(info.get(u), info.get(rep))] += 1
+                    relation = _relation(info.get(u), info.get(rep))
+                    pairs[relation] += 1
+                    unplanted_unlike += relation == "unplanted" and not content[u] >= same_picture
     total = sum(pairs.values())
 
     def grouped(u, v) -> bool:
@@ -201,6 +207,8 @@ def score_near(truth: pd.DataFrame, dups: pd.DataFrame, archive_root: str | None
         "pairs_by_relation": pairs,
         "false_pair_rate": pairs["false"] / total if total else None,
         "unplanted_pair_rate": pairs["unplanted"] / total if total else None,
+        "unplanted_below_same_picture": unplanted_unlike,
+        "false_pair_rate_worst": (pairs["false"] + unplanted_unlike) / total if total else None,
     }
 
 

@@ -44,6 +44,8 @@ def table(scores: dict[str, dict]) -> str:
     row("near: cine frames grouped", lambda s: f"{_pct(s['near']['cine_grouped'])} of {s['near']['cine_frames']}")
     row("near: false pairs (of member-representative pairs)", lambda s: f"{_pct(s['near']['false_pair_rate'])} of {s['near']['pairs']}")
     row("near: unplanted base pairs", lambda s: _pct(s["near"]["unplanted_pair_rate"]))
+    row("near: false pairs, worst case (unplanted pairs whose thumbnails correlate < 0.99 counted false)",
+        lambda s: _pct(s["near"]["false_pair_rate_worst"]))
     f = lambda s: s["foreign"]  # noqa: E731
     row("foreign: in top 5% of outliers", lambda s: f"{_pct(f(s)['in_top_share'])} of {f(s)['foreign_frames']}")
     row("foreign: flagged", lambda s: _pct(f(s)["flagged_share"]))

@@ -199,6 +199,12 @@ def test_a_missed_group_and_a_wrong_pair_score_accordingly():
     # member-to-representative pairs: b3-b0 and b3-b1 (two base images), f0-b2 (a foreign frame)
     assert near["pairs_by_relation"] == {"exact": 0, "planted": 0, "unplanted": 2, "false": 1, "unknown": 0}
     assert near["false_pair_rate"] == pytest.approx(1 / 3) and near["unplanted_pair_rate"] == pytest.approx(2 / 3)
+    # no content similarity known: the worst case counts both unplanted pairs false; with b3's thumbnail
+    # the same picture as b0's (0.995) but not b1's (0.97), one of them
+    assert near["unplanted_below_same_picture"] == 2 and near["false_pair_rate_worst"] == 1.0
+    seen = dups.assign(content_similarity=np.where(dups["source_uri"].str.endswith("b3.png"),
+                                                   np.where(dups["kind"] == "exact", 0.995, 0.97), 1.0))
+    assert score_near(truth, seen, ROOT)["false_pair_rate_worst"] == pytest.approx(2 / 3)
 
     flagged = {"f0.png", "z.png", "b3.png"}  # group 0 partly, group 1 not at all, one clean frame
     manifest = pd.DataFrame({"rank": [1, 2, 3, 30], "image_id": ["ig0", "i1", "if1", "i3"], "frame_index": 0})
