@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("select", "rank an existing embeddings table", curate_yaml)
     p.add_argument("--embeddings", required=True, help="Parquet file or folder with image_id, frame_index, embedding")
     p.add_argument("--out", required=True, help="folder for manifest.parquet and manifest.csv")
-    p.add_argument("--ranker", choices=["enrich", "random", "examine", "smi"],
+    p.add_argument("--ranker", choices=["enrich", "random", "examine", "smi", "typiclust"],
                    help="ranker (default: selection.ranker); smi also needs selection.smi_query, a file of image ids")
     p.add_argument("--seed-set", "--seed", dest="seed_set", metavar="SEED_SET",
                    help="the frames ranked first: a count (5), a fraction (0.01) or a file of labeled image ids "
@@ -116,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of `enrich-ray` and `python -m enrich_ray`."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # which SIMD build faiss found (and the ones it did not) is library chatter
+        logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     from botocore.exceptions import BotoCoreError, ClientError
 
     from enrich_ray.io.fs import StorageError

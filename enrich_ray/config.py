@@ -358,8 +358,73 @@ def check_analysis(cfg: AnalysisConfig) -> None:
         raise ConfigError(f"analysis.outlier_colour_min must be non-negative, got {cfg.outlier_colour_min}")
 
 
+# The range of every numeric setting: (lowest, highest, lowest excluded); None is no bound. A setting
+# whose value may be None (e.g. selection.k) is checked only when set. Kept beside the dataclasses
+# rather than in a typed-settings library: the sections stay plain dataclasses every stage imports,
+# and one table says every range once (the evaluation job's own cross-checks are in
+# pipelines/evaluate.check_evaluate_config).
+RANGES: dict[str, tuple[float | None, float | None, bool]] = {
+    "runtime.num_cpus": (1, None, False),
+    "runtime.no_progress_timeout_s": (0, None, True),
+    "pack.shard_max_bytes": (1, None, False),
+    "pack.row_group_bytes": (1, None, False),
+    "decode.size": (8, 4096, False),
+    "decode.trim_tolerance": (0, 1, False),
+    "decode.percentile_low": (0, 100, False),
+    "decode.percentile_high": (0, 100, False),
+    "decode.max_image_pixels": (1, None, False),
+    "decode.batch_size": (1, None, False),
+    "vae.latent_dim": (1, None, False),
+    "vae.beta": (0, None, False),
+    "vae.gamma": (0, None, False),
+    "vae.capacity_max": (0, None, False),
+    "vae.capacity_iters": (1, None, False),
+    "vae.lr": (0, None, True),
+    "vae.batch_size": (1, None, False),
+    "vae.max_epochs": (1, None, False),
+    "vae.patience": (1, None, False),
+    "vae.sample_size": (2, None, False),
+    "vae.val_fraction": (0, 1, True),
+    "embed.pixel_size": (1, None, False),
+    "embed.num_actors": (1, None, False),
+    "embed.num_gpus": (0, None, False),
+    "embed.batch_size": (1, None, False),
+    "embed.fail_after_batches": (1, None, False),
+    "index.k": (1, None, False),
+    "index.shard_size": (1, None, False),
+    "index.nlist": (1, None, False),
+    "index.nprobe": (1, None, False),
+    "index.hnsw_m": (2, None, False),
+    "index.train_sample": (1, None, False),
+    "selection.k": (0, None, False),
+    "selection.seed_count": (1, None, False),
+    "selection.seed_fraction": (0, 1, True),
+    "selection.seconds_per_image": (0, None, False),
+    "selection.seconds_per_segmentation": (0, None, False),
+    "report.gallery_size": (0, None, False),
+}
+
+
+def check_ranges(cfg: Config) -> None:
+    """Every setting of RANGES within its range, else one ConfigError naming the key, the value and the range."""
+    for key, (low, high, open_low) in RANGES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value is None:
+            continue
+        below = value <= low if open_low else value < low
+        if (low is not None and below) or (high is not None and value > high):
+            lo = "" if low is None else f"{'>' if open_low else '>='} {low}"
+            hi = "" if high is None else f"<= {high}"
+            raise ConfigError(f"{key}: {value!r} is out of range (allowed: {' and '.join(b for b in (lo, hi) if b)})")
+    if cfg.decode.percentile_low >= cfg.decode.percentile_high:
+        raise ConfigError(f"decode.percentile_low ({cfg.decode.percentile_low}) must be below decode.percentile_high "
+                          f"({cfg.decode.percentile_high})")
+
+
 def check_settings(cfg: Config) -> Config:
     """Cross-checks between sections and ranges, before any work: what could only hang or fail later."""
+    check_ranges(cfg)
     check_analysis(cfg.analysis)
     cpus, actors = cfg.runtime.num_cpus, cfg.embed.num_actors
     if cpus is not None and cfg.runtime.address is None and cpus <= actors:

@@ -51,6 +51,8 @@ def select(embeddings: str, out: str, cfg: Config, ranker: str | None, seed_set:
     if ranker:
         sel = dataclasses.replace(sel, ranker=ranker)
     if k is not None:
+        if k < 0:
+            raise ConfigError(f"--k {k}: must be 0 or more (how many frames to rank after the seed set)")
         sel = dataclasses.replace(sel, k=k)
     if seed_set:
         try:

@@ -1,4 +1,4 @@
-"""Bad input to pack and select is refused before any output: exit 2, one line on stderr, no traceback.
+"""Bad input to every command is refused before any output: exit 2, one line on stderr, no traceback.
 
 Each case runs the real command line in a fresh process (its logging and stderr as a user sees
 them); none needs Ray. Every option of every command has help text, and --version answers.
@@ -117,3 +117,67 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--version"])
     assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"enrich-ray {__version__}"
+
+
+def _tiny_archive(cwd: Path) -> None:
+    """A real packed archive of two PNG frames at cwd/archive (no Ray), for the commands that read one."""
+    import cv2
+
+    from enrich_ray.io.pack import pack
+
+    src = cwd / "scans"
+    src.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(src / f"f{i}.png"), np.full((16, 16), 40 * (i + 1), np.uint8))
+    pack([str(src)], str(cwd / "archive"), progress=False)
+
+
+# Bad invocations across every command: (arguments, words the one line must hold). Each must exit 2
+# before any work, with one line, no traceback, and leave the folder as it was.
+BAD_INVOCATIONS = [
+    (["pack", "missing_folder", "--out", "out"], ["missing_folder"]),
+    (["pack", "scans", "--out", "out", "--set", "pack.no_such_key=1"], ["pack.no_such_key"]),
+    (["train-vae", "--archive", "missing_archive", "--out", "model"], ["missing_archive"]),
+    (["train-vae", "--archive", "archive", "--out", "model", "--set", "vae.max_epochs=0"], ["vae.max_epochs"]),
+    (["curate", "--archive", "archive", "--out", "run", "--set", "analysis.near_duplicate_threshold=5"], ["near_duplicate_threshold", "5"]),
+    (["curate", "--archive", "archive", "--out", "run", "--set", "selection.k=-3"], ["selection.k", "-3"]),
+    (["curate", "--archive", "archive", "--out", "run", "--set", "embed.batch_size=0"], ["embed.batch_size"]),
+    (["curate", "--archive", "archive", "--out", "run", "--set", "analysis.near_duplicate_content_alone=0.5"], ["near_duplicate_content_alone"]),
+    (["curate", "--archive", "archive", "--out", "run", "--set", "runtime.num_cpus=1"], ["runtime.num_cpus"]),
+    (["curate", "--archive", "archive", "--out", "run", "--config", "missing.yaml"], ["missing.yaml"]),
+    (["curate", "--archive", "archive", "--out", "run", "--set", "selection.ranker=kmeans"], ["selection.ranker", "kmeans"]),
+    (["curate", "--archive", "missing_archive", "--out", "run"], ["missing_archive"]),
+    (["select", "--embeddings", "missing.parquet", "--out", "ranked"], ["missing.parquet"]),
+    (["select", "--embeddings", "emb.parquet", "--out", "ranked", "--k", "-1"], ["-1"]),
+    (["nightly", "--catalog", "catalog", "--archive", "archive", "--night", "2026-13-45"], ["2026-13-45"]),
+    (["nightly", "--catalog", "catalog", "--archive", "missing_archive", "--night", "2026-11-20"], ["missing_archive"]),
+    (["reembed", "--catalog", "missing_catalog", "--model", "model"], ["missing_catalog"]),
+    (["evaluate", "--dataset", "missing.npz", "--out", "eval"], ["missing.npz"]),
+    (["evaluate", "--dataset", "scans", "--out", "eval", "--set", "evaluate.fractions=[0.5,0.1]"], ["evaluate.fractions"]),
+    (["evaluate", "--dataset", "scans", "--out", "eval", "--set", "evaluate.rankers=[enrich]"], ["evaluate.rankers", "random"]),
+    (["demo", "--out", "demo", "--set", "index.k=0"], ["index.k"]),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_input_folder(tmp_path_factory) -> Path:
+    cwd = tmp_path_factory.mktemp("bad_input")
+    _tiny_archive(cwd)
+    _embeddings(cwd / "emb.parquet")
+    return cwd
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("args,words", BAD_INVOCATIONS, ids=[" ".join(a[:1] + a[-2:]) for a, _ in BAD_INVOCATIONS])
+def test_bad_invocations_are_refused_before_any_work(bad_input_folder, args, words):
+    before = _tree(bad_input_folder)
+    _refused(args, bad_input_folder, *words)
+    assert _tree(bad_input_folder) == before  # nothing written, nothing lost
+
+
+def test_the_bad_invocation_table_covers_every_command():
+    assert len(BAD_INVOCATIONS) >= 15
+    assert {a[0] for a, _ in BAD_INVOCATIONS} == set(build_parser()._subparsers._group_actions[0].choices)

@@ -90,3 +90,28 @@ def test_a_local_ray_too_small_for_its_embedding_actors_is_refused_before_work()
 def test_analysis_ranges_are_refused_at_load_not_after_embedding(setting):
     with pytest.raises(ConfigError, match=setting.split("=")[0]):
         load_config(None, [setting])
+
+
+def test_every_numeric_setting_has_a_range_and_each_range_refuses():
+    import dataclasses
+    import typing
+
+    from enrich_ray.config import RANGES, Config
+
+    checked_elsewhere = {"vae.seed", "selection.random_seed", "selection.smi_eta", "selection.logdet_eta",
+                         "selection.smi_lambda", "selection.smi_pool"}  # seeds take any integer; SMI: __post_init__
+    numeric = []
+    for section in dataclasses.fields(Config):
+        if section.name in ("analysis", "evaluate"):  # check_analysis; pipelines/evaluate.check_evaluate_config
+            continue
+        hints = typing.get_type_hints(type(getattr(Config(), section.name)))
+        for name, hint in hints.items():
+            args = set(typing.get_args(hint)) or {hint}
+            if args & {int, float}:
+                numeric.append(f"{section.name}.{name}")
+    missing = [key for key in numeric if key not in RANGES and key not in checked_elsewhere]
+    assert not missing, missing
+    for key, (low, high, open_low) in RANGES.items():
+        bad = high * 2 + 1 if low is None else (low if open_low else low - 1)
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            load_config(None, [f"{key}={bad}"])
