@@ -22,7 +22,7 @@ from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.multival import MultiValue
-from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, pixel_array
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, get_decoder, pixel_array
 from pydicom.uid import (
     JPEG2000,
     UID,
@@ -35,6 +35,18 @@ from pydicom.uid import (
 )
 
 from enrich_ray.config import DecodeConfig
+from enrich_ray.decode.causes import (
+    BAD_HEADER,
+    CORRUPT,
+    NO_PIXELS,
+    NON_IMAGE,
+    NOT_DICOM,
+    TOO_LARGE,
+    TRUNCATED,
+    UNSUPPORTED,
+    Cause,
+    DecodeError,
+)
 from enrich_ray.decode.preprocess import DisplayImage, colorfulness, reduction_levels, rgb_to_grey, robust_scale
 from enrich_ray.decode.raster import jpeg_colorfulness, jpeg_grey_flags
 
@@ -45,21 +57,60 @@ MIN_WINDOW_SHARE = 0.25
 _JPEG_GREY_PHOTOMETRICS = ("MONOCHROME1", "MONOCHROME2", "YBR_FULL", "YBR_FULL_422")
 
 
-class DicomError(ValueError):
-    """A DICOM file, or one of its frames, that cannot be turned into an image."""
+class DicomError(DecodeError):
+    """A DICOM file, or one of its frames, that gives no image, with its cause (causes.py)."""
+
+
+def _failure_cause(exc: BaseException) -> Cause:
+    """The cause of a decoder's exception, read from pydicom's and its plugins' messages.
+
+    Each branch stands on one of pydicom's broken test files (tests/unit/test_decode_dicom.py,
+    KNOWN_BROKEN): short pixel data and early ends are truncation, a missing decoder is an
+    unsupported compression, a malformed number is a broken header; the rest is corrupt data.
+    """
+    if isinstance(exc, DecodeError):
+        return exc.cause
+    text = str(exc)
+    if isinstance(exc, EOFError) or any(s in text for s in ("less than expected", "End of file", "ends early")):
+        return TRUNCATED
+    if isinstance(exc, NotImplementedError) or "missing dependencies" in text:
+        return UNSUPPORTED
+    if "invalid literal" in text:
+        return BAD_HEADER
+    return CORRUPT
+
+
+_FAILURE_WORDS = {
+    TRUNCATED: "truncated pixel data",
+    UNSUPPORTED: "unsupported compression",
+    BAD_HEADER: "malformed header value",
+    CORRUPT: "corrupt pixel data, the decoder rejects it",
+}
+
+
+def _failure(exc: Exception, prefix: str = "") -> DicomError:
+    """A decoder's exception as a DicomError that says what happened: its cause in words, then the detail."""
+    cause = _failure_cause(exc)
+    if isinstance(exc, DecodeError):
+        return DicomError(f"{prefix}{exc}", cause)
+    return DicomError(f"{prefix}{_FAILURE_WORDS[cause]} ({type(exc).__name__}: {exc})", cause)
 
 
 def _read(data: bytes, stop_before_pixels: bool) -> Dataset:
-    """Parse a dataset (preamble optional), with a clear error for bytes that are not DICOM."""
+    """Parse a dataset (preamble optional), with a clear error for bytes that are not DICOM or end early."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             ds = pydicom.dcmread(BytesIO(data), force=True, stop_before_pixels=stop_before_pixels)
         except Exception as exc:
-            raise DicomError(f"unreadable DICOM ({type(exc).__name__}: {exc})") from exc
+            truncated = _failure_cause(exc) is TRUNCATED
+            what = "truncated DICOM: the file ends early" if truncated else "not readable as DICOM"
+            raise DicomError(f"{what} ({type(exc).__name__}: {exc})", TRUNCATED if truncated else NOT_DICOM) from exc
     if len(ds) == 0:
         notes = "; ".join(dict.fromkeys(str(w.message) for w in caught))
-        raise DicomError("not a DICOM dataset: no data elements could be read" + (f" ({notes})" if notes else ""))
+        if "End of file" in notes:
+            raise DicomError(f"truncated DICOM: the file ends before its first data element could be read ({notes})", TRUNCATED)
+        raise DicomError("not a DICOM dataset: no data elements could be read" + (f" ({notes})" if notes else ""), NOT_DICOM)
     return ds
 
 
@@ -223,7 +274,7 @@ def _grayscale_display(raw: np.ndarray, ds: Dataset, index: int, cfg: DecodeConf
     if raw.dtype.kind == "f" and not np.isfinite(raw).all():
         finite = raw[np.isfinite(raw)]
         if finite.size == 0:
-            raise DicomError(f"frame {index}: no finite pixel values")
+            raise DicomError(f"frame {index}: no finite pixel values (every value is NaN or infinite)", CORRUPT)
         raw = np.nan_to_num(raw, nan=float(finite.min()), posinf=float(finite.max()), neginf=float(finite.min()))
     if "ModalityLUTSequence" in ds:
         raw, (slope, intercept) = apply_modality_lut(raw, ds), (1.0, 0.0)
@@ -401,26 +452,55 @@ def _fix_big_endian_palette(ds: Dataset) -> None:
             setattr(ds, keyword, np.frombuffer(data, dtype=">u2").astype("<u2").tobytes())
 
 
+def _no_pixels(ds: Dataset) -> DicomError:
+    """Why a dataset without pixel data gives no image: a non-image object, or an image header without its pixels."""
+    sop_class = _value(ds, "SOPClassUID")
+    if sop_class is None and hasattr(ds, "file_meta"):
+        sop_class = _value(ds.file_meta, "MediaStorageSOPClassUID")
+    modality = _text(ds, "Modality")
+    of_modality = f" (modality {modality})" if modality else ""
+    if sop_class is None:
+        n = f"{len(ds)} data element{'s' * (len(ds) != 1)}"
+        if getattr(ds, "preamble", None) is None and len(getattr(ds, "file_meta", ())) == 0:
+            return DicomError(f"not recognisable as DICOM: no preamble, file meta, SOP class or pixel data ({n} parsed)", NOT_DICOM)
+        return DicomError(f"no image here: a DICOM file with no pixel data and no SOP class ({n})", NON_IMAGE)
+    name = UID(str(sop_class).strip()).name
+    if "Image" in name or "Rows" in ds:
+        return DicomError(
+            f"this {name} object{of_modality} has no pixel data: the image header is there, its pixels were "
+            "stripped or never stored", NO_PIXELS,
+        )
+    return DicomError(f"no image here: this {name} object{of_modality} holds no pixel data", NON_IMAGE)
+
+
+def _check_decoder(ts: UID) -> None:
+    """Refuse, once per file, compressed pixel data that no pydicom decoder exists for (MPEG video, private syntaxes)."""
+    try:
+        get_decoder(ts)
+    except NotImplementedError as exc:
+        raise DicomError(f"unsupported compression: no decoder reads {ts.name} pixel data ({exc})", UNSUPPORTED) from exc
+
+
 def _prepare(ds: Dataset, cfg: DecodeConfig) -> tuple[UID, int]:
     """Check the dataset holds a decodable image within limits; return its transfer syntax and frame count."""
     if not any(keyword in ds for keyword in PIXEL_KEYWORDS):
-        sop_class = _value(ds, "SOPClassUID")
-        kind = f" ({UID(str(sop_class)).name})" if sop_class is not None else ""
-        raise DicomError(f"no pixel data: not an image object{kind}")
+        raise _no_pixels(ds)
     ts = transfer_syntax(ds)
     if ts is None:
-        raise DicomError("no transfer syntax in the file meta and none could be inferred")
+        raise DicomError("no transfer syntax in the file meta and none could be inferred", BAD_HEADER)
+    if ts.is_transfer_syntax and ts.is_encapsulated:
+        _check_decoder(ts)
     if _value(ds.file_meta, "TransferSyntaxUID") is None:
         ds.file_meta.TransferSyntaxUID = ts  # pydicom decodes only with an explicit transfer syntax
     if (_text(ds, "PhotometricInterpretation") or "").upper() == "PALETTE COLOR":
         _fix_big_endian_palette(ds)
     rows, cols = _int(ds, "Rows"), _int(ds, "Columns")
     if not rows or not cols:
-        raise DicomError(f"invalid image size: Rows={rows}, Columns={cols}")
+        raise DicomError(f"invalid image size: the header gives Rows={rows}, Columns={cols}", BAD_HEADER)
     if rows * cols > cfg.max_image_pixels:
         raise DicomError(
             f"frame of {rows} x {cols} = {rows * cols} pixels exceeds max_image_pixels={cfg.max_image_pixels} "
-            "(decompression-bomb limit)"
+            "(decompression-bomb limit)", TOO_LARGE,
         )
     return ts, frame_count(ds) or 1
 
@@ -441,7 +521,7 @@ def _frames_from(ds: Dataset, ts: UID, n: int, cfg: DecodeConfig) -> Iterator[tu
                 image = _display(pixel_array(ds, index=index), ds, index, cfg)
             yield index, image
         except Exception as exc:  # one bad frame becomes one error row; the others still decode
-            yield index, DicomError(f"frame {index} of {n}: {type(exc).__name__}: {exc}")
+            yield index, _failure(exc, f"frame {index} of {n}: ")
 
 
 def _native_frames(frames: np.ndarray, ds: Dataset, n: int, cfg: DecodeConfig) -> Iterator[tuple[int, DisplayImage | Exception]]:
@@ -449,7 +529,7 @@ def _native_frames(frames: np.ndarray, ds: Dataset, n: int, cfg: DecodeConfig) -
         try:
             yield index, _display(frames[index], ds, index, cfg)
         except Exception as exc:
-            yield index, DicomError(f"frame {index} of {n}: {type(exc).__name__}: {exc}")
+            yield index, _failure(exc, f"frame {index} of {n}: ")
 
 
 def native_frames(ds: Dataset, ts: UID, n: int) -> np.ndarray | None:
@@ -501,7 +581,7 @@ def iter_dicom_frames(data: bytes, cfg: DecodeConfig) -> Iterator[tuple[int, Dis
             frames = ds.pixel_array
             frames = frames.reshape((n, *frames.shape[-3 if samples > 1 else -2 :]))
     except Exception as exc:
-        raise DicomError(f"pixel data cannot be decoded ({type(exc).__name__}: {exc})") from exc
+        raise _failure(exc) from exc
     return _native_frames(frames, ds, n, cfg)
 
 

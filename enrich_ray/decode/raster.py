@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from enrich_ray.config import DecodeConfig
+from enrich_ray.decode.causes import BAD_HEADER, CORRUPT, NOT_AN_IMAGE_FILE, TOO_LARGE, TRUNCATED, DecodeError
 from enrich_ray.decode.preprocess import DisplayImage, colorfulness, reduction_levels, rgb_to_grey
 from enrich_ray.decode.sniff import JPEG_SIGNATURE, PNG_SIGNATURE
 
@@ -38,13 +39,15 @@ def jpeg_grey_flags(levels: int) -> int:
     return _JPEG_GREY[levels] | cv2.IMREAD_IGNORE_ORIENTATION
 
 
-class RasterError(ValueError):
-    """A PNG or JPEG file that cannot be turned into an image."""
+class RasterError(DecodeError):
+    """A PNG or JPEG file that cannot be turned into an image, with its cause (causes.py)."""
 
 
 def _png_size(data: bytes) -> tuple[int, int]:
-    if len(data) < 24 or data[12:16] != b"IHDR":
-        raise RasterError("truncated or corrupt PNG: no IHDR header")
+    if len(data) < 24:
+        raise RasterError("truncated PNG: the file ends inside its IHDR header", TRUNCATED)
+    if data[12:16] != b"IHDR":
+        raise RasterError("corrupt PNG: no IHDR header after the signature", CORRUPT)
     return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
 
 
@@ -57,7 +60,7 @@ def _jpeg_frame_header(data: bytes) -> tuple[int, int, int]:
     i = 2
     while i + 4 <= len(data):
         if data[i] != 0xFF:
-            raise RasterError(f"corrupt JPEG: expected a marker at byte {i}")
+            raise RasterError(f"corrupt JPEG: expected a marker at byte {i}", CORRUPT)
         marker = data[i + 1]
         if marker == 0xFF:  # fill byte
             i += 1
@@ -70,9 +73,9 @@ def _jpeg_frame_header(data: bytes) -> tuple[int, int, int]:
                 break
             return int.from_bytes(data[i + 7 : i + 9], "big"), int.from_bytes(data[i + 5 : i + 7], "big"), data[i + 9]
         if marker == 0xDA:  # start of scan before any frame header
-            raise RasterError("corrupt JPEG: scan data before the frame header")
+            raise RasterError("corrupt JPEG: scan data before the frame header", CORRUPT)
         i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
-    raise RasterError("truncated or corrupt JPEG: no frame header")
+    raise RasterError("truncated JPEG: the data ends before a frame header", TRUNCATED)
 
 
 def raster_size(data: bytes) -> tuple[str, int, int]:
@@ -81,7 +84,7 @@ def raster_size(data: bytes) -> tuple[str, int, int]:
         return ("png", *_png_size(data))
     if data.startswith(JPEG_SIGNATURE):
         return ("jpeg", *_jpeg_size(data))
-    raise RasterError(f"not a PNG or JPEG file (starts with {data[:8].hex() or 'nothing: empty file'})")
+    raise RasterError(f"not a PNG or JPEG file (starts with {data[:8].hex() or 'nothing: empty file'})", NOT_AN_IMAGE_FILE)
 
 
 def raster_facts(data: bytes) -> dict:
@@ -119,20 +122,22 @@ def decode_raster(data: bytes, cfg: DecodeConfig) -> DisplayImage:
     """
     kind, width, height = raster_size(data)
     if width == 0 or height == 0:
-        raise RasterError(f"{kind.upper()} header gives an empty image ({width} x {height})")
+        raise RasterError(f"{kind.upper()} header gives an empty image ({width} x {height})", BAD_HEADER)
     if width * height > cfg.max_image_pixels:
         raise RasterError(
             f"{kind.upper()} of {width} x {height} = {width * height} pixels exceeds "
-            f"max_image_pixels={cfg.max_image_pixels} (decompression-bomb limit)"
+            f"max_image_pixels={cfg.max_image_pixels} (decompression-bomb limit)", TOO_LARGE,
         )
     flags = cv2.IMREAD_UNCHANGED
     if kind == "jpeg":
         if data.rstrip(b"\x00")[-2:] != b"\xff\xd9":
-            raise RasterError("truncated JPEG: no end-of-image marker")
+            raise RasterError("truncated JPEG: no end-of-image marker", TRUNCATED)
         flags = jpeg_grey_flags(reduction_levels(height, width, cfg.size, 3) if cfg.reduced_resolution else 0)
     arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
     if arr is None:
-        raise RasterError(f"{kind.upper()} of {width} x {height} could not be decoded (truncated or corrupt data)")
+        if kind == "png" and b"IEND" not in data[-12:]:
+            raise RasterError(f"truncated PNG of {width} x {height}: the file ends before its IEND chunk", TRUNCATED)
+        raise RasterError(f"{kind.upper()} of {width} x {height} could not be decoded (corrupt data)", CORRUPT)
     if kind == "jpeg":
         colour = jpeg_colorfulness(data) if _jpeg_frame_header(data)[2] >= 3 else 0.0
         return _to_unit_grey(arr)._replace(colorfulness=colour)

@@ -1,7 +1,8 @@
 """The decode stage: archive rows in, one frames row per image or cine frame out, failures as error rows.
 
 A plain function over Arrow tables (no Ray): runtime.py maps it over the archive's batches.
-Every input row ends as frames rows or error rows (per file, or per frame), never as a crash.
+Every input row ends as frames rows or error rows (per file, or per frame), never as a crash;
+an error row's error_type names its cause (causes.py: 'no image here' apart from unreadable).
 Each frame's pixel_hash is taken here, on the display image every format's decoder hands over
 (before crop and resize), so pixel-identical files of any container or lossless encoding hash
 equal. Where decode.reduced_resolution decodes a large JPEG or JPEG 2000 frame at reduced size,
@@ -18,6 +19,7 @@ import pyarrow as pa
 
 from enrich_ray import schema
 from enrich_ray.config import DecodeConfig, StorageConfig
+from enrich_ray.decode.causes import NOT_AN_IMAGE_FILE, DecodeError
 from enrich_ray.decode.dicom import iter_dicom_frames
 from enrich_ray.decode.preprocess import DisplayImage, preprocess
 from enrich_ray.decode.raster import decode_raster, raster_facts
@@ -37,13 +39,18 @@ def pixel_hash(image: np.ndarray) -> str:
     return digest.hexdigest()
 
 
+def _cause_name(exc: BaseException) -> str | None:
+    """The error_type of a failure: its cause (causes.py) for decode's own errors, else None (the exception's type)."""
+    return exc.cause.name if isinstance(exc, DecodeError) else None
+
+
 def _frames_of(data: bytes, fmt: str, cfg: DecodeConfig) -> Iterable[tuple[int, DisplayImage | Exception]]:
     """(frame_index, display image or that frame's error) for one archive row; file-level failures raise."""
     if fmt == "dicom":
         return iter_dicom_frames(data, cfg)
     if fmt in RASTER_FORMATS:
         return [(0, decode_raster(data, cfg))]
-    raise ValueError(f"unsupported format {fmt!r} (expected dicom, png or jpeg)")
+    raise DecodeError(f"unsupported format {fmt!r} (expected dicom, png or jpeg)", NOT_AN_IMAGE_FILE)
 
 
 def decode_batch(batch: pa.Table, cfg: DecodeConfig) -> tuple[pa.Table, pa.Table]:
@@ -68,7 +75,7 @@ def decode_batch(batch: pa.Table, cfg: DecodeConfig) -> tuple[pa.Table, pa.Table
         try:
             data = data_column[row].as_py()
             if not data:
-                raise ValueError("empty file: no bytes to decode")
+                raise DecodeError("empty file: no bytes to decode", NOT_AN_IMAGE_FILE)
             header = {name: columns[name][row] for name in _CARRIED}
             if fmt in RASTER_FORMATS:
                 header.update(raster_facts(data))
@@ -80,9 +87,8 @@ def decode_batch(batch: pa.Table, cfg: DecodeConfig) -> tuple[pa.Table, pa.Table
                     except Exception as exc:  # one bad frame is one error row
                         image = exc
                 if isinstance(image, Exception):
-                    errors.append(
-                        schema.error_row(STAGE, image, image_id=image_id, source_uri=source_uri, frame_index=frame_index)
-                    )
+                    errors.append(schema.error_row(STAGE, image, image_id=image_id, source_uri=source_uri,
+                                                   frame_index=frame_index, error_type=_cause_name(image)))
                     continue
                 pixels.append(frame)
                 record = {"image_id": image_id, "frame_index": frame_index, "source_uri": source_uri,
@@ -91,7 +97,7 @@ def decode_batch(batch: pa.Table, cfg: DecodeConfig) -> tuple[pa.Table, pa.Table
                 for name, value in record.items():
                     out[name].append(value)
         except Exception as exc:  # a file that cannot be read at all is one error row
-            errors.append(schema.error_row(STAGE, exc, image_id=image_id, source_uri=source_uri))
+            errors.append(schema.error_row(STAGE, exc, image_id=image_id, source_uri=source_uri, error_type=_cause_name(exc)))
     values = np.stack(pixels).reshape(-1) if pixels else np.empty(0, dtype=np.float32)
     out["pixels"] = pa.FixedSizeListArray.from_arrays(pa.array(values, type=pa.float32()), cfg.size * cfg.size)
     frames_schema = schema.frames_schema(cfg.size)

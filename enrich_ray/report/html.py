@@ -35,13 +35,14 @@ import pandas as pd
 import yaml
 
 from enrich_ray.config import ReportConfig, SelectionConfig, StorageConfig
+from enrich_ray.decode.causes import cause_of
 from enrich_ray.io.fs import resolve
 from enrich_ray.report.plots import REDUNDANCY_THRESHOLDS, coverage_png, redundancy_png, share_above, thumbnail_png
 
 COLLAPSE_CONTENT_CORRELATION = 0.2  # below this the embedding's similarities do not track the pixels
 COLLAPSE_MIN_DISTINCT_FRAMES = 10  # fewer distinct sampled frames than this: too few to judge
 GROUP_MEMBERS_SHOWN = 8  # thumbnails per near-duplicate group
-ERROR_EXAMPLES = 3  # example rows per error type
+ERROR_EXAMPLES = 3  # example rows per cause of error rows
 MESSAGE_CHARS = 300  # an error message is cut to this many characters on the page
 LABEL_COUNTS = (100, 1000)  # the "top N" rows of the labeling-time table, besides "all"
 
@@ -451,24 +452,57 @@ def _outliers_section(outliers: pd.DataFrame, shown: pd.DataFrame, thumbs: _Thum
     return "".join(out)
 
 
+def error_causes(errors: pd.DataFrame) -> pd.DataFrame:
+    """One row per cause of the error rows (decode/causes.py): name, label, no_image, files, frames, rows, examples.
+
+    `files` counts whole-file rows, `frames` single-frame rows; `examples` holds up to
+    ERROR_EXAMPLES rows of the cause with distinct messages first. Unreadable causes come first,
+    most rows first; then the causes that mean 'no image here'.
+    """
+    columns = ["name", "label", "no_image", "files", "frames", "rows", "examples"]
+    if errors.empty:
+        return pd.DataFrame(columns=columns)
+    found = [cause_of(t, st) for t, st in zip(errors["error_type"], errors["stage"])]
+    keyed = errors.assign(_cause=[c.name for c in found]).reset_index(drop=True)
+    by_name = {c.name: c for c in found}
+    out = []
+    for name, rows in keyed.groupby("_cause", sort=False):
+        distinct = rows.drop_duplicates("message")
+        examples = pd.concat([distinct, rows.drop(distinct.index)]).head(ERROR_EXAMPLES)
+        single = rows["frame_index"].notna()
+        out.append([name, by_name[name].label, by_name[name].no_image, int((~single).sum()), int(single.sum()),
+                    len(rows), examples])
+    table = pd.DataFrame(out, columns=columns)
+    return table.sort_values(["no_image", "rows"], ascending=[True, False], kind="stable").reset_index(drop=True)
+
+
 def _errors_section(errors: pd.DataFrame) -> str:
-    out = ['<section id="errors"><h2>Files and frames that could not be used</h2>']
+    out = ['<section id="errors"><h2>Files and frames that gave no frame, by cause</h2>']
     if errors.empty:
         out.append('<p class="muted">None: every input became an embedding.</p></section>')
         return "".join(out)
-    out.append(f"<p>{len(errors):,} error rows. Each input ends either as an embedding or as one of these.</p>")
-    keys = errors.fillna({"stage": "?", "error_type": "?"})
-    counts = keys.groupby(["stage", "error_type"], sort=False).size().sort_values(ascending=False, kind="stable")
-    rows = []
-    for (stage, error_type), count in counts.items():
-        ex = keys[(keys["stage"] == stage) & (keys["error_type"] == error_type)].head(ERROR_EXAMPLES)
-        examples = "".join(
-            f'<li><span class="uri">{_e(_frame_name(r.source_uri, r.frame_index))}</span>: '
-            f"{_e(_clip(r.message))}</li>"
-            for r in ex.itertuples(index=False)
-        )
-        rows.append([_e(stage), _e(error_type), f"{int(count):,}", f"<ul>{examples}</ul>"])
-    out.append(_table(["stage", "error type", "rows", "examples"], rows))
+    causes = error_causes(errors)
+    unreadable, no_image = causes[~causes["no_image"]], causes[causes["no_image"]]
+    out.append(
+        f"<p>{int(unreadable['rows'].sum()):,} unreadable ({int(unreadable['files'].sum()):,} files, "
+        f"{int(unreadable['frames'].sum()):,} single frames) and {int(no_image['rows'].sum()):,} files with no "
+        "image in them (skipped: not errors). Every input ends either as a frame or as one row of errors.parquet, "
+        "whose <code>error_type</code> names the cause.</p>"
+    )
+    for part, title, anchor in ((unreadable, "Unreadable", "errors-unreadable"),
+                                (no_image, "No image here (skipped, not errors)", "errors-no-image")):
+        if part.empty:
+            continue
+        out.append(f'<h3 id="{anchor}">{title}: {int(part["rows"].sum()):,}</h3>')
+        rows = []
+        for c in part.itertuples(index=False):
+            examples = "".join(
+                f'<li><span class="uri">{_e(_frame_name(r.source_uri, r.frame_index))}</span>: '
+                f"{_e(_clip(r.message))}</li>"
+                for r in c.examples.itertuples(index=False)
+            )
+            rows.append([_e(c.label), f"<code>{_e(c.name)}</code>", f'{c.files:,}', f"{c.frames:,}", f"<ul>{examples}</ul>"])
+        out.append(_table(["cause", "error_type", "files (count)", "single frames (count)", "examples (path: message)"], rows))
     out.append("</section>")
     return "".join(out)
 

@@ -16,6 +16,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, RLELossless
 
 from enrich_ray import schema
 from enrich_ray.config import DecodeConfig
+from enrich_ray.decode import causes
 from enrich_ray.decode.dicom import DicomError, decode_dicom, read_header
 from enrich_ray.decode.preprocess import LUMA_WEIGHTS, colorfulness, preprocess
 from enrich_ray.decode.sniff import sniff_format
@@ -24,15 +25,15 @@ from tests.conftest import testdata_path
 
 FULL = DecodeConfig(reduced_resolution=False)
 
-# Files with pixel data that cannot be decoded, and why (each must become an error row).
+# Files with pixel data that cannot be decoded: what the message says, and the cause (error_type).
 KNOWN_BROKEN = {
-    "MR_truncated.dcm": "less than expected",  # pixel data cut short
-    "badVR.dcm": "invalid literal",  # a malformed numeric value in the image pixel module
-    "JPEG-lossy.dcm": "libjpeg error",  # a JPEG stream libjpeg rejects
-    "JPEG2000-embedded-sequence-delimiter.dcm": "J2K",  # a delimiter inside the codestream
-    "emri_small_jpeg_2k_lossless_too_short.dcm": "End of file",  # encapsulation ends early
-    "meta_missing_tsyntax.dcm": "invalid image size",  # pixel data without Rows/Columns
-    "nested_priv_SQ.dcm": "invalid image size",
+    "MR_truncated.dcm": ("truncated pixel data", causes.TRUNCATED),  # pixel data cut short
+    "badVR.dcm": ("malformed header value", causes.BAD_HEADER),  # a malformed number in the image pixel module
+    "JPEG-lossy.dcm": ("libjpeg error", causes.CORRUPT),  # a JPEG stream libjpeg rejects
+    "JPEG2000-embedded-sequence-delimiter.dcm": ("J2K", causes.CORRUPT),  # a delimiter inside the codestream
+    "emri_small_jpeg_2k_lossless_too_short.dcm": ("End of file", causes.TRUNCATED),  # encapsulation ends early
+    "meta_missing_tsyntax.dcm": ("invalid image size", causes.BAD_HEADER),  # pixel data without Rows/Columns
+    "nested_priv_SQ.dcm": ("invalid image size", causes.BAD_HEADER),
 }
 
 
@@ -79,7 +80,14 @@ def test_every_pydicom_test_file_decodes_or_becomes_an_error_row():
         if path.name in KNOWN_BROKEN:
             expected[image_id] = ("broken", KNOWN_BROKEN[path.name])
         elif not has_pixels:
-            expected[image_id] = ("no pixels", "no pixel data")
+            sop_class = ds.get("SOPClassUID") or ds.file_meta.get("MediaStorageSOPClassUID")
+            if sop_class is None and data[128:132] != b"DICM" and not ds.file_meta:
+                cause = causes.NOT_DICOM  # a .dcm name, but nothing in the bytes says DICOM
+            elif "Image" in str(getattr(sop_class, "name", "")) or "Rows" in ds:
+                cause = causes.NO_PIXELS  # an image header stripped of its pixels
+            else:
+                cause = causes.NON_IMAGE  # a plan, report, waveform, directory
+            expected[image_id] = ("no pixels", ("pixel data", cause))
         else:
             expected[image_id] = ("image", int(ds.get("NumberOfFrames", 1) or 1))
     assert len(rows) > 200
@@ -96,8 +104,11 @@ def test_every_pydicom_test_file_decodes_or_becomes_an_error_row():
             assert indices == list(range(detail)), image_id
         else:
             assert indices == [], image_id
+            words, cause = detail
             assert len(mine) == 1 and mine[0]["stage"] == "decode", image_id
-            assert detail in mine[0]["message"], (image_id, mine[0]["message"])
+            assert words in mine[0]["message"], (image_id, mine[0]["message"])
+            assert mine[0]["error_type"] == cause.name, (image_id, mine[0]["error_type"], mine[0]["message"])
+            assert "not an image object" not in mine[0]["message"]
             assert mine[0]["source_uri"].endswith(image_id.split(":", 1)[1])
 
 
@@ -318,6 +329,34 @@ def test_oversized_frame_is_a_decompression_bomb_error():
     assert "decompression-bomb" in errors["message"][0].as_py()
 
 
+def test_objects_without_pixels_say_what_they_are_and_are_no_image_not_errors():
+    names = ["rtplan.dcm", "test-SR.dcm", "waveform_ecg.dcm", "DICOMDIR", "IM000000"]
+    frames, errors = _decode([_row(testdata_path(name)) for name in names])
+    assert frames.num_rows == 0
+    rows = {e["image_id"]: e for e in errors.to_pylist()}
+    assert rows["rtplan.dcm"]["message"] == "no image here: this RT Plan Storage object (modality RTPLAN) holds no pixel data"
+    assert "Comprehensive SR Storage" in rows["test-SR.dcm"]["message"]
+    assert "12-lead ECG Waveform Storage object (modality ECG)" in rows["waveform_ecg.dcm"]["message"]
+    assert "Media Storage Directory Storage" in rows["DICOMDIR"]["message"]
+    # A CT image header stripped of its pixels is an image object: the message must not call it anything else.
+    assert rows["IM000000"]["message"].startswith("this CT Image Storage object (modality CT) has no pixel data")
+    assert [rows[n]["error_type"] for n in names] == ["NonImageObject"] * 4 + ["ImageWithoutPixels"]
+    assert all(causes.cause_of(rows[n]["error_type"]).no_image for n in names)
+
+
+def test_compression_without_a_decoder_is_unsupported_once_per_file():
+    ds = pydicom.dcmread(testdata_path("emri_small_RLE.dcm"))  # 10 encapsulated frames
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"  # MPEG2: pydicom has no decoder for video
+    buffer = BytesIO()
+    ds.save_as(buffer)
+    frames, errors = _decode([_row(Path("video.dcm"), buffer.getvalue())])
+    assert frames.num_rows == 0
+    (error,) = errors.to_pylist()
+    assert error["error_type"] == "UnsupportedCompression" and error["frame_index"] is None
+    assert error["message"].startswith("unsupported compression: no decoder reads MPEG2 Main Profile / Main Level")
+    assert not causes.cause_of(error["error_type"]).no_image
+
+
 def test_garbage_and_empty_rows_become_error_rows():
     rows = [
         {"image_id": "a", "source_uri": "x/a.dcm", "format": "dicom", "data": b"not dicom at all" * 10},
@@ -329,6 +368,8 @@ def test_garbage_and_empty_rows_become_error_rows():
     messages = {e["image_id"]: e["message"] for e in errors.to_pylist()}
     assert set(messages) == {"a", "b", "c"}
     assert "empty file" in messages["b"] and "unsupported format" in messages["c"]
+    types = {e["image_id"]: e["error_type"] for e in errors.to_pylist()}
+    assert types == {"a": "NotDicom", "b": "NotAnImageFile", "c": "NotAnImageFile"}
 
 
 def test_frames_carry_the_archive_header_fields():

@@ -136,11 +136,18 @@ def build_inputs(busi_dir: Path, n: int = N_FRAMES) -> ReportInputs:
     errors = pd.DataFrame(
         [
             {"image_id": None, "source_uri": "s3://archive/bad/<c>&d.dcm", "frame_index": None, "stage": "pack",
-             "error_type": "InvalidDicomError", "message": EVIL},
+             "error_type": "PermissionError", "message": EVIL},
             {"image_id": "ab" * 32, "source_uri": "s3://archive/bad/trunc.png", "frame_index": None, "stage": "decode",
-             "error_type": "DecodeError", "message": "truncated PNG stream"},
+             "error_type": "Truncated", "message": "truncated PNG of 256 x 256: the file ends before its IEND chunk"},
             {"image_id": "cd" * 32, "source_uri": "s3://archive/bad/cine.dcm", "frame_index": 3, "stage": "decode",
-             "error_type": "DecodeError", "message": "frame 3: JPEG 2000 codestream ends early"},
+             "error_type": "CorruptPixelData", "message": "frame 3 of 10: corrupt pixel data, the decoder rejects it"},
+            *[{"image_id": f"{i:02x}" * 32, "source_uri": f"s3://archive/plans/rtplan{i}.dcm", "frame_index": None,
+               "stage": "decode", "error_type": "NonImageObject",
+               "message": "no image here: this RT Plan Storage object (modality RTPLAN) holds no pixel data"}
+              for i in range(4)],
+            {"image_id": "ef" * 32, "source_uri": "s3://archive/sr/report.dcm", "frame_index": None, "stage": "decode",
+             "error_type": "NonImageObject",
+             "message": "no image here: this Comprehensive SR Storage object (modality SR) holds no pixel data"},
         ]
     )
     config = config_dict(Config())
@@ -228,7 +235,23 @@ def test_error_messages_and_uris_are_escaped(inputs, tmp_path):
     assert "&lt;script&gt;alert(&#x27;phi&#x27;)&lt;/script&gt; &amp; &lt;b&gt;bold&lt;/b&gt;" in page
     assert "s3://archive/bad/&lt;c&gt;&amp;d.dcm" in page
     errors_section = page.split('<section id="errors">')[1].split("</section>")[0]
-    assert "InvalidDicomError" in errors_section and "cine.dcm #frame 3" in errors_section
+    assert "could not be read from storage (PermissionError)" in errors_section and "cine.dcm #frame 3" in errors_section
+
+
+def test_errors_are_grouped_by_cause_with_no_image_apart(inputs, tmp_path):
+    page = inputs.write(tmp_path / "report.html", ReportConfig())
+    section = page.split('<section id="errors">')[1].split("</section>")[0]
+    unreadable, no_image = section.split('<h3 id="errors-unreadable">')[1].split('<h3 id="errors-no-image">')
+    assert unreadable.startswith("Unreadable: 3</h3>") and no_image.startswith("No image here (skipped, not errors): 5</h3>")
+    for name in ("Truncated", "CorruptPixelData", "PermissionError"):
+        assert f"<code>{name}</code>" in unreadable and f"<code>{name}</code>" not in no_image
+    # one row per cause: the five non-image objects are one row, 5 files, 0 single frames
+    rows = re.findall(r"<tr><td>(.*?)</td><td><code>(\w+)</code></td><td>(\d+)</td><td>(\d+)</td><td><ul>(.*?)</ul>", no_image)
+    assert [(name, files, frames) for _, name, files, frames, _ in rows] == [("NonImageObject", "5", "0")]
+    examples = re.findall(r"<li>", rows[0][4])
+    assert len(examples) == 3  # at most three examples, the distinct messages first
+    assert "Comprehensive SR Storage" in rows[0][4] and rows[0][4].count("RT Plan Storage") == 2
+    assert "<code>CorruptPixelData</code></td><td>0</td><td>1</td>" in unreadable
 
 
 def test_thumbnails_off_leaves_no_pixel_data_of_any_frame(inputs, tmp_path):
@@ -260,7 +283,7 @@ def test_every_file_corrupt_still_renders(inputs, tmp_path):
     assert "No frame was ranked" in page
     assert "data:image/png" not in page
     assert page.count("<section") == 7
-    assert "truncated PNG stream" in page
+    assert "the file ends before its IEND chunk" in page
 
 
 def test_manifest_without_coverage_says_so(inputs, tmp_path):
