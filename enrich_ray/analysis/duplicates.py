@@ -70,7 +70,7 @@ import numpy as np
 import pandas as pd
 
 from enrich_ray.config import AnalysisConfig, IndexConfig
-from enrich_ray.index.knn import KnnGraph, knn_graph, unit_rows
+from enrich_ray.index.knn import KnnGraph, exact_rows_graph, knn_graph, unit_rows
 
 COLUMNS = {
     "group_id": np.int64,
@@ -164,27 +164,32 @@ def content_rows(thumbs: np.ndarray) -> np.ndarray:
     return unit_rows(x)
 
 
-def content_graph(thumbs: np.ndarray, k: int, index: IndexConfig) -> KnnGraph:
+def content_graph(thumbs: np.ndarray, k: int, index: IndexConfig, rows: np.ndarray | None = None) -> KnnGraph:
     """The kNN graph of the frames' thumbnails (content_rows), built as the embeddings' graph is; a frame
-    whose thumbnail is unknown (NaN) has no neighbours (-1) and is no one's."""
+    whose thumbnail is unknown (NaN) has no neighbours (-1) and is no one's. rows: only these frames get
+    their neighbours, by exact search against every known thumbnail (the nightly increment: tonight's
+    frames among everything seen); the others keep none."""
     t = np.asarray(thumbs, dtype=np.float32)
     known = np.flatnonzero(np.isfinite(t).all(axis=1))
     n = len(t)
     k = min(k, max(len(known) - 1, 0))
     neighbors, sims = np.full((n, k), -1, np.int64), np.full((n, k), -np.inf, np.float32)
     if k > 0:
-        sub = knn_graph(content_rows(t[known]), k, index)
-        neighbors[known] = np.where(sub.neighbors >= 0, known[np.maximum(sub.neighbors, 0)], -1)
-        sims[known] = sub.similarities
+        x = content_rows(t[known])
+        query = np.arange(len(known)) if rows is None else np.flatnonzero(np.isin(known, rows))
+        sub = knn_graph(x, k, index) if rows is None else exact_rows_graph(x, query, k)
+        neighbors[known[query]] = np.where(sub.neighbors >= 0, known[np.maximum(sub.neighbors, 0)], -1)
+        sims[known[query]] = sub.similarities
     return KnnGraph(neighbors, sims)
 
 
 def archive_duplicates(graph: KnnGraph, embeddings: np.ndarray, analysis: AnalysisConfig, index: IndexConfig,
                        pixel_hash: Sequence[str | None] | None = None, copies: np.ndarray | None = None,
-                       thumbs: np.ndarray | None = None) -> pd.DataFrame:
+                       thumbs: np.ndarray | None = None, rows: np.ndarray | None = None) -> pd.DataFrame:
     """near_duplicates with the analysis settings, its content graph built from thumbs (k as the
-    embeddings' graph): the one call curate, nightly and the evaluation's junk filter make."""
-    neighbours = content_graph(thumbs, graph.k, index) if thumbs is not None and graph.k else None
+    embeddings' graph; rows: only these frames query it, as content_graph): the one call curate,
+    nightly and the evaluation's junk filter make."""
+    neighbours = content_graph(thumbs, graph.k, index, rows) if thumbs is not None and graph.k else None
     return near_duplicates(graph, analysis.near_duplicate_threshold, embeddings, pixel_hash, copies, thumbs,
                            analysis.near_duplicate_content_threshold, analysis.near_duplicate_content_alone, neighbours)
 

@@ -30,8 +30,8 @@ deviations, MAD x 1.4826, a frame lies beyond the archive's median; the mean abs
 score = max(neighbourhood z, appearance z) + support, or STRONG x outlier_mad_k for a rare
 modality, body part, colour or blank frame if larger (ties: the sum of neighbourhood and
 appearance z, then row); rank 1 has the highest score. Beyond the cut-off (`beyond_cutoff`): score
-above outlier_mad_k (default 3.5), i.e. some evidence lies beyond the robust cut-off
-(`robust_cutoff`) of its own distribution, or a strong header fact. Flagged: beyond the cut-off and
+above outlier_mad_k (default 3.5), i.e. some evidence lies beyond the robust cut-off (median +
+outlier_mad_k robust standard deviations) of its own distribution, or a strong header fact. Flagged: beyond the cut-off and
 among the AnalysisConfig.outlier_max_share (default 5%) highest scores: foreign frames are a
 minority, and an archive where more frames than that look unlike the rest (a grab-bag of
 modalities) has no majority for them to be foreign to. A group of near twins (duplicate_group >= 0 shared) takes
@@ -39,7 +39,8 @@ the lower median of its members' scores, so it is flagged whole, exactly when mo
 its members are flagged on their own evidence, or not at all; a blank frame stays flagged.
 `reason` says, for each flagged frame, which evidence did it.
 
-`outliers(graph, mad_k)` is the older 10-NN typicality score, kept for the nightly increment.
+`outlier_table_of` judges a subset of the frames among themselves: the nightly increment, tonight's
+frames with a sample of earlier ones as the archive they must look unlike.
 """
 from __future__ import annotations
 
@@ -65,31 +66,11 @@ APPEARANCE_NAMES = (
 )
 
 
-def outlier_scores(graph: KnnGraph) -> tuple[np.ndarray, np.ndarray]:
-    """Per frame: the outlier score (1 - typicality) and the 1-NN similarity."""
-    sims = graph.similarities.astype(np.float64)
-    finite = np.isfinite(sims)
-    count = finite.sum(axis=1)
-    first = sims[:, 0] if graph.k else np.full(len(graph), NO_NEIGHBOUR)
-    nn = np.where(count > 0, first, NO_NEIGHBOUR)  # rows are sorted, -inf padding last
-    mean = np.where(count > 0, np.where(finite, sims, 0.0).sum(axis=1) / np.maximum(count, 1), NO_NEIGHBOUR)
-    return 1.0 - (nn + mean) / 2.0, nn
-
-
 def _spread(values: np.ndarray, median: np.ndarray | float, axis: int | None = None) -> np.ndarray:
     """Robust standard deviation: MAD x 1.4826, the mean absolute deviation x 1.2533 where the MAD is 0."""
     dev = np.abs(values - median)
     mad = MAD_TO_SD * np.median(dev, axis=axis)
     return np.where(mad > 0, mad, MEAN_AD_TO_SD * np.mean(dev, axis=axis))
-
-
-def robust_cutoff(score: np.ndarray, mad_k: float) -> float:
-    """The score above which a frame is flagged: median + mad_k robust standard deviations."""
-    if score.size == 0:
-        return np.inf
-    median = float(np.median(score))
-    spread = float(_spread(score, median))
-    return median + mad_k * spread if spread > 0 else np.inf
 
 
 def robust_z(values: np.ndarray) -> np.ndarray:
@@ -100,25 +81,6 @@ def robust_z(values: np.ndarray) -> np.ndarray:
     median = np.median(x, axis=0)
     spread = _spread(x, median, axis=0)
     return np.where(spread > 0, (x - median) / np.where(spread > 0, spread, 1.0), 0.0)
-
-
-def outliers(graph: KnnGraph, mad_k: float) -> pd.DataFrame:
-    """Every frame ranked by the 10-NN typicality score (rank 1 = least like anything else): rank, row,
-    score, nn_similarity, flagged (score above the robust cut-off)."""
-    _check_mad_k(mad_k)
-    score, nn = outlier_scores(graph)
-    rows = np.arange(len(graph), dtype=np.int64)
-    order = np.lexsort((rows, -score))
-    cutoff = robust_cutoff(score, mad_k)
-    return pd.DataFrame(
-        {
-            "rank": np.arange(1, len(graph) + 1, dtype=np.int64),
-            "row": rows[order],
-            "score": score[order].astype(np.float32),
-            "nn_similarity": nn[order].astype(np.float32),
-            "flagged": score[order] > cutoff,
-        }
-    )
 
 
 def neighbour_similarities(graph: KnnGraph, embeddings: np.ndarray, scales: list[int]) -> np.ndarray:
@@ -233,11 +195,6 @@ def _header_evidence(header: pd.DataFrame, n: int, cfg: AnalysisConfig) -> tuple
     return strong, support, reasons
 
 
-def _check_mad_k(mad_k: float) -> None:
-    if mad_k < 0:
-        raise ValueError(f"analysis.outlier_mad_k must be non-negative, got {mad_k}")
-
-
 def outlier_table(
     graph: KnnGraph,
     embeddings: np.ndarray,
@@ -348,3 +305,19 @@ def _by_group(
     hit = median > mad_k
     reason[members[hit]] = [f"near-twin group of {m}: {reason[t]}" for m, t in zip(size[hit], top[hit])]
     return score, flagged, reason
+
+
+def outlier_table_of(rows: np.ndarray, embeddings: np.ndarray, thumbnails: np.ndarray, appearance: np.ndarray,
+                     header: pd.DataFrame, duplicate_group: np.ndarray, cfg: AnalysisConfig,
+                     index: IndexConfig) -> pd.DataFrame:
+    """outlier_table over the frames `rows` of the full arrays alone, as curate judges an archive: their kNN
+    graph built among them, neighbourhoods in cfg.outlier_space; `row` gives positions in the full arrays."""
+    rows = np.asarray(rows, dtype=np.int64)
+    x = np.ascontiguousarray(embeddings[rows], dtype=np.float32)
+    k = min(index.k, len(rows) - 1)
+    graph = knn_graph(x, k, index) if k > 0 else KnnGraph(np.zeros((len(rows), 0), np.int64), np.zeros((len(rows), 0), np.float32))
+    space = neighbourhood_space(cfg.outlier_space, graph, x, np.asarray(thumbnails)[rows], cfg.outlier_scales, index)
+    table = outlier_table(*space, np.asarray(appearance, np.float64)[rows], header.iloc[rows].reset_index(drop=True),
+                          np.asarray(duplicate_group)[rows], cfg)
+    table["row"] = rows[table["row"].to_numpy()]
+    return table

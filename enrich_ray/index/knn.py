@@ -206,10 +206,10 @@ def exact_knn_graph(embeddings: np.ndarray, k: int) -> KnnGraph:
     """The exact graph by blocked brute force: the reference every faster path is checked against."""
     x = unit_rows(embeddings)
     _check_k(k)
-    return _exact_rows(x, np.arange(len(x), dtype=np.int64), k)
+    return exact_rows_graph(x, np.arange(len(x), dtype=np.int64), k)
 
 
-def _exact_rows(x: np.ndarray, rows: np.ndarray, k: int) -> KnnGraph:
+def exact_rows_graph(x: np.ndarray, rows: np.ndarray, k: int) -> KnnGraph:
     """The exact top-k of the given rows of x against all of x, self excluded by index."""
     everything, ids = _gather_padded(x, np.arange(len(x), dtype=np.int64))
     block = max(1, QUERY_BLOCK_BYTES // (4 * len(everything)))
@@ -284,7 +284,7 @@ def clustered_knn_graph(
     need = min(k, n - 1)
     short = np.flatnonzero(neighbors[:, need - 1] < 0) if need > 0 else np.zeros(0, np.int64)
     if short.size:
-        exact = _exact_rows(x, short, k)
+        exact = exact_rows_graph(x, short, k)
         neighbors[short], similarities[short] = exact.neighbors, exact.similarities
     return KnnGraph(neighbors, similarities)
 
@@ -394,7 +394,7 @@ def graph_recall(embeddings: np.ndarray, graph: KnnGraph, sample: int = RECALL_S
     if k == 0 or m == 0 or n < 2:
         return {"recall_at_k": 1.0, "k": int(k), "sample": int(m), "seed": seed, "nn_underestimate_max": 0.0, "nn_underestimate_mean": 0.0}
     rows = np.sort(np.random.default_rng(seed).choice(n, m, replace=False))
-    exact = _exact_rows(x, rows, k)
+    exact = exact_rows_graph(x, rows, k)
     valid = exact.neighbors >= 0
     kth = np.where(valid, exact.similarities, np.inf).min(axis=1)
     found = (graph.neighbors[rows] >= 0) & (graph.similarities[rows] >= kth[:, None] - 1e-6)

@@ -239,8 +239,8 @@ def _with_keys(df: pd.DataFrame, frames: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([df.reset_index(drop=True), keys], axis=1)
 
 
-DUPLICATE_COLUMNS = ["group_id", "row", "kind", "similarity", "is_representative", "group_size", "pixel_hash",
-                     "image_id", "frame_index", "source_uri"]
+DUPLICATE_COLUMNS = ["group_id", "row", "kind", "similarity", "content_similarity", "is_representative", "group_size",
+                     "pixel_hash", "image_id", "frame_index", "source_uri"]
 
 
 def pixel_hashes(run: RunFolder, frames: pd.DataFrame) -> list[str | None]:

@@ -5,6 +5,9 @@ The catalog (a folder or s3:// prefix) holds the state across nights:
     catalog.json                  the commit point: model hash, committed nights, index version
     model/                        the frozen β-VAE (trained on the first night, or --model)
     embeddings/night=YYYY-MM-DD/  every committed night's embeddings (frame keys, model_hash)
+    evidence/night=YYYY-MM-DD/    every committed night's model-free frame evidence: header facts,
+                                  pixel hash, appearance statistics, 16x16 thumbnail (about 0.7 KB
+                                  a frame), so tonight is judged as curate judges an archive
     index/vN/                     the similarity index over all committed embeddings, in night order
     labeled/*.csv|*.parquet       the labeled set: files with an image_id column, written back by
                                   the labeling tool (any number of files; image ids of any night)
@@ -45,6 +48,11 @@ log = logging.getLogger(__name__)
 
 CATALOG_FILE = "catalog.json"
 LOCK_FILE = "_lock"
+EVIDENCE_DIR = "evidence"  # model-free: kept across a reembed
+# Tonight's outliers are judged among tonight's frames and a seeded sample of this many earlier
+# frames (those with evidence): the archive they must look unlike, at a cost that does not grow
+# with the catalog.
+REFERENCE_FRAMES = 5000
 
 
 class CatalogBusy(StorageError):
@@ -136,6 +144,14 @@ class Catalog:
     def partition(self, night: str) -> str:
         """The folder of a night's embeddings under the current model."""
         return f"{self.state['embeddings']}/night={night}"
+
+    def evidence(self, frames: pd.DataFrame) -> dict:
+        """The frame evidence (night_evidence's arrays) of these committed frames, in their order; a frame
+        of a night committed before the catalog kept evidence has unknown facts (None) and NaN arrays."""
+        folders = [self.run.path(f"{EVIDENCE_DIR}/night={night}") for night in self.nights]
+        parts = [self.run.read_table(f"{EVIDENCE_DIR}/night={night}")
+                 for night, folder in zip(self.nights, folders) if folder.fs.exists(folder.path)]
+        return evidence_arrays(pa.concat_tables(parts, promote_options="default") if parts else None, frames)
 
     def labeled_ids(self) -> set[str]:
         """Image ids of the labeled set, from every file under labeled/."""
@@ -256,10 +272,11 @@ def _run_night(cat: Catalog, shards: list[str], night: str, cfg: Config, model: 
     all_emb = new_emb if not len(history) else np.concatenate([hist_emb, new_emb]) if len(new_emb) else hist_emb
     all_frames = pd.concat([history, new_frames.assign(night=night)], ignore_index=True)
     graph = _night_graph(cat, index_version, all_emb, len(history), cfg)
-    hashes = [None] * len(history) + stages.pixel_hashes(work, new_frames)  # the catalog keeps no pixel hashes
-    thumbs = _night_thumbnails(work, new_frames, len(history))
-    dups = _night_duplicates(graph, all_frames, all_emb, hashes, len(history), resent, history, cfg, thumbs)
-    outl = _night_outliers(graph, all_frames, len(history), cfg)
+    tonight_evidence = night_evidence(work, new_frames)
+    evidence = join_evidence(cat.evidence(history), tonight_evidence)
+    groups = _night_groups(graph, all_emb, evidence, len(history), cfg)
+    dups = _night_duplicates(groups, all_frames, len(history), resent, history)
+    outl = _night_outliers(all_frames, all_emb, evidence, groups, len(history), cfg)
     lap("duplicates_outliers")
     manifest, seeds = _night_ranking(cat, history, hist_emb, new_frames, new_emb, cfg)
     lap("rank")
@@ -290,6 +307,9 @@ def _run_night(cat: Catalog, shards: list[str], night: str, cfg: Config, model: 
     cat.run.clear([cat.partition(night)])
     cat.run.loc.fs.makedirs(cat.run.path(cat.partition(night)).path, exist_ok=True)
     cat.run.write_table(f"{cat.partition(night)}/part-00000.parquet", schema.result_rows(work.read_table("embeddings")))
+    cat.run.clear([f"{EVIDENCE_DIR}/night={night}"])
+    cat.run.loc.fs.makedirs(cat.run.path(f"{EVIDENCE_DIR}/night={night}").path, exist_ok=True)
+    cat.run.write_table(f"{EVIDENCE_DIR}/night={night}/part-00000.parquet", evidence_table(new_frames, tonight_evidence))
     lap("commit_embeddings")
     summary = {"night": night, "counts": counts, "embedding": embedding, "model_hash": model_hash, "timings_s": timings,
                "seconds": round(time.perf_counter() - t0, 2)}
@@ -374,23 +394,84 @@ def _night_graph(cat: Catalog, index_version: str | None, all_emb: np.ndarray, n
     return KnnGraph(neighbors, sims)
 
 
-def _night_thumbnails(work, new_frames: pd.DataFrame, n_hist: int) -> np.ndarray:
-    """The content check's thumbnails (analysis.duplicates.thumbnails): tonight's from the decoded
-    frames; earlier nights' unknown (NaN: the catalog keeps no pixels), so the embeddings alone judge
-    a pair of tonight's frame with an earlier one."""
+EVIDENCE_ARRAYS = {"appearance": np.float32, "thumbnail": np.float16}
+
+
+def night_evidence(work: RunFolder, frames: pd.DataFrame) -> dict:
+    """Tonight's frame evidence, as curate reads it from the decoded frames (stages.frame_evidence):
+    header facts (a frame per row), pixel_hash, appearance statistics and thumbnails."""
     from enrich_ray.analysis.duplicates import THUMBNAIL_SIDE
+    from enrich_ray.analysis.outliers import APPEARANCE_NAMES
 
-    earlier = np.full((n_hist, THUMBNAIL_SIDE ** 2), np.nan, np.float16)
-    return np.concatenate([earlier, stages.frame_evidence(work, new_frames)[2]]) if len(new_frames) else earlier
+    if not len(frames):
+        return {"header": pd.DataFrame(columns=stages.EVIDENCE_COLUMNS), "pixel_hash": [],
+                "appearance": np.zeros((0, len(APPEARANCE_NAMES)), np.float32),
+                "thumbnail": np.zeros((0, THUMBNAIL_SIDE ** 2), np.float16)}
+    header, appearance, thumbs = stages.frame_evidence(work, frames)
+    return {"header": header, "pixel_hash": stages.pixel_hashes(work, frames), "appearance": appearance.astype(np.float32),
+            "thumbnail": thumbs}
 
 
-def _night_duplicates(graph, frames: pd.DataFrame, emb: np.ndarray, hashes: list[str | None], n_hist: int,
-                      resent: list[str], history: pd.DataFrame, cfg: Config, thumbs: np.ndarray | None = None) -> pd.DataFrame:
-    """Tonight's duplicate groups (exact by pixel_hash among tonight's frames; near by analysis.duplicates,
-    of each other by both checks, of earlier frames by the embeddings alone), and re-sent images."""
+def evidence_table(frames: pd.DataFrame, evidence: dict) -> pa.Table:
+    """The evidence the catalog keeps for tonight's frames (one row per frame, keyed)."""
+    header = evidence["header"].drop(columns=["image_id", "frame_index"], errors="ignore").reset_index(drop=True)
+    table = pa.Table.from_pandas(pd.concat([frames[["image_id", "frame_index"]].reset_index(drop=True), header], axis=1),
+                                 preserve_index=False)
+    table = table.append_column("pixel_hash", pa.array(evidence["pixel_hash"], pa.string()))
+    for name, dtype in EVIDENCE_ARRAYS.items():
+        values = np.ascontiguousarray(evidence[name], dtype=dtype)
+        table = table.append_column(name, pa.FixedSizeListArray.from_arrays(pa.array(values.ravel()), values.shape[1]))
+    return table
+
+
+def evidence_arrays(table: pa.Table | None, frames: pd.DataFrame) -> dict:
+    """night_evidence's dict for these frames from the catalog's evidence table (None: none kept)."""
+    from enrich_ray.analysis.duplicates import THUMBNAIL_SIDE
+    from enrich_ray.analysis.outliers import APPEARANCE_NAMES
+
+    n = len(frames)
+    widths = {"appearance": len(APPEARANCE_NAMES), "thumbnail": THUMBNAIL_SIDE ** 2}
+    out = {name: np.full((n, widths[name]), np.nan, dtype) for name, dtype in EVIDENCE_ARRAYS.items()}
+    keys = frames[["image_id", "frame_index"]].astype({"frame_index": "int64"}).reset_index(drop=True)
+    if table is None or not table.num_rows:
+        header = keys.copy()
+        out.update(header=header, pixel_hash=[None] * n)
+        return out
+    facts = table.drop_columns(list(EVIDENCE_ARRAYS)).to_pandas().astype({"frame_index": "int64"})
+    found = keys.merge(facts.reset_index(names="_at"), on=["image_id", "frame_index"], how="left")
+    at = found.pop("_at").to_numpy(np.float64)
+    known = np.flatnonzero(np.isfinite(at))
+    for name in EVIDENCE_ARRAYS:
+        column = table.column(name).combine_chunks()
+        values = column.flatten().to_numpy(zero_copy_only=False).reshape(table.num_rows, widths[name])
+        out[name][known] = values[at[known].astype(np.int64)]
+    hashes = found.pop("pixel_hash")
+    out.update(header=found, pixel_hash=[h if isinstance(h, str) else None for h in hashes])
+    return out
+
+
+def join_evidence(earlier: dict, tonight: dict) -> dict:
+    """Earlier frames' evidence followed by tonight's, in the order of all_frames."""
+    header = pd.concat([earlier["header"], tonight["header"]], ignore_index=True)
+    joined = {name: np.concatenate([earlier[name], tonight[name].astype(earlier[name].dtype)]) for name in EVIDENCE_ARRAYS}
+    return {"header": header, "pixel_hash": list(earlier["pixel_hash"]) + list(tonight["pixel_hash"]), **joined}
+
+
+def _night_groups(graph, emb: np.ndarray, evidence: dict, n_hist: int, cfg: Config) -> pd.DataFrame:
+    """The duplicate groups (analysis.duplicates) that tonight's frames form with each other and with
+    earlier frames: exact by pixel_hash, near by both checks (tonight's frames query the content graph)."""
     from enrich_ray.analysis.duplicates import archive_duplicates
 
-    dups = archive_duplicates(graph, emb, cfg.analysis, cfg.index, hashes, thumbs=thumbs) if len(frames) and graph.k else pd.DataFrame()
+    if len(emb) <= n_hist or not graph.k:
+        return pd.DataFrame()
+    return archive_duplicates(graph, emb, cfg.analysis, cfg.index, evidence["pixel_hash"], thumbs=evidence["thumbnail"],
+                              rows=np.arange(n_hist, len(emb)))
+
+
+def _night_duplicates(groups: pd.DataFrame, frames: pd.DataFrame, n_hist: int, resent: list[str],
+                      history: pd.DataFrame) -> pd.DataFrame:
+    """Tonight's duplicate groups (those holding one of tonight's frames), and re-sent images."""
+    dups = groups
     if len(dups):
         tonight = dups.groupby("group_id")["row"].transform(lambda rows: (rows >= n_hist).any())
         dups = dups[tonight].copy()
@@ -409,17 +490,25 @@ def _night_duplicates(graph, frames: pd.DataFrame, emb: np.ndarray, hashes: list
     return dups
 
 
-def _night_outliers(graph, frames: pd.DataFrame, n_hist: int, cfg: Config) -> pd.DataFrame:
-    """Tonight's frames ranked by how unlike anything seen (tonight or before) they are."""
-    from enrich_ray.analysis.outliers import outliers
-    from enrich_ray.index.knn import KnnGraph
+def _night_outliers(frames: pd.DataFrame, emb: np.ndarray, evidence: dict, groups: pd.DataFrame, n_hist: int,
+                    cfg: Config) -> pd.DataFrame:
+    """Tonight's frames ranked by how foreign they are (analysis.outliers.outlier_table, as curate), judged
+    among tonight's frames and a seeded sample of REFERENCE_FRAMES earlier frames with evidence."""
+    from enrich_ray.analysis.duplicates import duplicate_families
+    from enrich_ray.analysis.outliers import outlier_table_of
 
-    if len(frames) <= n_hist or not graph.k:
-        return pd.DataFrame(columns=["rank", "row", "score", "nn_similarity", "flagged"])
-    tonight = KnnGraph(graph.neighbors[n_hist:], graph.similarities[n_hist:])
-    outl = outliers(tonight, cfg.analysis.outlier_mad_k)
-    outl["row"] = outl["row"] + n_hist
-    return stages._with_keys(outl, frames)
+    if len(frames) <= n_hist:
+        return pd.DataFrame(columns=["rank", "row", "score", "nn_similarity", "flagged", "reason"])
+    known = np.flatnonzero(np.isfinite(evidence["thumbnail"][:n_hist].astype(np.float32)).all(axis=1))
+    rng = np.random.default_rng(cfg.selection.random_seed)
+    reference = np.sort(rng.choice(known, min(REFERENCE_FRAMES, len(known)), replace=False)) if len(known) else known
+    rows = np.concatenate([reference, np.arange(n_hist, len(frames))])
+    families = duplicate_families(groups, len(frames)) if len(groups) else np.full(len(frames), -1, np.int64)
+    table = outlier_table_of(rows, emb, evidence["thumbnail"], evidence["appearance"], evidence["header"], families,
+                             cfg.analysis, cfg.index)
+    table = table[table["row"] >= n_hist].reset_index(drop=True)
+    table["rank"] = np.arange(1, len(table) + 1)
+    return stages._with_keys(table, frames)
 
 
 def _night_ranking(cat: Catalog, history: pd.DataFrame, hist_emb: np.ndarray, new_frames: pd.DataFrame, new_emb: np.ndarray, cfg: Config):

@@ -35,7 +35,10 @@ def _night_folder(root, name, files):
 
 @pytest.fixture(scope="module")
 def nights(busi_dir, tmp_path_factory):
-    """Three nights of archives; night 3 re-sends three of night 1 and re-encodes two others."""
+    """Three nights of archives; night 3 re-sends three of night 1, re-encodes two others and brings a
+    photograph (scikit-image's astronaut, in colour): a foreign frame."""
+    import skimage.data
+
     root = tmp_path_factory.mktemp("nights")
     files = sorted((busi_dir / "normal").glob("*.png"))[:30]
     n1, n2, n3 = files[:12], files[12:22], files[22:30]
@@ -47,6 +50,7 @@ def nights(busi_dir, tmp_path_factory):
         Image.open(f).save(buf, format="PNG", compress_level=1)
         assert buf.getvalue() != f.read_bytes()
         (folders[2] / f"reencoded {f.name}").write_bytes(buf.getvalue())
+    Image.fromarray(skimage.data.astronaut()).save(folders[2] / "astronaut.png")
     archives = []
     for i, folder in enumerate(folders):
         pack([str(folder)], str(root / f"archive{i}"), progress=False)
@@ -93,18 +97,27 @@ def test_three_nights(ray_cluster, nights, tmp_path, monkeypatch):
     nightly(str(catalog), archives[2], NIGHTS[2], cfg)
     s3 = json.loads((catalog / "nights" / NIGHTS[2] / "summary.json").read_text())
     # No image is embedded twice: the three re-sent images are recognised by content hash.
-    assert s3["counts"]["resent_images"] == 3 and s3["counts"]["frames_embedded"] == 8 + 2
+    assert s3["counts"]["resent_images"] == 3 and s3["counts"]["frames_embedded"] == 8 + 2 + 1
     emb = pd.read_parquet(catalog / "embeddings")
-    assert len(emb) == emb["image_id"].nunique() == 12 + 10 + 10
+    assert len(emb) == emb["image_id"].nunique() == 12 + 10 + 11
 
     dups = pd.read_parquet(catalog / "nights" / NIGHTS[2] / "duplicates.parquet")
     resent = dups[dups["kind"] == "resent"]
     assert sorted(resent["source_uri"].str.rsplit("/", n=1).str[-1]) == sorted(resent_names)
     assert set(resent["night"]) == {NIGHTS[0]}
-    for name in reencoded_names:  # re-encoded: a near-duplicate group with its night-1 original
+    for name in reencoded_names:  # re-encoded: an exact group with its night-1 original (the catalog keeps pixel hashes)
         original = dups[dups["source_uri"].str.endswith("/" + name) & ~dups["source_uri"].str.contains("reencoded")]
         copy = dups[dups["source_uri"].str.endswith("reencoded " + name)]
         assert len(original) == len(copy) == 1 and original["group_id"].iloc[0] == copy["group_id"].iloc[0]
+        assert set(original["kind"]) == set(copy["kind"]) == {"exact"} and original["night"].iloc[0] == NIGHTS[0]
+    # Tonight's outliers are judged as curate judges an archive (outlier_table, among a sample of earlier
+    # frames): the photograph is flagged, first, with its reason; no ultrasound frame of the night is.
+    outl = pd.read_parquet(catalog / "nights" / NIGHTS[2] / "outliers.parquet")
+    assert len(outl) == 11 and outl["rank"].tolist() == list(range(1, 12))
+    assert outl["source_uri"].iloc[0].endswith("astronaut.png") and outl["flagged"].tolist() == [True] + [False] * 10
+    assert "colour" in outl["reason"].iloc[0]
+    evidence = pd.read_parquet(catalog / "evidence")
+    assert len(evidence) == 33 and evidence["pixel_hash"].notna().all() and len(evidence["thumbnail"].iloc[0]) == 256
 
     # The night's ranking equals a full recompute seeded by the same labeled set.
     manifest = pd.read_parquet(catalog / "nights" / NIGHTS[2] / "manifest.parquet")
@@ -136,7 +149,7 @@ def test_three_nights(ray_cluster, nights, tmp_path, monkeypatch):
     state = json.loads(_catalog_json(catalog))
     assert state["model_hash"] == new_hash and [n["night"] for n in state["nights"]] == NIGHTS
     again = pd.read_parquet(catalog / state["embeddings"])
-    assert len(again) == 32 and set(again["model_hash"]) == {new_hash}
+    assert len(again) == 33 and set(again["model_hash"]) == {new_hash}
     assert sorted(again["image_id"]) == sorted(emb["image_id"])
     assert not (catalog / "embeddings").exists() and not (catalog / "model").exists()
 
