@@ -17,18 +17,21 @@ class Cause:
 
     name: str  # the error_type written to errors.parquet
     label: str  # what happened, in plain words (the report's row)
+    short: str  # the same in two or three words (the report's summary)
     no_image: bool = False  # True: the file holds no image; skipped and counted, not an error
 
 
-NON_IMAGE = Cause("NonImageObject", "DICOM objects that are not images (plans, structure sets, reports, waveforms, directories)", True)
-NO_PIXELS = Cause("ImageWithoutPixels", "image headers whose pixel data is absent (stripped or never stored)", True)
-NOT_DICOM = Cause("NotDicom", "not readable as DICOM")
-NOT_AN_IMAGE_FILE = Cause("NotAnImageFile", "not a DICOM, PNG or JPEG file, or an empty one")
-TRUNCATED = Cause("Truncated", "truncated: the file or its pixel data ends early")
-CORRUPT = Cause("CorruptPixelData", "corrupt pixel data: the decoder rejects it")
-UNSUPPORTED = Cause("UnsupportedCompression", "compressed in a way no installed decoder reads")
-BAD_HEADER = Cause("InvalidHeader", "the header gives no usable image size or pixel description")
-TOO_LARGE = Cause("TooLarge", "over the size limit (decode.max_image_pixels, against decompression bombs)")
+NON_IMAGE = Cause("NonImageObject", "DICOM objects that are not images (plans, structure sets, reports, waveforms, directories)",
+                  "not images", True)
+NO_PIXELS = Cause("ImageWithoutPixels", "image headers whose pixel data is absent (stripped or never stored)",
+                  "image headers without pixels", True)
+NOT_DICOM = Cause("NotDicom", "not readable as DICOM", "not DICOM")
+NOT_AN_IMAGE_FILE = Cause("NotAnImageFile", "not a DICOM, PNG or JPEG file, or an empty one", "not an image file")
+TRUNCATED = Cause("Truncated", "truncated: the file or its pixel data ends early", "truncated")
+CORRUPT = Cause("CorruptPixelData", "corrupt pixel data: the decoder rejects it", "corrupt")
+UNSUPPORTED = Cause("UnsupportedCompression", "compressed in a way no installed decoder reads", "unsupported compression")
+BAD_HEADER = Cause("InvalidHeader", "the header gives no usable image size or pixel description", "invalid header")
+TOO_LARGE = Cause("TooLarge", "over the size limit (decode.max_image_pixels, against decompression bombs)", "too large")
 
 CAUSES = {c.name: c for c in (NON_IMAGE, NO_PIXELS, NOT_DICOM, NOT_AN_IMAGE_FILE, TRUNCATED, CORRUPT, UNSUPPORTED,
                               BAD_HEADER, TOO_LARGE)}
@@ -49,4 +52,4 @@ def cause_of(error_type: str | None, stage: str | None = None) -> Cause:
     if error_type in CAUSES:
         return CAUSES[error_type]
     name = str(error_type or "Error")
-    return Cause(name, f"{STAGE_WORDS.get(stage or '', 'other failures')} ({name})")
+    return Cause(name, f"{STAGE_WORDS.get(stage or '', 'other failures')} ({name})", name)

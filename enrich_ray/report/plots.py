@@ -15,6 +15,11 @@ from matplotlib.figure import Figure
 THUMB_SIZE = 96  # pixels on screen for one 64x64 frame
 MAX_CURVE_POINTS = 4000  # a curve over millions of frames is drawn through this many of its points
 REDUNDANCY_THRESHOLDS = (0.5, 0.7, 0.9)  # the report's table: share of frames above each
+# The suggested labeling budget: the first point of the coverage curve where the next
+# BUDGET_WINDOW frames shrink the coverage radius by at most BUDGET_MIN_GAIN of its whole
+# drop over the ranking (suggested_budget).
+BUDGET_WINDOW = 100  # frames
+BUDGET_MIN_GAIN = 0.02  # share of the ranking's whole drop in coverage radius
 
 
 def redundancy_cdf(nn_similarity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -27,6 +32,23 @@ def share_above(nn_similarity: np.ndarray, thresholds: tuple[float, ...]) -> dic
     """Share of frames whose maximum similarity to any other frame exceeds each threshold."""
     finite = nn_similarity[np.isfinite(nn_similarity)]
     return {t: float((finite > t).mean()) if finite.size else 0.0 for t in thresholds}
+
+
+def suggested_budget(n_labeled: np.ndarray, radius: np.ndarray) -> int | None:
+    """Frames to label before labeling stops paying: the first n of the coverage curve where the next
+    BUDGET_WINDOW frames (or the rest, near the end) shrink the radius by at most BUDGET_MIN_GAIN of
+    its whole drop from the curve's first point to its last; None for an empty curve.
+
+    The curve (n_labeled increasing, radius not increasing) is the report's coverage curve: a
+    greedy ranking shrinks the radius fast first, then by ever less as the archive is covered.
+    """
+    n = np.asarray(n_labeled, dtype=np.int64)
+    r = np.asarray(radius, dtype=np.float64)
+    if n.size == 0:
+        return None
+    ahead = np.minimum(np.searchsorted(n, n + BUDGET_WINDOW), n.size - 1)
+    settled = r - r[ahead] <= BUDGET_MIN_GAIN * (r[0] - r[-1])  # true at the last point at the latest
+    return int(n[np.argmax(settled)])
 
 
 def _thin(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import io
 import re
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from PIL import Image
 
 from enrich_ray.config import Config, ReportConfig, config_dict
 from enrich_ray.report import collapse_warnings, write_report
+from enrich_ray.report.plots import BUDGET_MIN_GAIN, suggested_budget
 
 SIZE = 64
 N_FRAMES = 14
@@ -182,10 +184,12 @@ def inline_pngs(page: str) -> list[tuple[str, Image.Image]]:
 
 def test_page_has_every_section_and_only_inline_resources(inputs, tmp_path):
     page = inputs.write(tmp_path / "report.html", ReportConfig())
-    for section in ("redundancy", "ranking", "duplicates", "outliers", "errors", "embedding", "run"):
+    for section in ("summary", "redundancy", "ranking", "duplicates", "outliers", "errors", "embedding", "run"):
         assert f'<section id="{section}">' in page
     assert "<script" not in page
-    assert not re.search(r'(src|href)="(?!data:)', page), "the page must not load anything from outside"
+    assert not re.search(r'(src|href)="(?!data:|#)', page), "the page must not load anything from outside"
+    links = set(re.findall(r'href="#([\w-]+)"', page))
+    assert links and links <= set(re.findall(r'id="([\w-]+)"', page)), "every in-page link has its target"
     # labeling time at 3600 s a frame: 14 frames take 14.0 hours
     assert f"<td>all {N_FRAMES}</td><td>{N_FRAMES}</td><td>{N_FRAMES}.0</td><td>1.17</td>" in page
     assert "decode" in page and "1.2" in page and "2.60.0" in page
@@ -238,6 +242,69 @@ def test_error_messages_and_uris_are_escaped(inputs, tmp_path):
     assert "could not be read from storage (PermissionError)" in errors_section and "cine.dcm #frame 3" in errors_section
 
 
+def test_paths_are_relative_to_the_archive_root_with_the_full_uri_on_hover(inputs, tmp_path):
+    page = inputs.write(tmp_path / "report.html", ReportConfig(thumbnails=False))
+    assert '<span class="uri" id="archive-root">s3://archive/</span>' in page
+    top = inputs.manifest.sort_values("rank").iloc[0]["source_uri"]
+    assert f'<span class="uri" title="{html.escape(top)}">{html.escape(top.removeprefix("s3://archive/"))}</span>' in page
+    errors = page.split('<section id="errors">')[1]
+    assert '<span class="uri" title="s3://archive/bad/cine.dcm #frame 3">bad/cine.dcm #frame 3</span>' in errors
+    # every shown path is relative: no cell text starts with the root
+    assert not re.search(r'<span class="uri"(?: title="[^"]*")?>s3://archive/', page.replace('id="archive-root"', ""))
+
+
+def test_jargon_sits_in_the_glossary_and_every_header_has_its_unit(inputs, tmp_path):
+    embedding = {"embedder": "vae", "dim": 128, "active_units": 128, "participation_ratio": 2.4,
+                 "content_correlation": 0.86, "distinct_frames": 107, "val_recon": 1651.805, "val_kl": 106.7}
+    page = inputs.write(tmp_path / "report.html", ReportConfig(), summary={**inputs.summary, "embedding": embedding})
+    main, glossary = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", page).split('<section id="glossary">')
+    for jargon in ("participation ratio", "KL", "kNN", "recall@"):
+        assert jargon not in main and jargon in glossary, jargon
+    for term in ("nats", "val_recon", "coverage radius", "suggested budget", "foreign score", "no image here"):
+        assert f"<dt>{term}" in glossary
+    row = re.search(r"<tr><td>reconstruction error on held-out frames[^<]*</td><td>(.*?)</td><td>(.*?)</td></tr>", main)
+    assert row and row.groups() == ("1651.805", "nats per frame")
+    # a table's header names the unit of a number column: count, hours, seconds, cosine, share, or a unit column
+    for header in re.findall(r"<table><tr>(.*?)</tr>", main):
+        cells = re.findall(r"<th>(.*?)</th>", header)
+        assert any(u in " ".join(cells) for u in ("count", "hours", "seconds", "cosine", "%", "unit", "version", "result")), cells
+
+
+def test_suggested_budget_follows_its_rule():
+    # radius e^(-n/50): the next 100 frames shrink it by e^(-n/50) (1 - e^(-2)); the rule stops at the first n
+    # where that is at most BUDGET_MIN_GAIN of the whole drop e^(-1/50) - e^(-20).
+    n = np.arange(1, 1001)
+    radius = np.exp(-n / 50.0)
+    whole = radius[0] - radius[-1]
+    expected = int(np.ceil(50.0 * np.log((1 - np.exp(-2.0)) / (BUDGET_MIN_GAIN * whole))))
+    assert suggested_budget(n, radius) == expected
+    assert suggested_budget(n, np.full(n.size, 0.3)) == 1  # nothing to gain: the first frame
+    assert suggested_budget(np.array([], np.int64), np.array([])) is None
+
+
+def test_first_screen_says_what_to_do_and_links_each_item(inputs, tmp_path):
+    page = inputs.write(tmp_path / "report.html", ReportConfig())
+    assert page.index('<section id="summary">') < min(page.index(f'<section id="{s}">') for s in ("ranking", "errors"))
+    first = page.split('<section id="summary">')[1].split("</section>")[0]
+    items = re.findall(r"<li>(.*?)</li>", first)
+    # the budget by the rule, computed here over the manifest's coverage (one hour a frame: hours = frames)
+    curve = inputs.manifest.dropna(subset=["coverage_similarity"]).sort_values("rank")
+    ranks, radius = curve["rank"].to_numpy(), 1 - curve["coverage_similarity"].to_numpy()
+    settled = [i for i in range(len(ranks)) if radius[i] - radius[-1] <= BUDGET_MIN_GAIN * (radius[0] - radius[-1])]
+    budget = int(ranks[settled[0]])  # 14 frames: the next 100 always reach the end
+    hours = f"{budget:.1f}" if budget >= 10 else f"{budget:.2f}"
+    assert items[0].startswith(f'<a href="#budget">Label these {budget} frames first</a> ({hours} h at 3600 s a frame')
+    assert items[1] == '<a href="#duplicates">2 duplicate groups</a>: 2 frames you need not label (copies or near copies of a frame kept).'
+    assert items[2] == '<a href="#outliers">3 foreign or blank frames to check</a>.'
+    assert items[3] == '<a href="#errors-unreadable">3 files or frames unreadable</a>: 1 PermissionError, 1 truncated, 1 corrupt.'
+    assert items[4].startswith('<a href="#errors-no-image">5 files hold no image</a> (5 not images): skipped')
+    assert items[5] == '<a href="#embedding">Embedding health</a>: The embedding&#x27;s health was not measured in this run.'
+    healthy = {**inputs.summary, "embedding": {"content_correlation": 0.86, "distinct_frames": 107}}
+    page = inputs.write(tmp_path / "report.html", ReportConfig(), summary=healthy)
+    assert "The embedding looks healthy: frames it calls alike also look alike (agreement with pixel similarity 0.86 over 107" in page
+    assert 'nav id="contents"' in page and '<a href="#errors">' in page
+
+
 def test_errors_are_grouped_by_cause_with_no_image_apart(inputs, tmp_path):
     page = inputs.write(tmp_path / "report.html", ReportConfig())
     section = page.split('<section id="errors">')[1].split("</section>")[0]
@@ -282,7 +349,7 @@ def test_every_file_corrupt_still_renders(inputs, tmp_path):
     page = inputs.write(tmp_path / "report.html", ReportConfig(), **empty)
     assert "No frame was ranked" in page
     assert "data:image/png" not in page
-    assert page.count("<section") == 7
+    assert page.count("<section") == 9
     assert "the file ends before its IEND chunk" in page
 
 
@@ -301,7 +368,7 @@ def test_collapsed_embedding_shows_a_banner(inputs, tmp_path):
     twins = np.full(len(inputs.nn_similarity), 0.99)
     healthy = {"embedder": "vae", "participation_ratio": 2.4, "content_correlation": 0.8, "distinct_frames": 40}
     page = inputs.write(tmp_path / "report.html", ReportConfig(), summary={**inputs.summary, "embedding": healthy}, nn_similarity=twins)
-    assert 'id="collapse-warning"' not in page and "Not collapsed" in page
+    assert 'id="collapse-warning"' not in page and "The embedding looks healthy" in page
 
 
 def test_collapse_rule_thresholds():
@@ -316,10 +383,10 @@ def test_collapse_rule_thresholds():
 def test_report_shows_the_knn_recall(inputs, tmp_path):
     index = {"recall_at_k": 0.912, "k": 10, "sample": 300, "method": "clustered", "nn_underestimate_max": 0.21, "nn_underestimate_mean": 0.01}
     page = inputs.write(tmp_path / "report.html", ReportConfig(), summary={**inputs.summary, "index": index})
-    assert "kNN graph recall@10 against exact search (300 sampled frames, clustered graph)" in page
+    assert "share of each frame's 10 true nearest frames the search found (300 sampled frames, clustered graph)" in page
     assert "0.912" in page and "below 0.95" in page and "0.210 / 0.010" in page
     page = inputs.write(tmp_path / "report.html", ReportConfig())
-    assert "kNN graph recall</td><td>not recorded" in page
+    assert "nearest-neighbour search recall</td><td>not recorded" in page
 
 
 def test_redundancy_table_matches_a_plain_count(inputs, tmp_path):
