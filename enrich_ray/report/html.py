@@ -116,10 +116,14 @@ def write_report(
     thumbnails: ThumbnailSource | None,
     cfg: ReportConfig,
     storage: StorageConfig | None = None,
+    *,
+    frames: pd.DataFrame | None = None,
 ) -> None:
     """Render the run's results as one self-contained HTML page at `path` (a local path or URI;
-    `storage` carries an object store's endpoint and credentials)."""
-    page = render_report(summary, manifest, duplicates, outliers, errors, nn_similarity, thumbnails, cfg)
+    `storage` carries an object store's endpoint and credentials). `frames`, when given, is every
+    embedded frame with its group keys (modality, series_uid, study_uid, patient_key): what the archive
+    section counts; without it the section counts the manifest's ranked frames."""
+    page = render_report(summary, manifest, duplicates, outliers, errors, nn_similarity, thumbnails, cfg, frames=frames)
     loc = resolve(path, storage)
     if loc.is_local:
         os.makedirs(os.path.dirname(loc.path) or ".", exist_ok=True)
@@ -136,6 +140,8 @@ def render_report(
     nn_similarity: np.ndarray,
     thumbnails: ThumbnailSource | None,
     cfg: ReportConfig,
+    *,
+    frames: pd.DataFrame | None = None,
 ) -> str:
     """The report page as a string (write_report without the writing)."""
     nn = np.asarray(nn_similarity, dtype=np.float64).ravel()
@@ -169,6 +175,7 @@ def render_report(
         _thumbnail_note(cfg, thumbnails),
         _ranking_section(manifest, top, selection, thumbs, paths, summary.get("excluded_from_ranking") or {}, curve,
                          budget),
+        _archive_section(manifest if frames is None else frames, frames is None, summary.get("excluded_from_ranking") or {}),
         _duplicates_section(duplicates, groups, thumbs, paths),
         _outliers_section(outliers, odd, thumbs, paths),
         _errors_section(errors, paths),
@@ -322,6 +329,7 @@ def _health_sentence(embedding: Mapping[str, Any], warnings: list[str]) -> str:
 CONTENTS = [
     ("summary", "What to do now"),
     ("ranking", "What to label first"),
+    ("archive", "What is in the archive"),
     ("duplicates", "Duplicates"),
     ("outliers", "Foreign and blank frames"),
     ("errors", "Files that gave no frame, by cause"),
@@ -512,6 +520,58 @@ def _ranking_section(manifest: pd.DataFrame, top: pd.DataFrame, sel: SelectionCo
             ],
         )
     )
+    out.append("</section>")
+    return "".join(out)
+
+
+SERIES_SIZES = [(1, 1), (2, 10), (11, 100), (101, 1000), (1001, None)]  # frames per series, the archive table's bins
+
+
+def _archive_section(frames: pd.DataFrame, ranked_only: bool, excluded: Mapping[str, int]) -> str:
+    """Frames by modality, by series size, and the patients, studies and series they come from (counts only)."""
+    out = ['<section id="archive"><h2>What is in the archive</h2>']
+    n = len(frames)
+    if n == 0:
+        out.append('<p class="muted">No frame to count.</p></section>')
+        return "".join(out)
+    left = sum(map(int, excluded.values()))
+    scope = (f"the {n:,} ranked frames" + (f" (the {left:,} left out of the ranking are not counted here)" if left else "")
+             if ranked_only else f"all {n:,} embedded frames")
+    out.append(f"<p>Counted over {scope}. Patients, studies and series are counted by their keys; no identifier "
+               "is shown.</p>")
+    keys = frames.reindex(columns=["modality", "series_uid", "study_uid", "patient_key"]).astype(object)
+    keys = keys.where(keys.notna() & (keys != ""), None)
+    modality = keys["modality"].fillna("not recorded")
+    rows = []
+    for name, count in modality.value_counts(sort=True).items():
+        group = keys[modality == name]
+        rows.append([_e(name), f"{count:,}", f"{count / n:.1%}", f"{group['series_uid'].nunique():,}",
+                     f"{group['study_uid'].nunique():,}"])
+    out.append('<h3 id="archive-modality">Frames by modality</h3>')
+    out.append(_table(["modality", "frames (count)", "share of frames (%)", "series (count)", "studies (count)"], rows))
+    sizes = keys["series_uid"].dropna().value_counts()
+    size_rows = []
+    for low, high in SERIES_SIZES:
+        inside = sizes[(sizes >= low) & (sizes <= high)] if high is not None else sizes[sizes >= low]
+        label = f"{low:,}" if low == high else (f"{low:,}–{high:,}" if high is not None else f"over {low - 1:,}")
+        size_rows.append([label, f"{len(inside):,}", f"{int(inside.sum()):,}"])
+    no_series = int(keys["series_uid"].isna().sum())
+    if no_series:
+        size_rows.append(["no series recorded", "–", f"{no_series:,}"])
+    out.append('<h3 id="archive-series">Frames by series size</h3>')
+    out.append(_table(["frames in the series (count)", "series (count)", "frames in them (count)"], size_rows))
+    group_rows = []
+    for key, what in (("patient_key", "patients"), ("study_uid", "studies"), ("series_uid", "series")):
+        known = keys[key].dropna()
+        per = known.value_counts()
+        group_rows.append([what, f"{known.nunique():,}", f"{int(per.max()):,}" if len(per) else "–",
+                           f"{n - len(known):,}"])
+    out.append('<h3 id="archive-groups">Patients, studies and series</h3>')
+    out.append(_table(["group", "distinct (count)", "most frames in one (count)", "frames without the key (count)"],
+                      group_rows))
+    if keys["patient_key"].isna().all():
+        out.append('<p class="muted">No patient key: pack ran without ENRICH_RAY_PATIENT_KEY set, so frames are '
+                   "not linked to patients (README, Patient keys).</p>")
     out.append("</section>")
     return "".join(out)
 

@@ -349,7 +349,7 @@ def test_every_file_corrupt_still_renders(inputs, tmp_path):
     page = inputs.write(tmp_path / "report.html", ReportConfig(), **empty)
     assert "No frame was ranked" in page
     assert "data:image/png" not in page
-    assert page.count("<section") == 9
+    assert page.count("<section") == 10
     assert "the file ends before its IEND chunk" in page
 
 
@@ -423,3 +423,125 @@ def test_a_groups_kind_is_its_representatives_not_its_first_rows(inputs, tmp_pat
     assert "<tr><td>exact</td><td>1</td><td>2</td><td>1</td></tr>" in page
     assert "<tr><td>near</td><td>1</td><td>2</td><td>1</td></tr>" in page
     assert page.split("<b>group 0</b><br>")[1].startswith("exact,")
+
+
+# Real pydicom files: images of five modalities, objects with no image, and broken files of four causes.
+REAL_IMAGES = ["CT_small.dcm", "MR_small.dcm", "emri_small.dcm", "US1_UNCR.dcm", "SC_rgb.dcm", "rtdose.dcm"]
+REAL_NO_IMAGE = ["rtplan.dcm", "test-SR.dcm", "waveform_ecg.dcm", "IM000000", "IM000001"]
+REAL_BROKEN = ["MR_truncated.dcm", "JPEG-lossy.dcm", "badVR.dcm", "no_meta.dcm"]
+
+
+def real_archive_inputs(tmp_path: Path) -> ReportInputs:
+    """Report inputs from real DICOM decoded by the decode stage: frames, error rows, a pixel-cosine ENRICH ranking."""
+    import pyarrow as pa
+    import pydicom
+    from pydicom.uid import UID
+
+    from enrich_ray import schema
+    from enrich_ray.config import DecodeConfig
+    from enrich_ray.decode.dicom import read_header
+    from enrich_ray.decode.stage import decode_batch
+    from tests.conftest import testdata_path
+
+    blobs = {name: testdata_path(name).read_bytes() for name in REAL_IMAGES + REAL_NO_IMAGE + REAL_BROKEN}
+    ds = pydicom.dcmread(testdata_path("emri_small_RLE.dcm"))
+    ds.file_meta.TransferSyntaxUID = UID("1.2.840.10008.1.2.4.100")  # MPEG2: no decoder for video
+    video = io.BytesIO()
+    ds.save_as(video)
+    blobs["video/emri_mpeg2.dcm"] = video.getvalue()
+    rows = []
+    for name, data in blobs.items():
+        try:
+            header = read_header(data, None)
+        except ValueError:  # unparseable: the decode stage says why
+            header = {}
+        rows.append({"image_id": f"{len(rows):064x}", "source_uri": f"/archive/in/{name}", "source_uris": [f"/archive/in/{name}"],
+                     "format": "dicom", "size_bytes": len(data), "data": data,
+                     **{k: header.get(k) for k in schema.HEADER_NAMES}})
+    frames, errors = decode_batch(pa.Table.from_pylist(rows, schema=schema.ARCHIVE), DecodeConfig(reduced_resolution=False))
+    frames = schema.result_rows(frames).to_pandas()
+    pixels = np.stack(frames["pixels"].to_numpy()).reshape(len(frames), SIZE, SIZE).astype(np.float32)
+    flat = pixels.reshape(len(frames), -1).astype(np.float64)
+    flat -= flat.mean(axis=0)
+    unit = flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-12)
+    order, scores, coverage = farthest_first(unit, seed=0)
+    picked = frames.iloc[order].reset_index(drop=True)
+    manifest = picked[["image_id", "frame_index", "source_uri", "modality", "series_uid", "study_uid", "patient_key"]].assign(
+        rank=np.arange(1, len(frames) + 1), ranker="enrich", score=scores, is_seed=[i == 0 for i in range(len(frames))],
+        coverage_similarity=coverage, row=order)
+    sim = unit @ unit.T
+    np.fill_diagonal(sim, -np.inf)
+    nn = sim.max(axis=1)
+    outliers = frames[["image_id", "frame_index", "source_uri"]].assign(
+        rank=np.arange(1, len(frames) + 1), row=np.arange(len(frames)), score=0.0, nn_similarity=nn, flagged=False)
+    duplicates = pd.DataFrame(columns=["group_id", "row", "kind", "similarity", "is_representative", "source_uri", "frame_index"])
+    summary = {"run": {"archive": "/archive/packed"}, "counts": {"frames_embedded": len(frames)}}
+    return ReportInputs(pixels, summary, manifest, duplicates, outliers, errors.to_pandas(), nn)
+
+
+def test_a_real_archive_shows_each_modality_and_each_cause(tmp_path):
+    inputs = real_archive_inputs(tmp_path)
+    page = inputs.write(tmp_path / "report.html", ReportConfig(thumbnails=False))
+    # every modality of the decoded frames, with its frame count
+    archive = page.split('<section id="archive">')[1].split("</section>")[0]
+    modalities = inputs.manifest["modality"].value_counts()
+    assert {"CT", "MR", "US", "OT", "RTDOSE"} <= set(modalities.index)
+    for modality, count in modalities.items():
+        assert f"<tr><td>{modality}</td><td>{count}</td>" in archive, modality
+    emri = int((inputs.manifest["source_uri"] == "/archive/in/emri_small.dcm").sum())
+    assert emri == 10  # a 10-frame series: counted in the 2-10 bin
+    sizes = inputs.manifest["series_uid"].value_counts()
+    assert f"<tr><td>2–10</td><td>{int(((sizes >= 2) & (sizes <= 10)).sum())}</td>" in archive
+    # every cause of the real error rows, in its part, with its count
+    errors = page.split('<section id="errors">')[1].split("</section>")[0]
+    unreadable, no_image = errors.split('<h3 id="errors-no-image">')
+    expected = inputs.errors["error_type"].value_counts()
+    assert set(expected.index) == {"Truncated", "CorruptPixelData", "InvalidHeader", "NotDicom", "UnsupportedCompression",
+                                   "NonImageObject", "ImageWithoutPixels"}
+    for name, count in expected.items():
+        part = no_image if name in ("NonImageObject", "ImageWithoutPixels") else unreadable
+        files = int(inputs.errors.loc[inputs.errors["error_type"] == name, "frame_index"].isna().sum())
+        assert f"<code>{name}</code></td><td>{files}</td><td>{count - files}</td>" in part, name
+    assert "RT Plan Storage" in no_image and "12-lead ECG Waveform Storage" in no_image and "CT Image Storage" in no_image
+    assert "not an image object" not in page
+    # the first screen adds them up by cause and links each part
+    first = page.split('<section id="summary">')[1].split("</section>")[0]
+    assert f'<a href="#errors-unreadable">{len(REAL_BROKEN) + 1} files or frames unreadable</a>' in first
+    assert f'<a href="#errors-no-image">{len(REAL_NO_IMAGE)} files hold no image</a> (3 not images, 2 image headers without pixels)' in first
+    # paths relative to the archive root, the full path on hover
+    assert '<span class="uri" title="/archive/in/video/emri_mpeg2.dcm">video/emri_mpeg2.dcm</span>' in errors
+
+
+def test_frames_one_need_not_label_count_each_family_of_overlapping_groups_once(inputs, tmp_path):
+    # rows 0-1 exact, rows 1-3 near (row 1 in both: one family of 4); one file at two paths (row 5 twice: one frame);
+    # a byte-copied file that gave no frame (row -1)
+    dups = pd.DataFrame(
+        {"group_id": [0, 0, 1, 1, 1, 2, 2, 3, 3], "row": [0, 1, 1, 2, 3, 5, 5, -1, -1],
+         "kind": ["exact", "exact", "near", "near", "near", "exact", "exact", "exact", "exact"],
+         "similarity": 1.0, "is_representative": [True, False, True, False, False, True, False, True, False],
+         "image_id": "ab" * 32, "frame_index": 0, "source_uri": [f"s3://archive/d/{i}.dcm" for i in range(9)]}
+    )
+    page = inputs.write(tmp_path / "report.html", ReportConfig(thumbnails=False), duplicates=dups)
+    assert '<a href="#duplicates">4 duplicate groups</a>: 3 frames you need not label' in page
+
+
+def test_archive_counts_every_frame_when_the_frames_are_given(inputs, tmp_path):
+    ranked = inputs.manifest.assign(modality="US", series_uid="s1", study_uid="t1", patient_key=None)
+    every = pd.concat([ranked, ranked.head(3).assign(modality="CT", series_uid="s2")], ignore_index=True)
+    summary = {**inputs.summary, "excluded_from_ranking": {"exact duplicate": 3}}
+    page = inputs.write(tmp_path / "r.html", ReportConfig(thumbnails=False), manifest=ranked, summary=summary)
+    archive = page.split('<section id="archive">')[1].split("</section>")[0]
+    assert f"the {N_FRAMES} ranked frames (the 3 left out of the ranking are not counted here)" in archive
+    assert "<tr><td>CT</td>" not in archive and "ENRICH_RAY_PATIENT_KEY" in archive
+    page = write_and_read(tmp_path / "r2.html", inputs, ranked, summary, every)
+    archive = page.split('<section id="archive">')[1].split("</section>")[0]
+    assert f"all {N_FRAMES + 3} embedded frames" in archive
+    assert f"<tr><td>US</td><td>{N_FRAMES}</td>" in archive and "<tr><td>CT</td><td>3</td>" in archive
+    assert f"<tr><td>2–10</td><td>1</td><td>3</td></tr><tr><td>11–100</td><td>1</td><td>{N_FRAMES}</td></tr>" in archive
+
+
+def write_and_read(path: Path, inputs: ReportInputs, manifest: pd.DataFrame, summary: dict, frames: pd.DataFrame) -> str:
+    """write_report with its optional `frames` argument."""
+    write_report(str(path), summary, manifest, inputs.duplicates, inputs.outliers, inputs.errors, inputs.nn_similarity,
+                 None, ReportConfig(thumbnails=False), frames=frames)
+    return path.read_text(encoding="utf-8")
