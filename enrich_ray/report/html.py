@@ -499,7 +499,8 @@ def _ranking_section(manifest: pd.DataFrame, top: pd.DataFrame, sel: SelectionCo
             "information and flattens once the archive is covered.</p>"
         )
         out.append(
-            _plot(coverage_png(*curve, sel.seconds_per_image), "Coverage radius against the number of frames labeled")
+            _plot(coverage_png(*curve, sel.seconds_per_image, budget),
+                  f"Coverage radius against the number of frames labeled; the suggested budget, {k:,} frames, marked")
         )
     out.append(_labeling_table(manifest, sel))
     out.append(f"<h3>The first {len(top)} frames to label</h3>")

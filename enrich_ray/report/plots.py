@@ -87,22 +87,44 @@ def redundancy_png(nn_similarity: np.ndarray) -> bytes:
     return _png(fig)
 
 
-def coverage_png(n_labeled: np.ndarray, radius: np.ndarray, seconds_per_image: float) -> bytes:
-    """Coverage radius vs frames labeled, with the labeling time in hours on the top axis."""
-    n_labeled, radius = _thin(np.asarray(n_labeled), np.asarray(radius))
+def coverage_figure(n_labeled: np.ndarray, radius: np.ndarray, seconds_per_image: float,
+                    budget: int | None = None) -> Figure:
+    """Coverage radius vs frames labeled on axes that start at the data, the labeling time in hours on the
+    top axis, and the suggested budget (suggested_budget) marked with the hours there."""
+    n_labeled, radius = np.asarray(n_labeled), np.asarray(radius, dtype=np.float64)
+    n_full, r_full = n_labeled, radius
+    n_labeled, radius = _thin(n_labeled, radius)
     fig = Figure(figsize=(6.0, 4.0))
     ax = fig.add_subplot()
     ax.plot(n_labeled, radius, color="#b5462a", linewidth=2)
+    low, high = float(radius.min()), float(radius.max())
+    pad = 0.03 * (high - low) or 0.01
+    ax.set_ylim(low - pad, high + pad)
+    ax.set_xlim(float(n_labeled[0]), float(n_labeled[-1]) if n_labeled[-1] > n_labeled[0] else float(n_labeled[0]) + 1.0)
+    if budget is not None:
+        at = float(r_full[np.searchsorted(n_full, budget)])
+        hours = budget * seconds_per_image / 3600.0
+        ax.axvline(budget, color="#1d1d1f", linestyle="--", linewidth=1.2)
+        ax.plot([budget], [at], marker="o", color="#1d1d1f")
+        right = budget > n_labeled[0] + 0.6 * (n_labeled[-1] - n_labeled[0])  # near the right edge: text to the left
+        minutes = f" ({hours * 60:.0f} min)" if hours < 1 else ""
+        ax.annotate(f"suggested budget: {budget:,} frames, {hours:.2g} h{minutes}", xy=(budget, at),
+                    xytext=(-8 if right else 8, 40), textcoords="offset points", ha="right" if right else "left",
+                    fontsize=9, color="#1d1d1f")
     ax.set_xlabel("frames labeled (in ranked order)")
     ax.set_ylabel("coverage radius (1 − similarity)")
-    ax.set_ylim(bottom=0.0)
     ax.grid(alpha=0.3)
-    hours = ax.secondary_xaxis(
+    hours_axis = ax.secondary_xaxis(
         "top", functions=(lambda n: n * seconds_per_image / 3600.0, lambda h: h * 3600.0 / seconds_per_image)
     )
-    hours.set_xlabel(f"labeling time, hours at {seconds_per_image:g} s per frame")
+    hours_axis.set_xlabel(f"labeling time, hours at {seconds_per_image:g} s per frame")
     fig.tight_layout()
-    return _png(fig)
+    return fig
+
+
+def coverage_png(n_labeled: np.ndarray, radius: np.ndarray, seconds_per_image: float, budget: int | None = None) -> bytes:
+    """coverage_figure as PNG bytes."""
+    return _png(coverage_figure(n_labeled, radius, seconds_per_image, budget))
 
 
 def thumbnail_png(frame: np.ndarray, size: int = THUMB_SIZE) -> bytes:

@@ -545,3 +545,20 @@ def write_and_read(path: Path, inputs: ReportInputs, manifest: pd.DataFrame, sum
     write_report(str(path), summary, manifest, inputs.duplicates, inputs.outliers, inputs.errors, inputs.nn_similarity,
                  None, ReportConfig(thumbnails=False), frames=frames)
     return path.read_text(encoding="utf-8")
+
+
+def test_coverage_axis_starts_at_the_data_and_marks_the_budget():
+    from enrich_ray.report.plots import coverage_figure
+
+    n = np.arange(2, 302)
+    radius = 1.05 * np.exp(-n / 20.0) + 0.3  # starts above 1, never below 0.3
+    budget = suggested_budget(n, radius)
+    ax = coverage_figure(n, radius, 36.0, budget).axes[0]
+    low, high = ax.get_ylim()
+    assert radius.min() - 0.05 < low < radius.min() and radius.max() < high < radius.max() + 0.05
+    assert ax.get_xlim() == (2.0, 301.0)
+    marks = [line for line in ax.get_lines() if list(line.get_xdata()) == [budget, budget]]
+    assert marks, "the budget is marked by a vertical line"
+    (note,) = ax.texts
+    hours = budget * 36 / 3600
+    assert hours < 1 and note.get_text() == f"suggested budget: {budget} frames, {hours:.2g} h ({hours * 60:.0f} min)"
