@@ -80,7 +80,7 @@ def curate(archive: str, out: str, cfg: Config, model: str | None = None, force:
         "embed": lambda: _embed(run, cfg, runtime),
         "index": lambda: _index(run, cfg),
         "analyze": lambda: _analyze(run, archive, cfg),
-        "rank": lambda: _rank(run, cfg),
+        "rank": lambda: _rank(run, archive, cfg),
         "report": lambda: _report(run, archive, cfg, timings),
     }
     for stage in STAGES:
@@ -336,12 +336,15 @@ def _analyze(run: RunFolder, archive: str, cfg: Config) -> dict:
     }
 
 
-def _rank(run: RunFolder, cfg: Config) -> dict:
+def _rank(run: RunFolder, archive: str, cfg: Config) -> dict:
     from enrich_ray.selection import rank
     from enrich_ray.selection.manifest import build_manifest
     from enrich_ray.selection.seeds import seed_rows
 
     frames, emb = load_embeddings(run)
+    group, flag = _frame_judgments(run, len(frames))
+    sop = archive_table(archive, ["image_id", "sop_uid"], cfg.storage).to_pandas()
+    frames = frames.assign(sop_uid=frames["image_id"].map(dict(zip(sop["image_id"], sop["sop_uid"]))))
     if len(frames) == 0:
         empty = pd.DataFrame(columns=["rank", "image_id", "frame_index", "source_uri", "ranker", "score", "is_seed"])
         run.write_table("manifest.parquet", empty)
@@ -350,7 +353,7 @@ def _rank(run: RunFolder, cfg: Config) -> dict:
         return {"ranked": 0, "excluded": {}}
     excluded, keep = _excluded(run, frames, cfg)
     run.write_table("excluded.parquet", excluded)
-    frames, emb = frames.iloc[keep].reset_index(drop=True), emb[keep]
+    frames, emb, group, flag = frames.iloc[keep].reset_index(drop=True), emb[keep], group[keep], flag[keep]
     labeled = labeled_mask(cfg.selection.seed_manifest, frames, cfg)
     seed = seed_rows(len(frames), cfg.selection, labeled)
     sel = cfg.selection
@@ -359,10 +362,22 @@ def _rank(run: RunFolder, cfg: Config) -> dict:
     else:
         query = query_rows(sel.smi_query, frames, cfg) if sel.ranker == "smi" else None
         ranking = rank(sel.ranker, emb, seed, sel.k, sel, query=query, progress=True)
-    manifest = build_manifest(ranking, frames, cfg.selection, emb)
+    manifest = build_manifest(ranking, frames, cfg.selection, emb, duplicate_group=group, outlier_flag=flag)
     run.write_table("manifest.parquet", manifest)
     run.write_csv("manifest.csv", manifest)
     return {"ranked": len(manifest), "seed": len(seed), "excluded": excluded["why"].value_counts().to_dict()}
+
+
+def _frame_judgments(run: RunFolder, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per frame row: its duplicate family (analysis.duplicates.duplicate_families; -1 outside any) and
+    whether the outlier table flagged it, from the analyse stage's outputs."""
+    from enrich_ray.analysis.duplicates import duplicate_families
+
+    dups = run.read_table("duplicates.parquet").to_pandas()
+    outl = run.read_table("outliers.parquet", columns=["row", "flagged"]).to_pandas()
+    flag = np.zeros(n, bool)
+    flag[outl["row"].to_numpy(np.int64)] = outl["flagged"].to_numpy(bool)
+    return duplicate_families(dups.drop_duplicates(["group_id", "row"]), n), flag
 
 
 EXCLUDED_COLUMNS = ["row", "why", "reason", "image_id", "frame_index", "source_uri"]

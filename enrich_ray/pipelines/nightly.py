@@ -278,14 +278,19 @@ def _run_night(cat: Catalog, shards: list[str], night: str, cfg: Config, model: 
     dups = _night_duplicates(groups, all_frames, len(history), resent, history)
     outl = _night_outliers(all_frames, all_emb, evidence, groups, len(history), cfg)
     lap("duplicates_outliers")
-    manifest, seeds = _night_ranking(cat, history, hist_emb, new_frames, new_emb, cfg)
+    manifest, seeds = _night_ranking(cat, history, hist_emb, new_frames, new_emb, cfg, _night_judgments(groups, outl, len(all_frames)),
+                                     archive_table(_archive_root(shards), ["image_id", "sop_uid"], cfg.storage).to_pandas())
     lap("rank")
 
     night_run.write_table("duplicates.parquet", dups)
     night_run.write_table("outliers.parquet", outl)
     night_run.write_table("manifest.parquet", manifest)
     night_run.write_csv("manifest.csv", manifest)
-    top = manifest[~manifest["is_seed"]].head(cfg.selection.k or len(manifest))
+    # Tonight's list: the frames to label, in rank order: a seed frame drawn tonight (no labeled set yet)
+    # first, then selection.k picks; the labeled seed frames are not asked again.
+    asked = ~manifest["image_id"].isin(cat.labeled_ids())
+    drawn = int((manifest["is_seed"] & asked).sum())
+    top = manifest[asked].head(drawn + (cfg.selection.k or len(manifest)))
     night_run.write_csv("top.csv", top)
     errors = stages._errors(work, _archive_root(shards), cfg)
     night_run.write_table("errors.parquet", errors)
@@ -511,8 +516,21 @@ def _night_outliers(frames: pd.DataFrame, emb: np.ndarray, evidence: dict, group
     return stages._with_keys(table, frames)
 
 
-def _night_ranking(cat: Catalog, history: pd.DataFrame, hist_emb: np.ndarray, new_frames: pd.DataFrame, new_emb: np.ndarray, cfg: Config):
-    """ENRICH over tonight's frames, seeded by every labeled frame of the history."""
+def _night_judgments(groups: pd.DataFrame, outl: pd.DataFrame, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of all frames (history, then tonight): its duplicate family (-1 outside any) and whether
+    tonight's outlier table flagged it."""
+    from enrich_ray.analysis.duplicates import duplicate_families
+
+    flag = np.zeros(n, bool)
+    if len(outl):
+        flag[outl["row"].to_numpy(np.int64)] = outl["flagged"].to_numpy(bool)
+    return (duplicate_families(groups, n) if len(groups) else np.full(n, -1, np.int64)), flag
+
+
+def _night_ranking(cat: Catalog, history: pd.DataFrame, hist_emb: np.ndarray, new_frames: pd.DataFrame, new_emb: np.ndarray,
+                   cfg: Config, judgments: tuple[np.ndarray, np.ndarray], sop: pd.DataFrame):
+    """ENRICH over tonight's frames, seeded by every labeled frame of the history; judgments: per row of
+    all frames, the duplicate family and the outlier flag (_night_judgments); sop: image_id -> sop_uid."""
     from enrich_ray.selection import rank
     from enrich_ray.selection.manifest import build_manifest
     from enrich_ray.selection.seeds import seed_rows
@@ -521,6 +539,9 @@ def _night_ranking(cat: Catalog, history: pd.DataFrame, hist_emb: np.ndarray, ne
     lab_mask = history["image_id"].isin(labeled).to_numpy() if len(history) else np.zeros(0, bool)
     lab_frames = history[lab_mask].drop(columns=["night"]).reset_index(drop=True)
     frames = pd.concat([lab_frames, new_frames], ignore_index=True)
+    frames["sop_uid"] = frames["image_id"].map(dict(zip(sop["image_id"], sop["sop_uid"])))
+    rows = np.concatenate([np.flatnonzero(lab_mask), len(history) + np.arange(len(new_frames))])
+    group, flag = judgments[0][rows], judgments[1][rows]
     if not len(new_frames):
         return build_manifest_empty(), int(lab_mask.sum())
     emb = np.concatenate([hist_emb[lab_mask], new_emb]) if lab_mask.any() else new_emb
@@ -530,7 +551,7 @@ def _night_ranking(cat: Catalog, history: pd.DataFrame, hist_emb: np.ndarray, ne
         seed = seed_rows(len(new_frames), cfg.selection, None)
     sel = dataclasses.replace(cfg.selection, k=None)
     ranking = rank(sel.ranker, emb, seed, None, sel, progress=True)
-    return build_manifest(ranking, frames, sel, emb), int(lab_mask.sum())
+    return build_manifest(ranking, frames, sel, emb, duplicate_group=group, outlier_flag=flag), int(lab_mask.sum())
 
 
 def build_manifest_empty() -> pd.DataFrame:

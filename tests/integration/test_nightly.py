@@ -73,7 +73,9 @@ def test_three_nights(ray_cluster, nights, tmp_path, monkeypatch):
     # The same embedding figures as curate's (stages.embedding_summary), the model's active units with them.
     assert {"content_correlation", "distinct_frames", "participation_ratio", "active_units"} <= set(s1["embedding"])
     top1 = pd.read_csv(catalog / "nights" / NIGHTS[0] / "top.csv")
-    assert len(top1) == 5
+    # The first night has no labeled set: the seed frame drawn tonight leads the list, then k = 5 picks.
+    assert len(top1) == 6 and top1["rank"].tolist() == list(range(1, 7)) and top1["is_seed"].tolist() == [True] + [False] * 5
+    assert {"sop_uid", "duplicate_group", "outlier_flag", "cumulative_label_hours_classification"} <= set(top1.columns)
     (catalog / "labeled").mkdir()
     top1[["image_id"]].head(4).to_csv(catalog / "labeled" / "batch1.csv", index=False)
 
@@ -116,6 +118,12 @@ def test_three_nights(ray_cluster, nights, tmp_path, monkeypatch):
     assert len(outl) == 11 and outl["rank"].tolist() == list(range(1, 12))
     assert outl["source_uri"].iloc[0].endswith("astronaut.png") and outl["flagged"].tolist() == [True] + [False] * 10
     assert "colour" in outl["reason"].iloc[0]
+    night3 = pd.read_parquet(catalog / "nights" / NIGHTS[2] / "manifest.parquet")
+    photo = night3["source_uri"].str.endswith("astronaut.png")
+    assert night3.loc[photo, "outlier_flag"].tolist() == [True] and not night3.loc[~photo & ~night3["is_seed"], "outlier_flag"].any()
+    for name in reencoded_names:  # the re-encoded copy shares a duplicate group with its original
+        copy = night3[night3["source_uri"].str.endswith("reencoded " + name)]
+        assert copy["duplicate_group"].notna().all()
     evidence = pd.read_parquet(catalog / "evidence")
     assert len(evidence) == 33 and evidence["pixel_hash"].notna().all() and len(evidence["thumbnail"].iloc[0]) == 256
 

@@ -9,10 +9,15 @@ from enrich_ray.config import SelectionConfig
 from enrich_ray.selection import build_manifest, enrich_greedy, rank
 
 
-@pytest.fixture(scope="module")
-def archive(pneumonia_npz):
-    """300 real PneumoniaMNIST frames: raw-pixel unit embeddings and a frames table (10 patients)."""
-    images = np.load(pneumonia_npz)["train_images"][:300].reshape(300, -1).astype(np.float64)
+@pytest.fixture(scope="module", params=["synthetic", "pneumoniamnist"])
+def archive(request):
+    """300 frames: raw-pixel unit embeddings of real PneumoniaMNIST images (skipped without
+    ../shared/data) or of synthetic smooth images, and a frames table (10 patients)."""
+    if request.param == "pneumoniamnist":
+        images = np.load(request.getfixturevalue("pneumonia_npz"))["train_images"][:300].reshape(300, -1).astype(np.float64)
+    else:
+        rng = np.random.default_rng(0)
+        images = rng.random((300, 6, 6)).repeat(4, axis=1).repeat(4, axis=2).reshape(300, -1) + 0.1 * rng.random((300, 576))
     x = images - images.mean(axis=0)
     x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
     rows = np.arange(300)
@@ -21,7 +26,8 @@ def archive(pneumonia_npz):
             "image_id": [f"img{r // 3:04d}" for r in rows],  # three frames per image
             "frame_index": (rows % 3).astype(np.int32),
             "source_uri": [f"s3://bucket/scan ({r // 3}).dcm" for r in rows],
-            "patient_key": [None if r % 50 == 0 else f"p{r % 10}" for r in rows],
+            "patient_key": [None if r % 50 == 0 else "" if r % 50 == 1 else f"p{r % 10}" for r in rows],
+            "sop_uid": [f"1.2.{r // 3}.9" for r in rows],
             "study_uid": [f"1.2.{r % 20}" for r in rows],
             "series_uid": [f"1.2.{r % 20}.{r % 40}" for r in rows],
             "modality": "CR",
@@ -44,21 +50,32 @@ def test_enrich_manifest(archive):
     x, frames = archive
     cfg = SelectionConfig(seconds_per_image=3.0, seconds_per_segmentation=300.0)
     ranking = enrich_greedy(x, [5, 6], 40)
-    m = build_manifest(ranking, frames, cfg, x)
+    group = np.where(np.arange(300) % 7 == 0, np.arange(300) // 14, -1)
+    flag = np.arange(300) % 11 == 0
+    m = build_manifest(ranking, frames, cfg, x, duplicate_group=group, outlier_flag=flag)
     assert len(m) == 42 and m["rank"].tolist() == list(range(1, 43))
     assert m["is_seed"].tolist() == [True, True] + [False] * 40
     assert m["ranker"].eq("enrich").all()
     picked = frames.iloc[ranking.order].reset_index(drop=True)
-    for column in ["image_id", "frame_index", "source_uri", "patient_key", "study_uid", "series_uid", "modality"]:
-        assert m[column].equals(picked[column])
+    for column in ["image_id", "frame_index", "source_uri", "sop_uid", "study_uid", "series_uid", "modality"]:
+        assert m[column].astype(object).tolist() == picked[column].tolist()
+    # An unknown patient key is null, whether the archive held None or an empty string.
+    want = [None if pd.isna(k) or not k else k for k in picked["patient_key"]]
+    assert m["patient_key"].tolist() == want
+    got_group = [None if pd.isna(g) else int(g) for g in m["duplicate_group"]]
+    assert got_group == [int(g) if g >= 0 else None for g in group[ranking.order]]
+    assert m["outlier_flag"].tolist() == flag[ranking.order].tolist()
     np.testing.assert_allclose(m["coverage_similarity"], plain_coverage(x, ranking.order, 2), atol=1e-6)
     np.testing.assert_array_equal(m["score"].to_numpy()[3:], m["coverage_similarity"].to_numpy()[2:-1])
     for column, key in [("patients_covered", "patient_key"), ("studies_covered", "study_uid"), ("series_covered", "series_uid")]:
-        expected = [picked[key].iloc[: i + 1].dropna().nunique() for i in range(42)]
+        expected = [len({k for k in picked[key].iloc[: i + 1] if not pd.isna(k) and k}) for i in range(42)]
         assert m[column].tolist() == expected
     assert m["patients_covered"].max() <= 10
-    np.testing.assert_allclose(m["label_hours_classification"], m["rank"] * 3.0 / 3600)
-    np.testing.assert_allclose(m["label_hours_segmentation"].iloc[-1], 42 * 300.0 / 3600)
+    np.testing.assert_allclose(m["cumulative_label_hours_classification"], m["rank"] * 3.0 / 3600)
+    np.testing.assert_allclose(m["cumulative_label_hours_segmentation"].iloc[-1], 42 * 300.0 / 3600)
+    # Without the analysis outputs and sop_uid, those columns are null.
+    bare = build_manifest(ranking, frames.drop(columns=["sop_uid"]), cfg, x)
+    assert bare["sop_uid"].isna().all() and bare["duplicate_group"].isna().all() and bare["outlier_flag"].isna().all()
 
 
 def test_other_rankers_get_coverage_from_a_running_max(archive):
