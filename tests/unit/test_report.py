@@ -236,7 +236,7 @@ def test_files_without_frames_get_no_thumbnail_request(inputs, tmp_path):
 def test_error_messages_and_uris_are_escaped(inputs, tmp_path):
     page = inputs.write(tmp_path / "report.html", ReportConfig())
     assert "<script>" not in page and "<b>bold</b>" not in page
-    assert "&lt;script&gt;alert(&#x27;phi&#x27;)&lt;/script&gt; &amp; &lt;b&gt;bold&lt;/b&gt;" in page
+    assert "&lt;script&gt;alert(&#39;phi&#39;)&lt;/script&gt; &amp; &lt;b&gt;bold&lt;/b&gt;" in page
     assert "s3://archive/bad/&lt;c&gt;&amp;d.dcm" in page
     errors_section = page.split('<section id="errors">')[1].split("</section>")[0]
     assert "could not be read from storage (PermissionError)" in errors_section and "cine.dcm #frame 3" in errors_section
@@ -298,7 +298,7 @@ def test_first_screen_says_what_to_do_and_links_each_item(inputs, tmp_path):
     assert items[2] == '<a href="#outliers">3 foreign or blank frames to check</a>.'
     assert items[3] == '<a href="#errors-unreadable">3 files or frames unreadable</a>: 1 PermissionError, 1 truncated, 1 corrupt.'
     assert items[4].startswith('<a href="#errors-no-image">5 files hold no image</a> (5 not images): skipped')
-    assert items[5] == '<a href="#embedding">Embedding health</a>: The embedding&#x27;s health was not measured in this run.'
+    assert items[5] == '<a href="#embedding">Embedding health</a>: The embedding&#39;s health was not measured in this run.'
     healthy = {**inputs.summary, "embedding": {"content_correlation": 0.86, "distinct_frames": 107}}
     page = inputs.write(tmp_path / "report.html", ReportConfig(), summary=healthy)
     assert "The embedding looks healthy: frames it calls alike also look alike (agreement with pixel similarity 0.86 over 107" in page
@@ -319,6 +319,21 @@ def test_errors_are_grouped_by_cause_with_no_image_apart(inputs, tmp_path):
     assert len(examples) == 3  # at most three examples, the distinct messages first
     assert "Comprehensive SR Storage" in rows[0][4] and rows[0][4].count("RT Plan Storage") == 2
     assert "<code>CorruptPixelData</code></td><td>0</td><td>1</td>" in unreadable
+
+
+def test_every_text_the_page_shows_is_escaped_by_the_template(inputs, tmp_path):
+    # markup in every field a run can carry: the template escapes each, no caller has to
+    manifest = inputs.manifest.assign(modality=EVIL, ranker=EVIL, source_uri=[f"s3://archive/{EVIL}/{i}.png" for i in range(N_FRAMES)])
+    outliers = inputs.outliers.assign(reason=EVIL)
+    dups = inputs.duplicates.assign(kind=inputs.duplicates["kind"], source_uri=f"s3://archive/{EVIL}.png")
+    summary = {**inputs.summary, "run": {EVIL: EVIL}, "versions": {EVIL: EVIL}, "counts": {EVIL: 1},
+               "embedding": {"embedder": EVIL, EVIL: EVIL}, "excluded_from_ranking": {EVIL: 2},
+               "index": {"recall_at_k": 0.5, "k": EVIL, "sample": EVIL, "method": EVIL},
+               "config": {**inputs.summary["config"], "notes": EVIL}}
+    page = inputs.write(tmp_path / "report.html", ReportConfig(), summary=summary, manifest=manifest, outliers=outliers,
+                        duplicates=dups)
+    assert "<script" not in page and "<b>bold</b>" not in page
+    assert page.count("&lt;script&gt;alert(&#39;phi&#39;)&lt;/script&gt;") >= 12
 
 
 def test_thumbnails_off_leaves_no_pixel_data_of_any_frame(inputs, tmp_path):
@@ -383,7 +398,7 @@ def test_collapse_rule_thresholds():
 def test_report_shows_the_knn_recall(inputs, tmp_path):
     index = {"recall_at_k": 0.912, "k": 10, "sample": 300, "method": "clustered", "nn_underestimate_max": 0.21, "nn_underestimate_mean": 0.01}
     page = inputs.write(tmp_path / "report.html", ReportConfig(), summary={**inputs.summary, "index": index})
-    assert "share of each frame's 10 true nearest frames the search found (300 sampled frames, clustered graph)" in page
+    assert "share of each frame&#39;s 10 true nearest frames the search found (300 sampled frames, clustered graph)" in page
     assert "0.912" in page and "below 0.95" in page and "0.210 / 0.010" in page
     page = inputs.write(tmp_path / "report.html", ReportConfig())
     assert "nearest-neighbour search recall</td><td>not recorded" in page
