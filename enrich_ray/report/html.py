@@ -429,7 +429,7 @@ def _ranking(manifest: pd.DataFrame, top: pd.DataFrame, sel: SelectionConfig, th
         for r in top.itertuples(index=False)
     ] if thumbs.enabled else None
     out["top"] = [
-        {"rank": int(r.rank), "name": paths.name(r.source_uri), "frame": int(r.frame_index),
+        {"rank": int(r.rank), "name": paths.name(r.source_uri, r.frame_index),
          "modality": _known(getattr(r, "modality", None)), "score": _num(r.score), "seed": "yes" if r.is_seed else ""}
         for r in top.itertuples(index=False)
     ]
@@ -502,7 +502,7 @@ def _outliers(outliers: pd.DataFrame, shown: pd.DataFrame, thumbs: _Thumbs, path
         "shown": len(shown),
         "gallery": [thumbs.figure(r.row, f"#{int(r.rank)} · nearest {_num(r.nn_similarity)}", r.source_uri, r.frame_index)
                     for r in shown.itertuples(index=False)] if thumbs.enabled else None,
-        "rows": [{"rank": int(r.rank), "name": paths.name(r.source_uri), "frame": int(r.frame_index), "score": _num(r.score),
+        "rows": [{"rank": int(r.rank), "name": paths.name(r.source_uri, r.frame_index), "score": _num(r.score),
                   "nn": _num(r.nn_similarity), "flagged": "yes" if r.flagged else "", "why": str(getattr(r, "reason", ""))}
                  for r in shown.itertuples(index=False)],
     }
