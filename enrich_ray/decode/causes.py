@@ -53,3 +53,10 @@ def cause_of(error_type: str | None, stage: str | None = None) -> Cause:
         return CAUSES[error_type]
     name = str(error_type or "Error")
     return Cause(name, f"{STAGE_WORDS.get(stage or '', 'other failures')} ({name})", name)
+
+
+def error_counts(errors) -> dict[str, int]:
+    """Rows of an errors table (pandas, with error_type and stage): all, unreadable, and holding no image
+    (skipped, not broken): the counts a run's summary.json carries."""
+    no_image = int(sum(cause_of(t, st).no_image for t, st in zip(errors["error_type"], errors["stage"])))
+    return {"error_rows": len(errors), "unreadable_rows": len(errors) - no_image, "no_image_rows": no_image}

@@ -501,6 +501,7 @@ def embedding_summary(work: RunFolder, frames: pd.DataFrame, emb: np.ndarray, cf
 
 
 def _report(run: RunFolder, archive: str, cfg: Config, timings: dict) -> dict:
+    from enrich_ray.decode.causes import error_counts
     from enrich_ray.report.html import write_report
 
     frames, emb = load_embeddings(run)
@@ -524,7 +525,7 @@ def _report(run: RunFolder, archive: str, cfg: Config, timings: dict) -> dict:
         "images_accounted": accounted,
         "frames_decoded": frames_decoded,
         "frames_embedded": len(frames),
-        "error_rows": len(errors),
+        **error_counts(errors),
         "errors_decode_file": decode_file_errors,
         "errors_decode_frame": decode_frame_errors,
         "errors_embed": embed_errors,
@@ -559,7 +560,8 @@ def _report(run: RunFolder, archive: str, cfg: Config, timings: dict) -> dict:
         manifest = manifest.assign(row=[row_of[k] for k in zip(manifest["image_id"], manifest["frame_index"])])
     thumbs = (lambda rows: _pixels_of(run, frames.iloc[list(rows)])) if cfg.report.thumbnails and len(frames) else None
     nn = graph.nn_similarity if graph.k else np.zeros(0, np.float32)
-    write_report(run.path("report.html").uri(), summary, manifest, dups, outl, errors, nn, thumbs, cfg.report, cfg.storage)
+    write_report(run.path("report.html").uri(), summary, manifest, dups, outl, errors, nn, thumbs, cfg.report, cfg.storage,
+                 frames=frames)
     return {"counts": counts, "checks": checks}
 
 

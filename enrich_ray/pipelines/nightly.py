@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 
 from enrich_ray import schema
 from enrich_ray.config import Config, ConfigError
+from enrich_ray.decode.causes import error_counts
 from enrich_ray.io.fs import StorageError, resolve
 from enrich_ray.io.pack import archive_shards, archive_table
 from enrich_ray.pipelines import curate as stages
@@ -299,7 +300,7 @@ def _run_night(cat: Catalog, shards: list[str], night: str, cfg: Config, model: 
         "resent_images": len(resent),
         "new_images": len(set(archive_ids) - known),
         "frames_embedded": embedded,
-        "error_rows": len(errors),
+        **error_counts(errors),
         "labeled_seed_frames": seeds,
         "ranked_tonight": int((~manifest["is_seed"]).sum()),
         "history_frames": len(history),
@@ -324,7 +325,7 @@ def _run_night(cat: Catalog, shards: list[str], night: str, cfg: Config, model: 
     cat.run.clear([f"_work/{night}"] + ([f"index/{previous_index}"] if previous_index not in (None, index_version) else []))
     return NightResult(
         f"night {night}: {counts['new_images']} new images ({embedded} frames embedded), {len(resent)} re-sent, "
-        f"{counts['error_rows']} error rows; tonight's list: {out.uri()}/top.csv; report: {out.uri()}/report.html",
+        f"{counts['unreadable_rows']} unreadable, {counts['no_image_rows']} without an image; tonight's list: {out.uri()}/top.csv; report: {out.uri()}/report.html",
         0,
         out.uri(),
     )

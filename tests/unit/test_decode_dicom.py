@@ -483,3 +483,14 @@ def test_jpeg_greyscale_shortcut_matches_pydicom_rgb_decode():
             # saturated colours, and by IDCT rounding (measured: max 6.6 levels in color3d).
             difference = np.abs(grey - reference / 255.0)
             assert difference.mean() < 1 / 255 and difference.max() < 10 / 255, (name, difference.mean())
+
+
+def test_error_counts_keep_files_without_an_image_apart_from_unreadable_ones():
+    import pandas as pd
+
+    from enrich_ray.decode.causes import error_counts
+
+    errors = pd.DataFrame({"stage": ["decode", "decode", "decode", "pack", "embed"],
+                           "error_type": ["NonImageObject", "ImageWithoutPixels", "Truncated", "PermissionError", "ValueError"]})
+    assert error_counts(errors) == {"error_rows": 5, "unreadable_rows": 3, "no_image_rows": 2}
+    assert error_counts(errors.iloc[:0]) == {"error_rows": 0, "unreadable_rows": 0, "no_image_rows": 0}
