@@ -49,8 +49,9 @@ chosen on the planted truth:
 | two base images paired ("unplanted")     | 58.1% / 58.5%            | 0% / 0%                |
 
 Choosing: cosine 0.85 lets a rotation through; the content threshold then decides: at 0.92 recall
-was 96.2% / 93.6% on BUSI and 87.5% on synthetic, at 0.95 as above; simulated on the BUSI run, 0.96
-keeps 91.0% and 0.97 84.6% while removing only 6 and 12 of the 187 unplanted pairs. 0.95 because the
+was 96.2% / 93.6% on BUSI and 87.5% on synthetic, at 0.95 as above; simulated on the BUSI run
+(tests/benchmarks/truth_threshold_sweep.py), 0.96 keeps 91.0% and 0.97 84.6% while removing only 6
+and 12 of the 187 unplanted pairs. 0.95 because the
 BUSI pairs of two base images between 0.92 and 0.95 are about half distinct scenes by eye, while
 above 0.95 most are the same lesion scanned twice (BUSI holds many such frames;
 tests/benchmarks/truth_pairs_sheet.py draws them: of 12 sampled pairs between 0.95 and 0.99, 10
