@@ -19,7 +19,7 @@ from enrich_ray.truth import plant_archive, score_run
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 # Near-duplicates: the goal is >= 90% found; this archive reaches 24 of 30 (rotations by 5
 # degrees, 5% crops and a +8% brightness shift are missed), so the floor holds what is reached.
-NEAR_RECALL_FLOOR = 0.8
+NEAR_RECALL_FLOOR = 0.85  # measured 0.867 here (26 of 30; burned-in text is missed); the goal is 0.9
 NEAR_FALSE_CEILING = 0.01
 
 
