@@ -6,12 +6,23 @@ which no frame could be embedded finishes its outputs and exits 3.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Iterator
+
 from enrich_ray import __version__
 from enrich_ray.config import Config, ConfigError, load_config, packaged_config
 
 EXIT_BAD_INPUT = 2
+RUN_LOG = "run.log"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+log = logging.getLogger(__name__)
 
 EXAMPLES = {
     "pack": """examples:
@@ -47,7 +58,11 @@ def _common(p: argparse.ArgumentParser, config: str) -> None:
                    help=f"YAML config file (default: the {config} installed with enrich_ray, configs/ in its repository)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one setting; repeatable")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    talk = p.add_mutually_exclusive_group()
+    talk.add_argument("-v", "--verbose", action="store_true",
+                      help="debug logging, with Ray's and the libraries' messages on the console too")
+    talk.add_argument("-q", "--quiet", action="store_true",
+                      help="print only the result lines and errors (curate, demo and nightly still write run.log)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,16 +130,23 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `enrich-ray` and `python -m enrich_ray`."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if not args.verbose:  # which SIMD build faiss found (and the ones it did not) is library chatter
-        logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     from botocore.exceptions import BotoCoreError, ClientError
 
     from enrich_ray.io.fs import StorageError
 
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    console = Console(sys.stderr, verbose=args.verbose, quiet=args.quiet, plain=args.command in RUN_FOLDERS)
+    root.addHandler(console)
+    refused = (ConfigError, StorageError, OSError, BotoCoreError, ClientError)
     try:
         cfg = load_config(args.config, args.overrides)
-        return COMMANDS[args.command](args, cfg)
+        with _run_log(args, cfg, console) as run_log:
+            try:
+                return COMMANDS[args.command](args, cfg)
+            except refused:
+                run_log.discard()  # a refused run leaves nothing behind
+                raise
     except (ConfigError, StorageError) as exc:
         print(f"enrich-ray {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -134,12 +156,180 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"enrich-ray {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    finally:
+        root.removeHandler(console)
+
+
+class Console(logging.StreamHandler):
+    """The lines a person reads on stderr.
+
+    Plain (curate, demo, nightly, not --verbose): enrich_ray's own messages and anyone's errors,
+    without level or logger names; a stage's "running" line is redrawn in place as its result
+    (a carriage return, as a progress bar does). --quiet: errors only. --verbose: every record.
+    """
+
+    def __init__(self, stream, *, verbose: bool, quiet: bool, plain: bool):
+        super().__init__(stream)
+        self.plain = plain and not verbose
+        self.pending = ""  # the running stage's line, not yet ended
+        self.setLevel(logging.ERROR if quiet else logging.DEBUG if verbose else logging.INFO)
+        self.setFormatter(logging.Formatter("%(message)s" if self.plain else "%(levelname)s %(name)s: %(message)s"))
+        if self.plain:
+            self.addFilter(lambda r: r.name.startswith("enrich_ray") or r.levelno >= logging.ERROR)
+        elif not verbose:  # which SIMD build faiss found (and the ones it did not) is library chatter
+            self.addFilter(lambda r: r.name != "faiss.loader" or r.levelno >= logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.plain:
+            return super().emit(record)
+        try:
+            stage, marker = getattr(record, "stage", None), getattr(record, "marker", None)
+            end = "\n" if self.pending else ""
+            if marker is not None:
+                result = stage_result(stage, marker)
+                redraw = self.pending.startswith(f"{stage}:")  # over its own running line, padded to cover it
+                text = ("\r" + result.ljust(len(self.pending)) if redraw else end + result) + "\n"
+                self.pending = ""
+            else:
+                line = self.format(record)
+                if record.levelno >= logging.WARNING:
+                    line = f"{record.levelname.lower()}: {line}"
+                text = end + line + ("" if stage is not None else "\n")
+                self.pending = line if stage is not None else ""
+            self.stream.write(text)
+            self.flush()
+        except Exception:  # logging's contract: a broken console never stops the run
+            self.handleError(record)
+
+    def end_line(self) -> None:
+        """End a stage line left running (the run stopped inside the stage), so what follows starts a line."""
+        if self.pending:
+            self.stream.write("\n")
+            self.pending = ""
+
+
+def stage_result(stage: str, marker: dict) -> str:
+    """A finished curate stage in a few words, from its marker (STAGES in enrich_ray/pipelines/curate.py)."""
+    m = marker
+    words = {
+        "decode": lambda: f"{m['frames']} frames, {m['errors']} error rows",
+        "train": lambda: _training(m),
+        "embed": lambda: f"{m['embedded']} frames embedded, {m['errors']} error rows",
+        "index": lambda: (f"{m['k']}-NN graph of {m['frames']} frames, "
+                          f"recall@{m['recall']['k']} {m['recall']['recall_at_k']:.3f}"),
+        "analyze": lambda: f"{m['duplicate_groups']} duplicate groups, {m['outliers_flagged']} outliers flagged",
+        "rank": lambda: f"{m['ranked']} frames ranked, {sum(m.get('excluded', {}).values())} left out as junk",
+        "report": lambda: "written",
+    }
+    try:
+        said = words[stage]()
+    except (KeyError, TypeError, ValueError):  # a stage or marker this console does not know: the time alone
+        said = "done"
+    return f"{stage}: {said} ({m.get('seconds', 0.0):.1f} s)"
+
+
+def _training(m: dict) -> str:
+    if not m["trained"]:
+        return f"not trained: {m['frames']} decoded frame(s) are too few"
+    metrics = m["metrics"]
+    best = next(h for h in metrics["history"] if h["epoch"] == metrics["best_epoch"])
+    return (f"{metrics['epochs']} epochs (stopped: {metrics['stopped']}), validation loss {best['val_loss']:.1f} nats "
+            f"per image at the best epoch, {metrics['best_epoch']}")
+
+
+# The folder whose run.log takes a run's Ray and library messages, by command.
+RUN_FOLDERS = {
+    "curate": lambda args: args.out,
+    "demo": lambda args: f"{args.out}/run",
+    "nightly": lambda args: args.catalog,
+}
+
+
+class RunLog:
+    """A run's log file, as far as a refused run must take it back (nothing, for commands without one)."""
+
+    def __init__(self, created: list[Path] | None = None):
+        self.created = created or []  # what opening it made: the file and any folders above it
+        self.discarded = False
+
+    def discard(self) -> None:
+        """Remove the file and the folders that opening it created (a refused run writes nothing)."""
+        self.discarded = True
+        for p in self.created:
+            if p.is_dir():
+                with contextlib.suppress(OSError):  # a folder the run filled meanwhile stays
+                    p.rmdir()
+            else:
+                p.unlink(missing_ok=True)
+
+
+def run_log_path(args: argparse.Namespace, cfg: Config) -> Path | None:
+    """run.log in a local run folder; for an object-store run folder, a local file under the system temp dir."""
+    from enrich_ray.io.fs import resolve
+
+    folder = RUN_FOLDERS[args.command](args) if args.command in RUN_FOLDERS else None
+    if folder is None:
+        return None
+    loc = resolve(folder, cfg.storage)
+    if loc.is_local:
+        return Path(loc.path) / RUN_LOG
+    return Path(tempfile.gettempdir()) / f"enrich-ray-{args.command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+
+
+@contextlib.contextmanager
+def _run_log(args: argparse.Namespace, cfg: Config, console: Console) -> Iterator[RunLog]:
+    """While the command runs, send Ray's and the libraries' messages to run.log, not the console.
+
+    The log takes every log record at INFO and up; without --verbose it also takes whatever else
+    reaches stderr: Python's sys.stderr (Ray's lines from its workers, progress bars, warnings)
+    and, through file descriptor 2, native writes (Ray's core worker). The console handler keeps
+    the terminal.
+    """
+    path = run_log_path(args, cfg)
+    if path is None:
+        yield RunLog()
+        return
+    created = [p for p in [path, *path.parents] if not p.exists()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", buffering=1, encoding="utf-8", errors="backslashreplace") as file:
+        file.write(f"--- enrich-ray {args.command} {__version__}, {time.strftime('%Y-%m-%d %H:%M:%S %z')}\n")
+        handler = logging.StreamHandler(file)
+        handler.setLevel(logging.INFO)  # never DEBUG: request logs of the storage clients carry signed headers
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        root = logging.getLogger()
+        root.addHandler(handler)
+        redirect = not args.verbose
+        if redirect:
+            sys.stderr.flush()
+            terminal = os.fdopen(os.dup(2), "w", buffering=1, encoding=sys.stderr.encoding or "utf-8",
+                                 errors="backslashreplace")
+            stderr, console_stream = sys.stderr, console.setStream(terminal)
+            os.dup2(file.fileno(), 2)
+            sys.stderr = file
+        run_log = RunLog(created)
+        try:
+            yield run_log
+        except Exception:
+            if not run_log.discarded:  # a crash's traceback, beside the messages that led to it
+                traceback.print_exc(file=file)
+            raise
+        finally:
+            console.end_line()
+            if not run_log.discarded:
+                log.info("log: %s", path)
+            if redirect:
+                file.flush()
+                os.dup2(terminal.fileno(), 2)
+                sys.stderr = stderr
+                console.setStream(console_stream)
+                terminal.close()
+            root.removeHandler(handler)
 
 
 def _pack(args: argparse.Namespace, cfg: Config) -> int:
     from enrich_ray.io.pack import pack
 
-    summary = pack(args.sources, args.out, cfg.pack, cfg.storage)
+    summary = pack(args.sources, args.out, cfg.pack, cfg.storage, progress=not args.quiet)
     print("\n".join(["packed into " + args.out, *("  " + line for line in summary.lines())]))
     return 0
 
@@ -206,14 +396,16 @@ def _evaluate(args: argparse.Namespace, cfg: Config) -> int:
 
 def _demo(args: argparse.Namespace, cfg: Config) -> int:
     from enrich_ray.pipelines.curate import curate
-    from enrich_ray.io.pack import pack
+    from enrich_ray.io.pack import SUMMARY_NAME, pack
     from enrich_ray.pipelines.demo import demo_sources
 
     sources = demo_sources()
     archive = f"{args.out}/archive"
-    print("packing pydicom's real test files from:\n  " + "\n  ".join(sources))
-    summary = pack(sources, archive, cfg.pack, cfg.storage)
-    print("\n".join("  " + line for line in summary.lines()))
+    log.info("packing pydicom's real test files from %s", ", ".join(sources))
+    s = pack(sources, archive, cfg.pack, cfg.storage)
+    log.info("pack: %d of %d files as %d distinct images into %s (%d skipped, %d unreadable; details in %s/%s)",
+             s.files_packed, s.files_seen, s.images, archive, sum(s.skipped.values()), s.unreadable, archive,
+             SUMMARY_NAME)
     result = curate(archive, f"{args.out}/run", cfg)
     _print_result(result)
     return result.exit_code

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import Any
 
 import pyarrow as pa
@@ -21,16 +22,36 @@ from enrich_ray.io.fs import resolve
 log = logging.getLogger(__name__)
 
 def init(cfg: RuntimeConfig) -> None:
-    """Connect to the cluster named by config or RAY_ADDRESS, else start a local Ray."""
+    """Connect to the cluster named by config or RAY_ADDRESS, else start a local Ray.
+
+    Ray's log records go where the caller's logging sends them (the command line: run.log, and
+    the console with --verbose), rather than straight to stderr.
+    """
     if not ray.is_initialized():
+        _ray_logs_to_root()
         address = cfg.address or os.environ.get("RAY_ADDRESS")
         if address:
+            log.info("ray: joining the cluster at %s", address)
             ray.init(address=address, log_to_driver=True)
         else:
+            log.info("ray: starting a local Ray with %s CPUs", cfg.num_cpus or os.cpu_count())
             ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, log_to_driver=True)
     ctx = DataContext.get_current()
     ctx.execution_options.verbose_progress = False
+    # Ray Data draws progress bars on sys.stderr when stdout is a terminal, and logs progress
+    # when it is not; bars only where a person watches them, never redrawn into a log file.
+    ctx.enable_progress_bars = sys.stderr.isatty() or not sys.stdout.isatty()
     ctx.execution_no_progress_timeout_s = cfg.no_progress_timeout_s
+
+
+def _ray_logs_to_root() -> None:
+    """Ray's and Ray Data's loggers print to stderr through handlers of their own: let their records propagate."""
+    for name in ("ray", "ray.data"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):  # Ray's own files (ray-data.log in the session folder) stay
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                logger.removeHandler(handler)
+        logger.propagate = True
 
 
 def shutdown() -> None:

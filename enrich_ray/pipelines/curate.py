@@ -94,10 +94,12 @@ def curate(archive: str, out: str, cfg: Config, model: str | None = None, force:
         if stage in ("decode", "train", "embed"):
             runtime.init(cfg.runtime)
         t0 = time.perf_counter()
-        log.info("%s: running", stage)
+        log.info("%s: running", stage, extra={"stage": stage})
         info = steps[stage]()
         timings[stage] = round(time.perf_counter() - t0, 3)
-        run.mark(stage, {"seconds": timings[stage], **info})
+        marker = {"seconds": timings[stage], **info}
+        run.mark(stage, marker)
+        log.info("%s: done in %.1f s", stage, timings[stage], extra={"stage": stage, "marker": marker})  # the console's stage line
     summary = run.read_json("summary.json")
     embedded = summary["counts"]["frames_embedded"]
     return CurateResult(
