@@ -18,6 +18,7 @@ from typing import Iterator
 
 from enrich_ray import __version__
 from enrich_ray.config import Config, ConfigError, load_config, packaged_config
+from enrich_ray.progress import set_console
 
 EXIT_BAD_INPUT = 2
 RUN_LOG = "run.log"
@@ -138,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     root.setLevel(logging.DEBUG if args.verbose else logging.INFO)
     console = Console(sys.stderr, verbose=args.verbose, quiet=args.quiet, plain=args.command in RUN_FOLDERS)
     root.addHandler(console)
+    set_console(None, args.quiet)
     refused = (ConfigError, StorageError, OSError, BotoCoreError, ClientError)
     try:
         cfg = load_config(args.config, args.overrides)
@@ -306,6 +308,7 @@ def _run_log(args: argparse.Namespace, cfg: Config, console: Console) -> Iterato
             stderr, console_stream = sys.stderr, console.setStream(terminal)
             os.dup2(file.fileno(), 2)
             sys.stderr = file
+            set_console(terminal, args.quiet)  # our own progress bars stay on the console
         run_log = RunLog(created)
         try:
             yield run_log
@@ -322,6 +325,7 @@ def _run_log(args: argparse.Namespace, cfg: Config, console: Console) -> Iterato
                 os.dup2(terminal.fileno(), 2)
                 sys.stderr = stderr
                 console.setStream(console_stream)
+                set_console(None, args.quiet)
                 terminal.close()
             root.removeHandler(handler)
 
@@ -356,7 +360,7 @@ def _curate(args: argparse.Namespace, cfg: Config) -> int:
 def _print_result(result) -> None:
     c = result.counts
     print(f"\nimages in: {c['archive_images']}; frames decoded: {c['frames_decoded']}; embedded: {c['frames_embedded']}; "
-          f"error rows: {c['error_rows']}; ranked: {c['ranked']}")
+          f"unreadable: {c['unreadable_rows']}, without an image: {c['no_image_rows']} (errors.parquet); ranked: {c['ranked']}")
     if not c["frames_embedded"]:
         print("no frame could be embedded: see errors.parquet and the report")
     print(f"report: {result.report}")

@@ -18,13 +18,13 @@ from dataclasses import asdict, dataclass, field
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
 from enrich_ray import schema
 from enrich_ray.config import PackConfig, StorageConfig
 from enrich_ray.decode.dicom import read_header
 from enrich_ray.decode.sniff import sniff_format
 from enrich_ray.io.fs import Location, StorageError, resolve
+from enrich_ray.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def pack(
     images: dict[str, dict] = {}
     errors: list[dict] = []
     skipped: Counter[str] = Counter()
-    for loc, uri in tqdm(files, desc="pack: scan", unit="file", disable=not progress):
+    for loc, uri in progress_bar(files, desc="pack: scan", unit="file", disable=not progress):
         try:
             data = loc.fs.cat_file(loc.path)
         except OSError as exc:
@@ -198,7 +198,7 @@ def _write_shards(
         summary.shards.append(name)
         shard, shard_bytes = [], 0
 
-    for row in tqdm(rows, desc="pack: write", unit="image", disable=not progress):
+    for row in progress_bar(rows, desc="pack: write", unit="image", disable=not progress):
         src = locations[row["source_uri"]]
         data = src.fs.cat_file(src.path)
         if hashlib.sha256(data).hexdigest() != row["image_id"]:

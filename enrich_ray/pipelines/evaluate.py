@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from enrich_ray.analysis.redundancy import plot_redundancy, redundancy_stats
 from enrich_ray.config import Config, ConfigError, EvaluateConfig
@@ -48,6 +47,7 @@ from enrich_ray.evaluate.stats import (mann_whitney_p, mean_difference_ci, minim
 from enrich_ray.index.knn import knn_graph
 from enrich_ray.selection import rank
 from enrich_ray.selection.seeds import seed_rows
+from enrich_ray.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -447,7 +447,7 @@ def run_evaluation(dataset: str, cfg: Config, out: str) -> dict:
     done = sum(any(key(rec) in finished for rec in records) for _, _, records in groups)
     log.info("%s: %d classifiers in all, %d finished by an earlier run", data.name, len(groups), done)
     train_seconds: list[float] = []
-    with aucs_path.open("a") as fh, tqdm(total=len(groups), initial=done, desc=f"{data.name}: classifiers",
+    with aucs_path.open("a") as fh, progress_bar(total=len(groups), initial=done, desc=f"{data.name}: classifiers",
                                          unit="model", mininterval=30, smoothing=0.05) as bar:
         for rows, model_seed, records in groups:
             known = next((finished[key(rec)] for rec in records if key(rec) in finished), None)

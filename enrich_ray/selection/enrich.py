@@ -18,8 +18,8 @@ import importlib.util
 from typing import Literal
 
 import numpy as np
-from tqdm import tqdm
 
+from enrich_ray.progress import progress_bar
 from enrich_ray.selection.ranking import Ranking, check_embeddings, check_k, check_seed
 
 Method = Literal["auto", "plain", "clustered", "torch"]
@@ -53,7 +53,7 @@ def enrich_greedy(
     seed = check_seed(seed, x.shape[0])
     k = check_k(k, x.shape[0], seed.size)
     method = _choose_method(method, device, x.shape[0])
-    with tqdm(total=k, desc=f"rank: enrich ({method})", unit="frame", disable=not progress) as bar:
+    with progress_bar(total=k, desc=f"rank: enrich ({method})", unit="frame", disable=not progress) as bar:
         if method == "torch":
             order, score, rest = _greedy_torch(x, seed, k, device or _default_device(), bar)
         elif method == "plain":
