@@ -360,7 +360,8 @@ def _curate(args: argparse.Namespace, cfg: Config) -> int:
 def _print_result(result) -> None:
     c = result.counts
     print(f"\nimages in: {c['archive_images']}; frames decoded: {c['frames_decoded']}; embedded: {c['frames_embedded']}; "
-          f"unreadable: {c['unreadable_rows']}, without an image: {c['no_image_rows']} (errors.parquet); ranked: {c['ranked']}")
+          f"unreadable: {c.get('unreadable_rows', c['error_rows'])}, without an image: {c.get('no_image_rows', 0)} "
+          f"(errors.parquet); ranked: {c['ranked']}")  # .get: a run folder finished by an older version lacks the split
     if not c["frames_embedded"]:
         print("no frame could be embedded: see errors.parquet and the report")
     print(f"report: {result.report}")
