@@ -563,7 +563,7 @@ def _report(run: RunFolder, archive: str, cfg: Config, timings: dict) -> dict:
     thumbs = (lambda rows: _pixels_of(run, frames.iloc[list(rows)])) if cfg.report.thumbnails and len(frames) else None
     nn = graph.nn_similarity if graph.k else np.zeros(0, np.float32)
     write_report(run.path("report.html").uri(), summary, manifest, dups, outl, errors, nn, thumbs, cfg.report, cfg.storage,
-                 frames=frames)
+                 frames=frames, embeddings=emb)
     return {"counts": counts, "checks": checks}
 
 

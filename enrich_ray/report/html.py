@@ -43,8 +43,10 @@ from enrich_ray.io.fs import resolve
 from enrich_ray.report.plots import (
     BUDGET_MIN_GAIN,
     BUDGET_WINDOW,
+    MAP_MAX_POINTS,
     REDUNDANCY_THRESHOLDS,
     coverage_png,
+    project_2d,
     redundancy_png,
     share_above,
     suggested_budget,
@@ -58,6 +60,8 @@ GROUPS_OPEN = 6  # duplicate groups shown open; the rest of the gallery is folde
 ERROR_EXAMPLES = 3  # example rows per cause of error rows
 MESSAGE_CHARS = 300  # an error message is cut to this many characters on the page
 LABEL_COUNTS = (100, 1000)  # the "top N" rows of the labeling-time table, besides "all"
+MAP_SIZE = (720, 480)  # the embedding map's SVG canvas, in CSS pixels
+MAP_PAD = 12  # CSS pixels between the canvas edge and the outermost point
 SERIES_SIZES = [(1, 1), (2, 10), (11, 100), (101, 1000), (1001, None)]  # frames per series, the archive table's bins
 
 ThumbnailSource = Callable[[list[int]], np.ndarray]
@@ -74,6 +78,7 @@ _TEMPLATES = Environment(
 CONTENTS = [
     ("summary", "What to do now"),
     ("ranking", "What to label first"),
+    ("map", "Embedding map: every frame at a glance"),
     ("archive", "What is in the archive"),
     ("duplicates", "Duplicates"),
     ("outliers", "Foreign and blank frames"),
@@ -124,12 +129,16 @@ def write_report(
     storage: StorageConfig | None = None,
     *,
     frames: pd.DataFrame | None = None,
+    embeddings: np.ndarray | None = None,
 ) -> None:
     """Render the run's results as one self-contained HTML page at `path` (a local path or URI;
     `storage` carries an object store's endpoint and credentials). `frames`, when given, is every
     embedded frame with its group keys (modality, series_uid, study_uid, patient_key): what the archive
-    section counts; without it the section counts the manifest's ranked frames."""
-    page = render_report(summary, manifest, duplicates, outliers, errors, nn_similarity, thumbnails, cfg, frames=frames)
+    section counts; without it the section counts the manifest's ranked frames. `embeddings`, when
+    given, holds one code per embedded frame (the tables' `row` indexes it): the embedding map; without
+    it the page says there is no map."""
+    page = render_report(summary, manifest, duplicates, outliers, errors, nn_similarity, thumbnails, cfg, frames=frames,
+                         embeddings=embeddings)
     loc = resolve(path, storage)
     if loc.is_local:
         os.makedirs(os.path.dirname(loc.path) or ".", exist_ok=True)
@@ -148,6 +157,7 @@ def render_report(
     cfg: ReportConfig,
     *,
     frames: pd.DataFrame | None = None,
+    embeddings: np.ndarray | None = None,
 ) -> str:
     """The report page as a string (write_report without the writing): templates/report.html.j2 over the
     figures this module computes."""
@@ -177,6 +187,8 @@ def render_report(
         "contents": CONTENTS[1:],
         "thumbnail_note": None if cfg.thumbnails and thumbnails is not None else ("off" if not cfg.thumbnails else "none"),
         "ranking": _ranking(manifest, top, selection, thumbs, paths, excluded, curve, budget),
+        "map": None if embeddings is None else _embedding_map(np.asarray(embeddings), manifest, outliers, frames,
+                                                              budget, cfg.gallery_size, thumbs, paths),
         "archive": _archive(manifest if frames is None else frames, frames is None, excluded),
         "duplicates": _duplicates(duplicates, groups, thumbs),
         "outliers": _outliers(outliers, odd, thumbs, paths),
@@ -434,6 +446,47 @@ def _ranking(manifest: pd.DataFrame, top: pd.DataFrame, sel: SelectionConfig, th
         for r in top.itertuples(index=False)
     ]
     return out
+
+
+def _embedding_map(embeddings: np.ndarray, manifest: pd.DataFrame, outliers: pd.DataFrame, frames: pd.DataFrame | None,
+                   budget: int | None, gallery_size: int, thumbs: _Thumbs, paths: _Paths) -> dict:
+    """The embedding map: each drawn frame's point on the SVG canvas, its kind (flagged: a flagged outlier, to check
+    first; top: among the first to label, the suggested budget or else the first gallery_size; other), tooltip and
+    thumbnail."""
+    first = manifest[manifest["rank"] <= budget] if budget is not None else manifest.head(gallery_size)
+    top, flagged = set(_rows(first)), set(_rows(outliers[outliers["flagged"].astype(bool)]) if len(outliers) else [])
+    rows, xy = project_2d(embeddings, sorted(top | flagged))
+    ranked = manifest.reindex(columns=["row", "rank"]).dropna()
+    ranked = ranked[ranked["row"] >= 0]
+    rank = dict(zip(ranked["row"].astype(int), ranked["rank"].astype(int)))
+    where = {}
+    for table in ([] if frames is None else [frames.assign(row=np.arange(len(frames)))]) + [outliers, manifest]:
+        if {"row", "source_uri"} <= set(table.columns):
+            where.update((int(r), (u, f)) for r, u, f in zip(table["row"], table["source_uri"], table["frame_index"])
+                         if not pd.isna(r) and r >= 0)
+    (width, height), pad = MAP_SIZE, MAP_PAD
+    low = xy.min(axis=0) if len(xy) else np.zeros(2)
+    span = np.ptp(xy, axis=0) if len(xy) else np.ones(2)
+    span = np.where(span > 0, span, 1.0)
+    canvas = pad + (xy - low) / span * [width - 2 * pad, height - 2 * pad]
+    points = []
+    for row, (x, y) in zip(rows.tolist(), canvas):
+        kind = "flagged" if row in flagged else ("top" if row in top else "other")
+        name = paths.name(*where.get(row, (None, None)))["short"]
+        title = f"{name} · " + (f"rank {rank[row]:,}" if row in rank else "not ranked") + (" · flagged as foreign or blank"
+                                                                                             if row in flagged else "")
+        src = thumbs.uris.get(row) if kind != "other" else None
+        points.append({"kind": kind, "x": f"{x:.1f}", "y": f"{height - y:.1f}", "title": title, "src": src,
+                       "tx": f"{min(x + 6, width - 96):.1f}", "ty": f"{min(max(height - y - 48, 0), height - 96):.1f}"})
+    points.sort(key=lambda p: ("other", "flagged", "top").index(p["kind"]))  # marked points drawn last, on top
+    count = {k: sum(p["kind"] == k for p in points) for k in ("top", "flagged", "other")}
+    return {
+        "width": width, "height": height, "points": points, "count": {k: f"{v:,}" for k, v in count.items()},
+        "top_what": f"the suggested budget, rank ≤ {budget:,}" if budget is not None else f"the first {gallery_size:,} ranked",
+        "scope": (f"all {len(embeddings):,} embedded frames" if len(rows) == len(embeddings) else
+                  f"a seeded sample of {len(rows):,} of {len(embeddings):,} embedded frames (at most {MAP_MAX_POINTS:,}; "
+                  f"every marked frame included)"),
+    }
 
 
 def _archive(frames: pd.DataFrame, ranked_only: bool, excluded: Mapping[str, int]) -> dict:

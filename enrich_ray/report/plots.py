@@ -1,4 +1,5 @@
-"""The report's pictures as PNG bytes: the redundancy curve, the coverage curve, frame thumbnails.
+"""The report's pictures as PNG bytes (the redundancy curve, the coverage curve, frame thumbnails) and
+the embedding map's 2-D projection (drawn by the template as inline SVG).
 
 Figures are drawn on matplotlib's Agg canvas directly (no pyplot), so nothing global changes
 and the report can be built in any thread or Ray worker.
@@ -20,6 +21,7 @@ REDUNDANCY_THRESHOLDS = (0.5, 0.7, 0.9)  # the report's table: share of frames a
 # drop over the ranking (suggested_budget).
 BUDGET_WINDOW = 100  # frames
 BUDGET_MIN_GAIN = 0.02  # share of the ranking's whole drop in coverage radius
+MAP_MAX_POINTS = 2000  # the embedding map draws at most this many frames (a seeded sample beyond)
 
 
 def redundancy_cdf(nn_similarity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -49,6 +51,34 @@ def suggested_budget(n_labeled: np.ndarray, radius: np.ndarray) -> int | None:
     ahead = np.minimum(np.searchsorted(n, n + BUDGET_WINDOW), n.size - 1)
     settled = r - r[ahead] <= BUDGET_MIN_GAIN * (r[0] - r[-1])  # true at the last point at the latest
     return int(n[np.argmax(settled)])
+
+
+def project_2d(embeddings: np.ndarray, keep: list[int] | np.ndarray = (), max_points: int = MAP_MAX_POINTS,
+               seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The embedding map's points: (rows, xy), the frames drawn (every row, or the rows in `keep` and a
+    seeded sample of the rest, at most max_points in all, sorted) and their first two principal components.
+
+    Plain PCA with numpy (SVD of the centred codes): linear, deterministic and with no new dependency;
+    each component's sign is fixed (its largest loading positive) so reruns draw the same map.
+    """
+    emb = np.asarray(embeddings, dtype=np.float64)
+    n = len(emb)
+    keep = np.unique(np.asarray(keep, dtype=np.int64))[:max_points]
+    if n <= max_points:
+        rows = np.arange(n)
+    else:
+        rest = np.setdiff1d(np.arange(n), keep)
+        drawn = np.random.default_rng(seed).choice(rest, size=max_points - keep.size, replace=False)
+        rows = np.sort(np.concatenate([keep, drawn]))
+    xy = np.zeros((rows.size, 2))
+    if rows.size < 2:
+        return rows, xy
+    centred = emb[rows] - emb[rows].mean(axis=0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    axes = vt[:2]
+    axes *= np.sign(axes[np.arange(len(axes)), np.abs(axes).argmax(axis=1)])[:, None]
+    xy[:, : len(axes)] = centred @ axes.T
+    return rows, xy
 
 
 def _thin(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -97,3 +97,18 @@ def test_screenshot_shows_plots_and_galleries(report: Path, tmp_path: Path):
     blue = (rgb[..., 2] - rgb[..., 0] > 80).sum()
     red = (rgb[..., 0] - rgb[..., 2] > 80).sum()
     assert blue > 200 and red > 200, (blue, red)
+
+
+def test_embedding_map_paints_its_marked_and_grey_points(report: Path, tmp_path: Path):
+    # a copy of the page showing the map section alone, so it sits on the first screen
+    alone = tmp_path / "map.html"
+    hide = "<style>body > :not(#map), .map-legend { display: none; }</style></head>"
+    alone.write_text(report.read_text(encoding="utf-8").replace("</head>", hide), encoding="utf-8")
+    shot = tmp_path / "map.png"
+    chromium(tmp_path, f"--screenshot={shot}", "--window-size=1200,900", alone.as_uri())
+    rgb = np.asarray(Image.open(shot).convert("RGB"), dtype=np.int32)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    orange = ((abs(r - 0xE0) < 25) & (abs(g - 0x7B) < 25) & (b < 40)).sum()  # frames to label first
+    purple = ((abs(r - 0x8E) < 25) & (abs(g - 0x24) < 25) & (abs(b - 0xAA) < 25)).sum()  # flagged
+    grey = ((abs(r - 0xB0) < 6) & (abs(g - 0xB0) < 6) & (abs(b - 0xB0) < 6)).sum()  # the other frames
+    assert orange > 200 and purple > 40 and grey > 10, (orange, purple, grey)

@@ -17,7 +17,7 @@ from PIL import Image
 
 from enrich_ray.config import Config, ReportConfig, config_dict
 from enrich_ray.report import collapse_warnings, write_report
-from enrich_ray.report.plots import BUDGET_MIN_GAIN, suggested_budget
+from enrich_ray.report.plots import BUDGET_MIN_GAIN, project_2d, suggested_budget
 
 SIZE = 64
 N_FRAMES = 14
@@ -36,6 +36,7 @@ class ReportInputs:
     outliers: pd.DataFrame
     errors: pd.DataFrame
     nn_similarity: np.ndarray
+    embeddings: np.ndarray | None = None  # one code per frame, indexed by the tables' `row`: the embedding map
 
     def thumbnails(self, rows: list[int]) -> np.ndarray:
         return self.frames[rows]
@@ -50,6 +51,7 @@ class ReportInputs:
             "errors": self.errors,
             "nn_similarity": self.nn_similarity,
             "thumbnails": self.thumbnails,
+            "embeddings": self.embeddings,
             **changes,
         }
         write_report(str(path), cfg=cfg, **args)
@@ -163,7 +165,7 @@ def build_inputs(busi_dir: Path, n: int = N_FRAMES) -> ReportInputs:
         "versions": {"enrich_ray": "0.1.0", "ray": "2.60.0"},
         "config": config,
     }
-    return ReportInputs(frames, summary, manifest, duplicates, outliers, errors, nn)
+    return ReportInputs(frames, summary, manifest, duplicates, outliers, errors, nn, unit)
 
 
 @pytest.fixture(scope="module")
@@ -360,11 +362,13 @@ def test_every_file_corrupt_still_renders(inputs, tmp_path):
         "nn_similarity": np.zeros(0, np.float32),
         "summary": {"counts": {"archive_images": 3, "frames_embedded": 0, "error_rows": 3}},
         "thumbnails": None,
+        "embeddings": np.zeros((0, 0), np.float32),
     }
     page = inputs.write(tmp_path / "report.html", ReportConfig(), **empty)
     assert "No frame was ranked" in page
     assert "data:image/png" not in page
-    assert page.count("<section") == 10
+    assert page.count("<section") == 11
+    assert "No frame to draw" in map_section(page)
     assert "the file ends before its IEND chunk" in page
 
 
@@ -577,3 +581,58 @@ def test_coverage_axis_starts_at_the_data_and_marks_the_budget():
     (note,) = ax.texts
     hours = budget * 36 / 3600
     assert hours < 1 and note.get_text() == f"suggested budget: {budget} frames, {hours:.2g} h ({hours * 60:.0f} min)"
+
+
+def map_section(page: str) -> str:
+    return page.split('<section id="map">')[1].split("</section>")[0]
+
+
+def test_embedding_map_draws_every_frame_marks_the_first_to_label_and_the_flagged(inputs, tmp_path):
+    cfg = ReportConfig(gallery_size=4)
+    manifest = inputs.manifest.sort_values("rank")
+    evil_row = int(manifest["row"].iloc[-1])  # the last ranked frame: neither marked nor (usually) flagged
+    manifest = manifest.assign(source_uri=np.where(manifest["row"] == evil_row, f"s3://archive/busi/{EVIL}.png",
+                                                   manifest["source_uri"]))
+    page = inputs.write(tmp_path / "report.html", cfg, manifest=manifest)
+    assert '<a href="#map">' in page.split('<nav id="contents"')[1].split("</nav>")[0]
+    svg = map_section(page)
+    assert svg.count("<circle ") == N_FRAMES
+    budget = int(re.search(r"rank ≤ (\d+)", svg).group(1))
+    flagged = set(inputs.outliers.loc[inputs.outliers["flagged"], "row"])
+    top = set(manifest.loc[manifest["rank"] <= budget, "row"]) - flagged
+    assert top and flagged
+    assert svg.count('<g class="map-top">') == len(top)
+    assert svg.count('<g class="map-flagged">') == len(flagged)
+    assert svg.count('<g class="map-other">') == N_FRAMES - len(top) - len(flagged)
+    for row in top:
+        rank = int(manifest.loc[manifest["row"] == row, "rank"].iloc[0])
+        assert re.search(rf'<g class="map-top"><circle [^>]*><title>[^<]* · rank {rank}(?: ·[^<]*)?</title>', svg)
+    # the top gallery's frames carry their thumbnail (shown on hover); the thumbnails are the gallery's, reused
+    gallery_top = set(manifest["row"].iloc[: cfg.gallery_size]) - flagged
+    assert svg.count('<image class="map-thumb" href="data:image/png;base64,') >= len(gallery_top) + len(flagged)
+    assert "<script" not in page and "<b>bold</b>" not in page
+    escaped = "&lt;script&gt;alert(&#39;phi&#39;)&lt;/script&gt; &amp; &lt;b&gt;bold&lt;/b&gt;"
+    assert f"<title>busi/{escaped}.png · rank {N_FRAMES}" in svg
+
+
+def test_embedding_map_holds_no_pixels_with_thumbnails_off_and_is_absent_without_embeddings(inputs, tmp_path):
+    page = inputs.write(tmp_path / "off.html", ReportConfig(thumbnails=False))
+    assert map_section(page).count("<circle ") == N_FRAMES and "<image" not in page
+    none = map_section(inputs.write(tmp_path / "none.html", ReportConfig(), embeddings=None))
+    assert "<circle" not in none and "No embedding map: the run passed no embeddings" in none
+
+
+def test_projection_separates_planted_clusters_is_deterministic_and_capped():
+    rng = np.random.default_rng(7)
+    codes = rng.normal(size=(3000, 32))
+    codes[1500:] += 6.0 * rng.normal(size=32) / np.sqrt(32)  # the second cluster, shifted along one direction
+    rows, xy = project_2d(codes, keep=[3, 2999], max_points=500, seed=1)
+    assert len(rows) == 500 and len(set(rows)) == 500 and {3, 2999} <= set(rows)
+    second = rows >= 1500
+    assert 0 < second.sum() < 500
+    gap = abs(xy[second, 0].mean() - xy[~second, 0].mean())
+    assert gap > 3 * max(xy[second, 0].std(), xy[~second, 0].std()), "the first component must split the clusters"
+    again = project_2d(codes, keep=[3, 2999], max_points=500, seed=1)
+    assert np.array_equal(rows, again[0]) and np.array_equal(xy, again[1])
+    all_rows, _ = project_2d(codes[:400], max_points=500)
+    assert np.array_equal(all_rows, np.arange(400))
