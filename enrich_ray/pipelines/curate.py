@@ -344,7 +344,8 @@ def _rank(run: RunFolder, archive: str, cfg: Config) -> dict:
     from enrich_ray.selection.seeds import seed_rows
 
     frames, emb = load_embeddings(run)
-    group, flag = _frame_judgments(run, len(frames))
+    group, flag = frame_judgments(run.read_table("duplicates.parquet").to_pandas(),
+                                  run.read_table("outliers.parquet", columns=["row", "flagged"]).to_pandas(), len(frames))
     sop = archive_table(archive, ["image_id", "sop_uid"], cfg.storage).to_pandas()
     frames = frames.assign(sop_uid=frames["image_id"].map(dict(zip(sop["image_id"], sop["sop_uid"]))))
     if len(frames) == 0:
@@ -370,16 +371,15 @@ def _rank(run: RunFolder, archive: str, cfg: Config) -> dict:
     return {"ranked": len(manifest), "seed": len(seed), "excluded": excluded["why"].value_counts().to_dict()}
 
 
-def _frame_judgments(run: RunFolder, n: int) -> tuple[np.ndarray, np.ndarray]:
+def frame_judgments(dups: pd.DataFrame, outl: pd.DataFrame, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Per frame row: its duplicate family (analysis.duplicates.duplicate_families; -1 outside any) and
-    whether the outlier table flagged it, from the analyse stage's outputs."""
+    whether the outlier table flagged it: the manifest's duplicate_group and outlier_flag (curate, nightly)."""
     from enrich_ray.analysis.duplicates import duplicate_families
 
-    dups = run.read_table("duplicates.parquet").to_pandas()
-    outl = run.read_table("outliers.parquet", columns=["row", "flagged"]).to_pandas()
     flag = np.zeros(n, bool)
-    flag[outl["row"].to_numpy(np.int64)] = outl["flagged"].to_numpy(bool)
-    return duplicate_families(dups.drop_duplicates(["group_id", "row"]), n), flag
+    if len(outl):
+        flag[outl["row"].to_numpy(np.int64)] = outl["flagged"].to_numpy(bool)
+    return duplicate_families(dups.drop_duplicates(["group_id", "row"]) if len(dups) else dups, n), flag
 
 
 EXCLUDED_COLUMNS = ["row", "why", "reason", "image_id", "frame_index", "source_uri"]

@@ -279,7 +279,7 @@ def _run_night(cat: Catalog, shards: list[str], night: str, cfg: Config, model: 
     dups = _night_duplicates(groups, all_frames, len(history), resent, history)
     outl = _night_outliers(all_frames, all_emb, evidence, groups, len(history), cfg)
     lap("duplicates_outliers")
-    manifest, seeds = _night_ranking(cat, history, hist_emb, new_frames, new_emb, cfg, _night_judgments(groups, outl, len(all_frames)),
+    manifest, seeds = _night_ranking(cat, history, hist_emb, new_frames, new_emb, cfg, stages.frame_judgments(groups, outl, len(all_frames)),
                                      archive_table(_archive_root(shards), ["image_id", "sop_uid"], cfg.storage).to_pandas())
     lap("rank")
 
@@ -509,7 +509,7 @@ def _night_outliers(frames: pd.DataFrame, emb: np.ndarray, evidence: dict, group
     rng = np.random.default_rng(cfg.selection.random_seed)
     reference = np.sort(rng.choice(known, min(REFERENCE_FRAMES, len(known)), replace=False)) if len(known) else known
     rows = np.concatenate([reference, np.arange(n_hist, len(frames))])
-    families = duplicate_families(groups, len(frames)) if len(groups) else np.full(len(frames), -1, np.int64)
+    families = duplicate_families(groups, len(frames))
     table = outlier_table_of(rows, emb, evidence["thumbnail"], evidence["appearance"], evidence["header"], families,
                              cfg.analysis, cfg.index)
     table = table[table["row"] >= n_hist].reset_index(drop=True)
@@ -517,21 +517,10 @@ def _night_outliers(frames: pd.DataFrame, emb: np.ndarray, evidence: dict, group
     return stages._with_keys(table, frames)
 
 
-def _night_judgments(groups: pd.DataFrame, outl: pd.DataFrame, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per row of all frames (history, then tonight): its duplicate family (-1 outside any) and whether
-    tonight's outlier table flagged it."""
-    from enrich_ray.analysis.duplicates import duplicate_families
-
-    flag = np.zeros(n, bool)
-    if len(outl):
-        flag[outl["row"].to_numpy(np.int64)] = outl["flagged"].to_numpy(bool)
-    return (duplicate_families(groups, n) if len(groups) else np.full(n, -1, np.int64)), flag
-
-
 def _night_ranking(cat: Catalog, history: pd.DataFrame, hist_emb: np.ndarray, new_frames: pd.DataFrame, new_emb: np.ndarray,
                    cfg: Config, judgments: tuple[np.ndarray, np.ndarray], sop: pd.DataFrame):
     """ENRICH over tonight's frames, seeded by every labeled frame of the history; judgments: per row of
-    all frames, the duplicate family and the outlier flag (_night_judgments); sop: image_id -> sop_uid."""
+    all frames, the duplicate family and the outlier flag (stages.frame_judgments); sop: image_id -> sop_uid."""
     from enrich_ray.selection import rank
     from enrich_ray.selection.manifest import build_manifest
     from enrich_ray.selection.seeds import seed_rows
