@@ -51,6 +51,7 @@ class PackConfig:
     shard_max_bytes: int = 256 * 1024 * 1024
     row_group_bytes: int = 32 * 1024 * 1024
     patient_key_env: str = "ENRICH_RAY_PATIENT_KEY"  # the HMAC key's environment variable
+    require_patient_key: bool = False  # true (production: the nightly CronJob): refuse to pack without the key
 
 
 @dataclass

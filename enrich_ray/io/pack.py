@@ -20,7 +20,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from enrich_ray import schema
-from enrich_ray.config import PackConfig, StorageConfig
+from enrich_ray.config import ConfigError, PackConfig, StorageConfig
 from enrich_ray.decode.dicom import read_header
 from enrich_ray.decode.sniff import sniff_format
 from enrich_ray.io.fs import Location, StorageError, resolve
@@ -87,8 +87,12 @@ def list_sources(sources: list[str], storage: StorageConfig | None) -> list[tupl
 
 
 def patient_hmac_key(cfg: PackConfig) -> bytes | None:
-    """The key for patient_key hashing, from the environment variable the config names."""
+    """The key for patient_key hashing, from the environment variable the config names; with
+    pack.require_patient_key a missing key stops pack before it reads anything (production runs)."""
     value = os.environ.get(cfg.patient_key_env, "")
+    if not value and cfg.require_patient_key:
+        raise ConfigError(f"pack.require_patient_key is true but {cfg.patient_key_env} is not set: "
+                          "set it to the patient-key secret (patient_key would stay empty)")
     return value.encode() if value else None
 
 

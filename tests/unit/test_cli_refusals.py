@@ -137,6 +137,7 @@ def _tiny_archive(cwd: Path) -> None:
 BAD_INVOCATIONS = [
     (["pack", "missing_folder", "--out", "out"], ["missing_folder"]),
     (["pack", "scans", "--out", "out", "--set", "pack.no_such_key=1"], ["pack.no_such_key"]),
+    (["pack", "scans", "--out", "out", "--set", "pack.require_patient_key=true"], ["ENRICH_RAY_PATIENT_KEY", "is not set"]),
     (["train-vae", "--archive", "missing_archive", "--out", "model"], ["missing_archive"]),
     (["train-vae", "--archive", "archive", "--out", "model", "--set", "vae.max_epochs=0"], ["vae.max_epochs"]),
     (["curate", "--archive", "archive", "--out", "run", "--set", "analysis.near_duplicate_threshold=5"], ["near_duplicate_threshold", "5"]),
