@@ -6,5 +6,5 @@ from setuptools import find_packages, setup
 setup(
     packages=[*find_packages(include=["enrich_ray", "enrich_ray.*"]), "enrich_ray.configs"],
     package_dir={"enrich_ray.configs": "configs"},
-    package_data={"enrich_ray.configs": ["*.yaml"], "enrich_ray.report.templates": ["*.j2", "*.css"]},
+    package_data={"enrich_ray.configs": ["*.yaml"], "enrich_ray.report.templates": ["*.j2", "*.css", "*.js"]},
 )

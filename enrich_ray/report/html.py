@@ -2,8 +2,9 @@
 
 This module computes what the page shows; enrich_ray/report/templates/report.html.j2 lays it out
 (Jinja2 with autoescape on: every value handed over is escaped by the template, none is marked
-safe). Every picture is an inline base64 PNG and the CSS (templates/report.css) is inline: the
-page reaches nothing outside itself and needs no JavaScript. With ReportConfig.thumbnails false it
+safe). Every picture is an inline base64 PNG and the CSS (templates/report.css) and the one script
+(templates/report.js: sortable, filterable tables) are inline: the page reaches nothing outside
+itself and reads whole without JavaScript. With ReportConfig.thumbnails false it
 holds no pixel data of any frame (burned-in text in ultrasound and X-ray frames can carry patient
 data). Of the header fields it never prints any: frames are named by image_id, frame_index and
 source_uri only.

@@ -4,6 +4,8 @@ Needs the Debian package `chromium` (/usr/bin/chromium); skips with the reason w
 """
 from __future__ import annotations
 
+import html
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -26,8 +28,8 @@ FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-# Appended to a copy of the page (the report itself has no script): after load, each <img> records
-# what the browser decoded, so --dump-dom shows it.
+# Appended to a copy of the page (after the page's own script): after load, each <img> records what
+# the browser decoded, so --dump-dom shows it.
 PROBE = """<script>
 window.addEventListener("load", () => {
   for (const img of document.images) {
@@ -112,3 +114,51 @@ def test_embedding_map_paints_its_marked_and_grey_points(report: Path, tmp_path:
     purple = ((abs(r - 0x8E) < 25) & (abs(g - 0x24) < 25) & (abs(b - 0xAA) < 25)).sum()  # flagged
     grey = ((abs(r - 0xB0) < 6) & (abs(g - 0xB0) < 6) & (abs(b - 0xB0) < 6)).sum()  # the other frames
     assert orange > 200 and purple > 40 and grey > 10, (orange, purple, grey)
+
+
+# Appended to a copy of the page: sorts the first-to-label table by its similarity column (up, then
+# down) and by source, and filters it, recording each result in the DOM for --dump-dom.
+SORT_PROBE = """<script>
+window.addEventListener("load", () => {
+  const table = document.querySelector("#ranking table.data:last-of-type");
+  const head = table.tHead.rows[0].cells;
+  const column = (i) => Array.from(table.tBodies[0].rows).filter((r) => !r.hidden).map((r) => r.cells[i].textContent.trim());
+  const record = (name, values) => document.body.setAttribute("data-" + name, JSON.stringify(values));
+  head[3].click(); record("up", column(3));
+  head[3].click(); record("down", column(3)); record("sorted", head[3].getAttribute("aria-sort"));
+  head[1].click(); record("by-source", column(1));
+  const box = table.previousElementSibling.querySelector("input[type=search]");
+  box.value = "BENIGN"; box.dispatchEvent(new Event("input"));
+  record("filtered", column(1)); record("count", table.previousElementSibling.textContent.trim());
+  record("boxes", [document.querySelectorAll("table.data").length, document.querySelectorAll(".table-filter input").length]);
+});
+</script>"""
+
+
+def dom_attribute(dom: str, name: str):
+    """A JSON value the probe wrote into the body's data-NAME attribute."""
+    match = re.search(rf'data-{name}="([^"]*)"', dom)
+    assert match, f"the probe recorded no {name}"
+    return json.loads(html.unescape(match.group(1)))
+
+
+def test_tables_sort_by_a_clicked_header_and_filter_by_the_box(report: Path, tmp_path: Path):
+    page = report.read_text(encoding="utf-8")
+    probe = tmp_path / "sort.html"
+    probe.write_text(page.replace("</body>", SORT_PROBE + "</body>"), encoding="utf-8")
+    dom = chromium(tmp_path, "--virtual-time-budget=5000", "--dump-dom", probe.as_uri())
+    rendered = re.findall(r"<tr><td class=\"num\">\d+</td><td><span class=\"uri\" title=\"[^\"]*\">([^<]*)</span></td>"
+                          r"<td>[^<]*</td><td class=\"num\">([^<]*)</td>", page.split('<section id="ranking">')[1])
+    sources, scores = [html.unescape(s) for s, _ in rendered], [s for _, s in rendered]
+    assert len(rendered) == 8 and scores[0] == "–"  # the starting frame has no score: sorted last either way
+    numbers = sorted(float(s) for s in scores[1:])
+    assert dom_attribute(dom, "up") == [f"{v:.3f}" for v in numbers] + ["–"]
+    assert dom_attribute(dom, "down") == [f"{v:.3f}" for v in reversed(numbers)] + ["–"]
+    assert dom_attribute(dom, "sorted") == "descending"
+    assert dom_attribute(dom, "by-source") == sorted(sources, key=lambda s: [int(t) if t.isdigit() else t.lower()
+                                                                              for t in re.split(r"(\d+)", s)])
+    benign = sorted((s for s in sources if "benign" in s), key=lambda s: int(re.search(r"\((\d+)\)", s).group(1)))
+    assert 0 < len(benign) < 8 and dom_attribute(dom, "filtered") == benign
+    assert dom_attribute(dom, "count") == f"{len(benign)} of 8 rows"
+    tables, boxes = dom_attribute(dom, "boxes")
+    assert tables == page.count('<table class="data">') and 0 < boxes < tables  # a box above each table of 4 rows or more

@@ -5,6 +5,7 @@ import base64
 import html
 import io
 import re
+from importlib.resources import files
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ SIZE = 64
 N_FRAMES = 14
 DATA_PNG = re.compile(r'<img class="(plot|thumb)" src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
 EVIL = "<script>alert('phi')</script> & <b>bold</b>"
+OWN_SCRIPT = "<script>\n" + files("enrich_ray.report.templates").joinpath("report.js").read_text(encoding="utf-8").rstrip() + "</script>"
 
 
 @dataclass
@@ -184,11 +186,17 @@ def inline_pngs(page: str) -> list[tuple[str, Image.Image]]:
     return out
 
 
+def without_own_script(page: str) -> str:
+    """The page without its one script (templates/report.js, verbatim), which it must hold exactly once."""
+    assert page.count(OWN_SCRIPT) == 1, "the page holds report.js once, unchanged"
+    return page.replace(OWN_SCRIPT, "")
+
+
 def test_page_has_every_section_and_only_inline_resources(inputs, tmp_path):
     page = inputs.write(tmp_path / "report.html", ReportConfig())
     for section in ("summary", "redundancy", "ranking", "duplicates", "outliers", "errors", "embedding", "run"):
         assert f'<section id="{section}">' in page
-    assert "<script" not in page
+    assert "<script" not in without_own_script(page), "no script but the page's own"
     assert not re.search(r'(src|href)="(?!data:|#)', page), "the page must not load anything from outside"
     links = set(re.findall(r'href="#([\w-]+)"', page))
     assert links and links <= set(re.findall(r'id="([\w-]+)"', page)), "every in-page link has its target"
@@ -236,7 +244,7 @@ def test_files_without_frames_get_no_thumbnail_request(inputs, tmp_path):
 
 
 def test_error_messages_and_uris_are_escaped(inputs, tmp_path):
-    page = inputs.write(tmp_path / "report.html", ReportConfig())
+    page = without_own_script(inputs.write(tmp_path / "report.html", ReportConfig()))
     assert "<script>" not in page and "<b>bold</b>" not in page
     assert "&lt;script&gt;alert(&#39;phi&#39;)&lt;/script&gt; &amp; &lt;b&gt;bold&lt;/b&gt;" in page
     assert "s3://archive/bad/&lt;c&gt;&amp;d.dcm" in page
@@ -267,9 +275,29 @@ def test_jargon_sits_in_the_glossary_and_every_header_has_its_unit(inputs, tmp_p
     row = re.search(r"<tr><td>reconstruction error on held-out frames[^<]*</td><td>(.*?)</td><td>(.*?)</td></tr>", main)
     assert row and row.groups() == ("1651.805", "nats per frame")
     # a table's header names the unit of a number column: count, hours, seconds, cosine, share, or a unit column
-    for header in re.findall(r"<table><tr>(.*?)</tr>", main):
+    headers = re.findall(r"<table[^>]*><thead><tr>(.*?)</tr></thead>", main)
+    assert len(headers) == main.count("<table") >= 12
+    for header in headers:
         cells = re.findall(r"<th>(.*?)</th>", header)
-        assert any(u in " ".join(cells) for u in ("count", "hours", "seconds", "cosine", "%", "unit", "version", "result")), cells
+        assert any(u in " ".join(cells) for u in ("count", "hours", "(s)", "cosine", "%", "unit", "version", "result")), cells
+    # a column of numbers names its unit (or what its numbers count) in its own header
+    for cells in (re.findall(r"<th>(.*?)</th>", h) for h in headers):
+        for cell in cells:
+            if cell.startswith(("rank", "frames (", "files (", "time", "hours", "similarity", "share", "foreign score")):
+                assert re.search(r"\(.+\)", cell), cell
+
+
+def test_every_table_is_a_data_table_the_script_sorts_and_filters(inputs, tmp_path):
+    page = inputs.write(tmp_path / "report.html", ReportConfig())
+    tables = re.findall(r"<table.*?</table>", page, flags=re.S)
+    assert len(tables) == page.count("<table") >= 12
+    for table in tables:
+        head, body = re.fullmatch(r'<table class="data"><thead><tr>((?:<th>.*?</th>)+)</tr></thead><tbody>(.*)</tbody></table>',
+                                  table, flags=re.S).groups()
+        width = head.count("<th>")
+        rows = re.findall(r"<tr>(.*?)</tr>", body, flags=re.S)
+        assert rows and all(len(re.findall(r"<td[ >]", row)) == width for row in rows), head
+    assert 'document.querySelectorAll("table.data")' in OWN_SCRIPT and page.index(OWN_SCRIPT) > page.index('id="glossary"')
 
 
 def test_suggested_budget_follows_its_rule():
@@ -315,12 +343,12 @@ def test_errors_are_grouped_by_cause_with_no_image_apart(inputs, tmp_path):
     for name in ("Truncated", "CorruptPixelData", "PermissionError"):
         assert f"<code>{name}</code>" in unreadable and f"<code>{name}</code>" not in no_image
     # one row per cause: the five non-image objects are one row, 5 files, 0 single frames
-    rows = re.findall(r"<tr><td>(.*?)</td><td><code>(\w+)</code></td><td>(\d+)</td><td>(\d+)</td><td><ul>(.*?)</ul>", no_image)
+    rows = re.findall(r'<tr><td>(.*?)</td><td><code>(\w+)</code></td><td class="num">(\d+)</td><td class="num">(\d+)</td><td><ul>(.*?)</ul>', no_image)
     assert [(name, files, frames) for _, name, files, frames, _ in rows] == [("NonImageObject", "5", "0")]
     examples = re.findall(r"<li>", rows[0][4])
     assert len(examples) == 3  # at most three examples, the distinct messages first
     assert "Comprehensive SR Storage" in rows[0][4] and rows[0][4].count("RT Plan Storage") == 2
-    assert "<code>CorruptPixelData</code></td><td>0</td><td>1</td>" in unreadable
+    assert '<code>CorruptPixelData</code></td><td class="num">0</td><td class="num">1</td>' in unreadable
 
 
 def test_every_text_the_page_shows_is_escaped_by_the_template(inputs, tmp_path):
@@ -334,6 +362,7 @@ def test_every_text_the_page_shows_is_escaped_by_the_template(inputs, tmp_path):
                "config": {**inputs.summary["config"], "notes": EVIL}}
     page = inputs.write(tmp_path / "report.html", ReportConfig(), summary=summary, manifest=manifest, outliers=outliers,
                         duplicates=dups)
+    page = without_own_script(page)
     assert "<script" not in page and "<b>bold</b>" not in page
     assert page.count("&lt;script&gt;alert(&#39;phi&#39;)&lt;/script&gt;") >= 12
 
@@ -520,7 +549,7 @@ def test_a_real_archive_shows_each_modality_and_each_cause(tmp_path):
     for name, count in expected.items():
         part = no_image if name in ("NonImageObject", "ImageWithoutPixels") else unreadable
         files = int(inputs.errors.loc[inputs.errors["error_type"] == name, "frame_index"].isna().sum())
-        assert f"<code>{name}</code></td><td>{files}</td><td>{count - files}</td>" in part, name
+        assert f'<code>{name}</code></td><td class="num">{files}</td><td class="num">{count - files}</td>' in part, name
     assert "RT Plan Storage" in no_image and "12-lead ECG Waveform Storage" in no_image and "CT Image Storage" in no_image
     assert "not an image object" not in page
     # the first screen adds them up by cause and links each part
@@ -610,7 +639,7 @@ def test_embedding_map_draws_every_frame_marks_the_first_to_label_and_the_flagge
     # the top gallery's frames carry their thumbnail (shown on hover); the thumbnails are the gallery's, reused
     gallery_top = set(manifest["row"].iloc[: cfg.gallery_size]) - flagged
     assert svg.count('<image class="map-thumb" href="data:image/png;base64,') >= len(gallery_top) + len(flagged)
-    assert "<script" not in page and "<b>bold</b>" not in page
+    assert "<script" not in without_own_script(page) and "<b>bold</b>" not in page
     escaped = "&lt;script&gt;alert(&#39;phi&#39;)&lt;/script&gt; &amp; &lt;b&gt;bold&lt;/b&gt;"
     assert f"<title>busi/{escaped}.png · rank {N_FRAMES}" in svg
 
