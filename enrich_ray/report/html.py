@@ -234,6 +234,7 @@ class _Thumbs:
         self.uris: dict[int, str] = {}
         self.paths = paths
         self.enabled = source is not None
+        self.shown = 0  # figures made so far: each gets its own id, the target of its enlarged view
         wanted = list(dict.fromkeys(int(r) for r in rows))
         if source is None or not wanted:
             return
@@ -246,10 +247,13 @@ class _Thumbs:
         for row, frame in zip(wanted, frames):
             self.uris[row] = _data_uri(thumbnail_png(frame))
 
-    def figure(self, row: Any, caption: str, source_uri: Any, frame_index: Any) -> dict:
-        """One gallery figure: {src (None for a frame without pixels), caption, name}."""
+    def figure(self, row: Any, caption: str, source_uri: Any, frame_index: Any, why: str) -> dict:
+        """One gallery figure: {id, src (None for a frame without pixels), caption, name, why}; `why` (why the
+        frame is shown) goes with the path into the caption of its enlarged view."""
+        self.shown += 1
         src = self.uris.get(int(row)) if row is not None and not pd.isna(row) else None
-        return {"src": src, "caption": caption, "name": self.paths.name(source_uri, frame_index)}
+        return {"id": f"view-{self.shown}", "src": src, "caption": caption, "name": self.paths.name(source_uri, frame_index),
+                "why": why}
 
 
 def _largest_groups(duplicates: pd.DataFrame, n: int) -> list[pd.DataFrame]:
@@ -438,7 +442,9 @@ def _ranking(manifest: pd.DataFrame, top: pd.DataFrame, sel: SelectionConfig, th
                        for label, k in counts]
     out["gallery"] = [
         thumbs.figure(getattr(r, "row", None), f"#{int(r.rank)} · {'start' if r.is_seed else _num(r.score)}",
-                      r.source_uri, r.frame_index)
+                      r.source_uri, r.frame_index,
+                      f"rank {int(r.rank)}: " + ("in the starting set (already labeled or drawn at random)" if r.is_seed else
+                                                 f"similarity to the frames ranked before {_num(r.score)} (cosine)"))
         for r in top.itertuples(index=False)
     ] if thumbs.enabled else None
     out["top"] = [
@@ -539,9 +545,13 @@ def _duplicates(duplicates: pd.DataFrame, groups: list[pd.DataFrame], thumbs: _T
     for g in groups:
         gid = g.iloc[0].group_id
         size = int(per_group.at[gid, "size"])
+        kind = per_group.at[gid, "kind"]
         figures = [thumbs.figure(r.row, "representative" if r.is_representative else f"similarity {_num(r.similarity)}",
-                                 r.source_uri, r.frame_index) for r in g.itertuples(index=False)]
-        shown.append({"id": gid, "kind": per_group.at[gid, "kind"], "size": size, "figures": figures,
+                                 r.source_uri, r.frame_index,
+                                 f"group {gid} ({kind}, {size} frames): " + ("the representative, the one frame to label"
+                                 if r.is_representative else f"similarity to the representative {_num(r.similarity)} (cosine)"))
+                   for r in g.itertuples(index=False)]
+        shown.append({"id": gid, "kind": kind, "size": size, "figures": figures,
                       "more": size - len(g)})
     return {"empty": False, "by_kind": by_kind, "groups": shown, "open": GROUPS_OPEN}
 
@@ -554,12 +564,22 @@ def _outliers(outliers: pd.DataFrame, shown: pd.DataFrame, thumbs: _Thumbs, path
         "empty": False,
         "flagged": int(outliers["flagged"].astype(bool).sum()),
         "shown": len(shown),
-        "gallery": [thumbs.figure(r.row, f"#{int(r.rank)} · nearest {_num(r.nn_similarity)}", r.source_uri, r.frame_index)
-                    for r in shown.itertuples(index=False)] if thumbs.enabled else None,
+        "gallery": [thumbs.figure(r.row, f"#{int(r.rank)} · nearest {_num(r.nn_similarity)}", r.source_uri, r.frame_index,
+                                  _outlier_why(r)) for r in shown.itertuples(index=False)] if thumbs.enabled else None,
         "rows": [{"rank": int(r.rank), "name": paths.name(r.source_uri, r.frame_index), "score": _num(r.score),
-                  "nn": _num(r.nn_similarity), "flagged": "yes" if r.flagged else "", "why": str(getattr(r, "reason", ""))}
+                  "nn": _num(r.nn_similarity), "flagged": "yes" if r.flagged else "", "why": _outlier_why(r)}
                  for r in shown.itertuples(index=False)],
     }
+
+
+def _outlier_why(r: Any) -> str:
+    """Why an outlier row is on the page: its flag's reason (analysis.outliers), or that it is only among the least
+    like the rest."""
+    reason = getattr(r, "reason", None)
+    reason = "" if reason is None or pd.isna(reason) else str(reason)
+    if r.flagged:
+        return reason or "flagged (no reason recorded)"
+    return "not flagged: among the frames least like the rest"
 
 
 def _errors(causes: pd.DataFrame, paths: _Paths) -> dict:

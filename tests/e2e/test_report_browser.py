@@ -162,3 +162,44 @@ def test_tables_sort_by_a_clicked_header_and_filter_by_the_box(report: Path, tmp
     assert dom_attribute(dom, "count") == f"{len(benign)} of 8 rows"
     tables, boxes = dom_attribute(dom, "boxes")
     assert tables == page.count('<table class="data">') and 0 < boxes < tables  # a box above each table of 4 rows or more
+
+
+# Appended to a copy of the page: clicks the first outlier's thumbnail, then records the enlarged view's
+# box and caption and a thumbnail left small; clicks "close" and records the box again.
+ZOOM_PROBE = """<script>
+window.addEventListener("load", () => {
+  const figure = document.querySelector("#gallery-outliers figure.zoom");
+  const other = document.querySelector("#gallery-top figure.zoom img");
+  const box = (el) => { const r = el.getBoundingClientRect(); return [r.left, r.top, el.clientWidth, el.clientHeight]; };
+  const record = (name, value) => document.body.setAttribute("data-" + name, JSON.stringify(value));
+  figure.querySelector("a.enlarge").click();
+  setTimeout(() => {
+    record("hash", location.hash);
+    record("open", box(figure.querySelector("img")));
+    record("overlay", [box(figure), getComputedStyle(figure).position, document.documentElement.clientWidth, document.documentElement.clientHeight]);
+    record("caption", figure.querySelector("figcaption").innerText);
+    record("other", box(other));
+    figure.querySelector("a.close").click();
+    setTimeout(() => { record("closed", [location.hash, box(figure.querySelector("img"))]); }, 50);
+  }, 50);
+});
+</script>"""
+
+
+def test_a_clicked_thumbnail_opens_its_enlarged_view_with_its_caption(report: Path, tmp_path: Path):
+    page = report.read_text(encoding="utf-8")
+    probe = tmp_path / "zoom.html"
+    probe.write_text(page.replace("</body>", ZOOM_PROBE + "</body>"), encoding="utf-8")
+    dom = chromium(tmp_path, "--window-size=1280,800", "--virtual-time-budget=5000", "--dump-dom", probe.as_uri())
+    first = re.search(r'<div class="gallery" id="gallery-outliers"><figure class="zoom" id="(view-\d+)"', page).group(1)
+    assert dom_attribute(dom, "hash") == f"#{first}"
+    (left, top, width, height), position = dom_attribute(dom, "open"), dom_attribute(dom, "overlay")
+    assert width == height >= 400, "the enlarged view is at least four times the thumbnail"
+    overlay, style, win_w, win_h = position
+    assert style == "fixed" and overlay == [0, 0, win_w, win_h], "the view covers the window"
+    assert 0 <= left and left + width <= win_w and 0 <= top and top + height <= win_h
+    caption = dom_attribute(dom, "caption")
+    assert caption.startswith("#1 · nearest ") and "no close match (similarity" in caption and ".png" in caption
+    assert dom_attribute(dom, "other")[2:] == [96, 96], "the other thumbnails stay small"
+    hash_after, (_, _, w, h) = dom_attribute(dom, "closed")
+    assert hash_after == "#gallery-outliers" and (w, h) == (96, 96)

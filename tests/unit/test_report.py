@@ -137,6 +137,9 @@ def build_inputs(busi_dir: Path, n: int = N_FRAMES) -> ReportInputs:
             "score": 1.0 - nn[by_isolation],
             "nn_similarity": nn[by_isolation],
             "flagged": np.arange(n) < 3,
+            # analysis.outliers' wording: the evidence that flagged a frame, '' when not flagged
+            "reason": [f"no close match (similarity {nn[r]:.2f} at neighbour 1, archive median {np.median(nn):.2f})"
+                       if i < 3 else "" for i, r in enumerate(by_isolation)],
         }
     )
     errors = pd.DataFrame(
@@ -222,6 +225,48 @@ def test_images_are_valid_pngs_and_thumbnails_show_the_frames(inputs, tmp_path):
     grey = (inputs.frames[first_row] * 255 + 0.5).astype(np.uint8)
     expected = cv2.resize(grey, (96, 96), interpolation=cv2.INTER_AREA)
     assert np.abs(np.asarray(thumbs[0], dtype=int) - expected.astype(int)).max() <= 1
+
+
+FIGURE = re.compile(r'<figure class="zoom" id="(view-\d+)"><a class="close" href="#([\w-]+)" title="close">close ✕</a>'
+                    r'<a class="enlarge" href="#([\w-]+)" title="([^"]*) \(click to enlarge\)"><img class="thumb" src="data:image/png;base64,'
+                    r'[A-Za-z0-9+/=]+" alt="[^"]*"></a><figcaption>(.*?)<span class="why" title="[^"]*">(.*?)</span>'
+                    r'<span class="where"><span class="uri" title="([^"]*)">([^<]*)</span></span></figcaption></figure>')
+
+
+def test_every_thumbnail_opens_its_enlarged_view_with_path_and_why(inputs, tmp_path):
+    cfg = ReportConfig(gallery_size=5)
+    page = inputs.write(tmp_path / "report.html", cfg)
+    figures = FIGURE.findall(page)
+    assert len(figures) == page.count('class="thumb"') == 5 + 4 + 3
+    ids = [f[0] for f in figures]
+    assert len(set(ids)) == len(ids) and all(own == target for own, _, target, *_ in figures), "each links to itself"
+    anchors = set(re.findall(r'id="([\w-]+)"', page))
+    for _, back, _, full, caption, why, hover, short in figures:
+        assert back in anchors and full == hover and short == html.escape(html.unescape(hover).removeprefix("s3://archive/"))
+    by_back = {}
+    for f in figures:
+        by_back.setdefault(f[1], []).append(f)
+    assert sorted(by_back) == ["gallery-outliers", "gallery-top", "group-0", "group-1"]
+    # duplicate groups: side by side in one row each, the representative first, then each member's similarity
+    near = inputs.duplicates[inputs.duplicates["group_id"] == 1].sort_values("is_representative", ascending=False)
+    (_, _, _, _, rep_caption, rep_why, _, _), (_, _, _, _, caption, why, _, _) = by_back["group-1"]
+    assert rep_caption == "representative" and rep_why == "group 1 (near, 2 frames): the representative, the one frame to label"
+    assert caption == f"similarity {near['similarity'].iloc[1]:.3f}"
+    assert why == f"group 1 (near, 2 frames): similarity to the representative {near['similarity'].iloc[1]:.3f} (cosine)"
+    # outliers: why each was flagged, the reason analysis.outliers gave, in order of rank
+    flagged = inputs.outliers[inputs.outliers["flagged"]].sort_values("rank")
+    assert [html.unescape(f[5]) for f in by_back["gallery-outliers"]] == list(flagged["reason"])
+    assert [html.unescape(f[3]) for f in by_back["gallery-outliers"]] == list(flagged["source_uri"])
+    table = page.split('<section id="outliers">')[1].split("</section>")[0].split("<tbody>")[1]
+    assert re.findall(r"<td>yes</td><td>(.*?)</td>", table) == [html.escape(r) for r in flagged["reason"]]
+    # the first to label: rank and score
+    assert by_back["gallery-top"][0][5] == "rank 1: in the starting set (already labeled or drawn at random)"
+    # without a reason (an older outliers table) a flagged frame says so; an unflagged one shown says it is not flagged
+    none_flagged = inputs.outliers.drop(columns=["reason"]).assign(flagged=np.arange(N_FRAMES) == 0)
+    page = inputs.write(tmp_path / "old.html", cfg, outliers=none_flagged)
+    assert [f[5] for f in FIGURE.findall(page) if f[1] == "gallery-outliers"] == ["flagged (no reason recorded)"]
+    page = inputs.write(tmp_path / "none.html", cfg, outliers=inputs.outliers.assign(flagged=False, reason=""))
+    assert {f[5] for f in FIGURE.findall(page) if f[1] == "gallery-outliers"} == {"not flagged: among the frames least like the rest"}
 
 
 def test_files_without_frames_get_no_thumbnail_request(inputs, tmp_path):
