@@ -211,14 +211,15 @@ class Console(logging.StreamHandler):
 
 
 def stage_result(stage: str, marker: dict) -> str:
-    """A finished curate stage in a few words, from its marker (STAGES in enrich_ray/pipelines/curate.py)."""
+    """A finished stage of curate or nightly in a few words, from its marker (enrich_ray/pipelines/stages.py)."""
     m = marker
     words = {
         "decode": lambda: f"{m['frames']} frames, {m['errors']} error rows",
         "train": lambda: _training(m),
         "embed": lambda: f"{m['embedded']} frames embedded, {m['errors']} error rows",
-        "index": lambda: (f"{m['k']}-NN graph of {m['frames']} frames, "
-                          f"recall@{m['recall']['k']} {m['recall']['recall_at_k']:.3f}"),
+        "select": lambda: f"{m['new_images']} new images, {m['resent']} re-sent",
+        "index": lambda: f"{m['k']}-NN graph of {m['frames']} frames" + (
+            f", recall@{m['recall']['k']} {m['recall']['recall_at_k']:.3f}" if m.get("recall") else ""),
         "analyze": lambda: f"{m['duplicate_groups']} duplicate groups, {m['outliers_flagged']} outliers flagged",
         "rank": lambda: f"{m['ranked']} frames ranked, {sum(m.get('excluded', {}).values())} left out as junk",
         "report": lambda: "written",
@@ -231,6 +232,8 @@ def stage_result(stage: str, marker: dict) -> str:
 
 
 def _training(m: dict) -> str:
+    if "copied_from" in m:
+        return f"none: the model given, {m['copied_from']}"
     if not m["trained"]:
         return f"not trained: {m['frames']} decoded frame(s) are too few"
     metrics = m["metrics"]

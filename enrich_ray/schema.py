@@ -5,8 +5,12 @@ column is named once and the archive, frames, errors, embeddings and manifest ag
 """
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from enrich_ray.io.fs import StorageError
 
 FRAME_SIZE = 64  # the autoencoder's input side, in pixels
 EMBED_DIM = 128  # default latent size of the β-VAE
@@ -34,6 +38,8 @@ GROUP_KEYS = ["patient_key", "study_uid", "series_uid", "modality"]
 # Header facts every frame also carries (what makes a frame foreign to an archive); PNG and JPEG
 # fill them from the file: rows, cols, and 'RGB' or 'MONOCHROME2' by channels.
 FRAME_FACTS = ["rows", "cols", "photometric", "body_part"]
+# The columns that name a frame in every table after embedding (the manifest's first columns).
+FRAME_COLUMNS = [*FRAME_KEYS, "source_uri", *GROUP_KEYS]
 
 ARCHIVE = pa.schema(
     [
@@ -156,3 +162,25 @@ def error_rows(table: pa.Table) -> pa.Table:
         return empty_errors()
     errs = table.filter(pc.is_valid(table["stage"]))
     return pa.table({f.name: errs[f.name].cast(f.type) for f in ERRORS}, schema=ERRORS)
+
+
+def frames_and_vectors(table: pa.Table) -> tuple[pd.DataFrame, np.ndarray]:
+    """Frame keys (and group columns) and vectors of an embeddings table's result rows, sorted by frame
+    key: the row order every analysis and the manifest address."""
+    table = result_rows(table)
+    frames = table.select([c for c in FRAME_COLUMNS if c in table.column_names]).to_pandas()
+    if table.num_rows == 0:
+        return frames, np.zeros((0, 0), np.float32)
+    col = table.column("embedding").combine_chunks()
+    lengths = set(pc.list_value_length(col).to_pylist())
+    if len(lengths) != 1 or col.null_count:
+        raise StorageError(f"embeddings must all have one length and none may be null: found lengths {sorted(map(str, lengths))}")
+    emb = col.flatten().to_numpy(zero_copy_only=False).reshape(-1, lengths.pop()).astype(np.float32)
+    order = np.lexsort((frames["frame_index"].to_numpy(), frames["image_id"].to_numpy()))
+    return frames.iloc[order].reset_index(drop=True), np.ascontiguousarray(emb[order])
+
+
+def with_keys(df: pd.DataFrame, frames: pd.DataFrame) -> pd.DataFrame:
+    """An analysis table (a `row` column) with the frame keys and source_uri of each row appended."""
+    keys = frames[["image_id", "frame_index", "source_uri"]].iloc[df["row"].to_numpy()].reset_index(drop=True)
+    return pd.concat([df.reset_index(drop=True), keys], axis=1)

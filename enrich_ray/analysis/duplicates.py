@@ -362,3 +362,27 @@ def duplicate_families(dups: pd.DataFrame, n: int) -> np.ndarray:
     family.update(zip(gids[near].tolist(), gids[near].tolist()))
     group[rows] = [family[g] for g in gids.tolist()]
     return group
+
+
+def rows_per_path(dups: pd.DataFrame, uris: list[list[str]]) -> pd.DataFrame:
+    """A row per path of each exact member: a file at several paths (identical bytes, one archive row)
+    is its frame at each, the representative at its first path; a near member speaks for its first path.
+    uris: every path of each frame row's file."""
+    paths = [uris[r] if kind == "exact" else uris[r][:1] for r, kind in zip(dups["row"], dups["kind"])]
+    out = dups.loc[dups.index.repeat([len(p) for p in paths])].reset_index(drop=True)
+    out["source_uri"] = [uri for p in paths for uri in p]
+    first = np.concatenate([[True] + [False] * (len(p) - 1) for p in paths]) if paths else np.zeros(0, bool)
+    out["is_representative"] = out["is_representative"].to_numpy() & first
+    return out
+
+
+def later_duplicates(groups: pd.DataFrame, first_row: int, resent: Sequence[str], earlier_ids: Sequence[str]) -> pd.DataFrame:
+    """The groups that hold a row of first_row or later (a night's frames after the history's), then one
+    `resent` group per image sent again, whose members are its earlier rows (earlier_ids: the image id of
+    each row before first_row)."""
+    dups = groups[groups.groupby("group_id")["row"].transform("max") >= first_row] if len(groups) else groups
+    first = int(dups["group_id"].max()) + 1 if len(dups) else 0
+    ids = np.asarray(earlier_ids, dtype=object)
+    rows = [{"group_id": first + g, "row": int(r), "kind": "resent", "similarity": 1.0, "is_representative": True}
+            for g, image_id in enumerate(resent) for r in np.flatnonzero(ids == image_id)]
+    return pd.concat([dups, pd.DataFrame(rows)], ignore_index=True) if rows else dups.reset_index(drop=True)

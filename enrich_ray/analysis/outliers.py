@@ -321,3 +321,20 @@ def outlier_table_of(rows: np.ndarray, embeddings: np.ndarray, thumbnails: np.nd
                           np.asarray(duplicate_group)[rows], cfg)
     table["row"] = rows[table["row"].to_numpy()]
     return table
+
+
+def outliers_among_reference(first_row: int, embeddings: np.ndarray, evidence: dict, duplicate_group: np.ndarray,
+                             cfg: AnalysisConfig, index: IndexConfig, reference: int, seed: int) -> pd.DataFrame:
+    """The frames of row first_row on (a night's), ranked by how foreign they are among themselves and a
+    seeded sample of `reference` earlier rows whose evidence is known (analysis.evidence): the archive they
+    must look unlike, at a cost that does not grow with the history; `rank` counts the later rows alone."""
+    n = len(embeddings)
+    known = np.flatnonzero(np.isfinite(evidence["thumbnail"][:first_row].astype(np.float32)).all(axis=1))
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(known, min(reference, len(known)), replace=False)) if len(known) else known
+    rows = np.concatenate([sample, np.arange(first_row, n)])
+    table = outlier_table_of(rows, embeddings, evidence["thumbnail"], evidence["appearance"], evidence["header"],
+                             duplicate_group, cfg, index)
+    table = table[table["row"] >= first_row].reset_index(drop=True)
+    table["rank"] = np.arange(1, len(table) + 1)
+    return table

@@ -24,7 +24,7 @@ import faiss
 import numpy as np
 
 from enrich_ray.config import IndexConfig, StorageConfig
-from enrich_ray.index.knn import MIN_POINTS_PER_CENTROID, resolve_kind, unit_rows
+from enrich_ray.index.knn import MIN_POINTS_PER_CENTROID, KnnGraph, resolve_kind, unit_rows
 from enrich_ray.io.fs import resolve
 
 HNSW_EF_SEARCH = 64  # candidates an HNSW search keeps; recall rises with it
@@ -185,3 +185,18 @@ def _write_index(fs, path: str, index: faiss.Index) -> None:
 def _read_index(fs, path: str) -> faiss.Index:
     with fs.open(path, "rb") as f:
         return faiss.deserialize_index(np.frombuffer(f.read(), dtype=np.uint8))
+
+
+def later_rows_graph(index: ShardedIndex, embeddings: np.ndarray, first_row: int, k: int) -> KnnGraph:
+    """The kNN graph of rows first_row on (a night's frames, already in `index` at their rows) among every
+    row of the index; earlier rows keep no edges (-1, -inf)."""
+    n = len(embeddings)
+    neighbors = np.full((n, k), -1, np.int64)
+    sims = np.full((n, k), -np.inf, np.float32)
+    if n > first_row and k:
+        s, ids = index.search(embeddings[first_row:], k + 1)
+        for r in range(n - first_row):
+            keep = ids[r] != first_row + r
+            neighbors[first_row + r] = ids[r][keep][:k]
+            sims[first_row + r] = s[r][keep][:k]
+    return KnnGraph(neighbors, sims)

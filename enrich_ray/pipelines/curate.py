@@ -31,10 +31,10 @@ from enrich_ray.config import Config, ConfigError, config_dict, config_yaml
 from enrich_ray.io.fs import StorageError, resolve
 from enrich_ray.io.pack import ERRORS_NAME, archive_shards, archive_table
 from enrich_ray.pipelines.run_folder import RunFolder
+from enrich_ray.pipelines.stages import run_stages
 
 log = logging.getLogger(__name__)
 
-STAGES = ("decode", "train", "embed", "index", "analyze", "rank", "report")
 OUTPUTS = {
     "decode": ["decoded"],
     "train": ["model"],
@@ -45,7 +45,6 @@ OUTPUTS = {
     "report": ["errors.parquet", "summary.json", "report.html", "config.yaml"],
 }
 EXIT_NOTHING_EMBEDDED = 3  # the job finished, but no frame could be embedded (every file unreadable)
-FRAME_COLUMNS = ["image_id", "frame_index", "source_uri", *schema.GROUP_KEYS]
 
 
 @dataclass
@@ -83,23 +82,9 @@ def curate(archive: str, out: str, cfg: Config, model: str | None = None, force:
         "rank": lambda: _rank(run, archive, cfg),
         "report": lambda: _report(run, archive, cfg, timings),
     }
-    for stage in STAGES:
-        if stage == "train" and not train_here:
-            continue
-        if run.is_done(stage) and not force:
-            timings[stage] = run.marker(stage).get("seconds", 0.0)
-            log.info("%s: complete, skipped", stage)
-            continue
-        run.clear(OUTPUTS[stage])
-        if stage in ("decode", "train", "embed"):
-            runtime.init(cfg.runtime)
-        t0 = time.perf_counter()
-        log.info("%s: running", stage, extra={"stage": stage})
-        info = steps[stage]()
-        timings[stage] = round(time.perf_counter() - t0, 3)
-        marker = {"seconds": timings[stage], **info}
-        run.mark(stage, marker)
-        log.info("%s: done in %.1f s", stage, timings[stage], extra={"stage": stage, "marker": marker})  # the console's stage line
+    if not train_here:
+        del steps["train"]
+    run_stages(run, steps, OUTPUTS, force, timings, lambda: runtime.init(cfg.runtime))
     summary = run.read_json("summary.json")
     embedded = summary["counts"]["frames_embedded"]
     return CurateResult(
@@ -114,6 +99,9 @@ def _decode(run: RunFolder, shards: list[str], cfg: Config, runtime) -> dict:
     """Every archive row to frames or error rows, in Ray tasks, into decoded/."""
     ds = runtime.read_parquet(shards, cfg.storage)
     runtime.write_parquet(runtime.decode(ds, cfg.decode), run.path("decoded").uri(), cfg.storage)
+    if not run.files("decoded"):  # an archive of no row (a night of re-sent images alone) writes no file
+        run.loc.fs.makedirs(run.path("decoded").path, exist_ok=True)
+        run.write_table("decoded/part-empty.parquet", schema.combine(schema.frames_schema(cfg.decode.size).empty_table(), schema.empty_errors()))
     stage_col = run.read_table("decoded", columns=["stage"]).column("stage")
     errors = int(pc.sum(pc.is_valid(stage_col)).as_py() or 0)
     return {"frames": len(stage_col) - errors, "errors": errors}
@@ -185,24 +173,9 @@ def _embed(run: RunFolder, cfg: Config, runtime) -> dict:
     return {"embedded": len(stage) - errors, "errors": errors}
 
 
-def frames_and_vectors(table: pa.Table) -> tuple[pd.DataFrame, np.ndarray]:
-    """Frame keys (and group columns) and vectors of an embeddings table's result rows, sorted by frame key."""
-    table = schema.result_rows(table)
-    frames = table.select([c for c in FRAME_COLUMNS if c in table.column_names]).to_pandas()
-    if table.num_rows == 0:
-        return frames, np.zeros((0, 0), np.float32)
-    col = table.column("embedding").combine_chunks()
-    lengths = set(pc.list_value_length(col).to_pylist())
-    if len(lengths) != 1 or col.null_count:
-        raise StorageError(f"embeddings must all have one length and none may be null: found lengths {sorted(map(str, lengths))}")
-    emb = col.flatten().to_numpy(zero_copy_only=False).reshape(-1, lengths.pop()).astype(np.float32)
-    order = np.lexsort((frames["frame_index"].to_numpy(), frames["image_id"].to_numpy()))
-    return frames.iloc[order].reset_index(drop=True), np.ascontiguousarray(emb[order])
-
-
 def load_embeddings(run: RunFolder) -> tuple[pd.DataFrame, np.ndarray]:
     """The run's embedded frames and their unit vectors, sorted by frame key (the rows of everything after)."""
-    return frames_and_vectors(run.read_table("embeddings"))
+    return schema.frames_and_vectors(run.read_table("embeddings"))
 
 
 def _index(run: RunFolder, cfg: Config) -> dict:
@@ -235,77 +208,33 @@ def load_graph(run: RunFolder):
     return KnnGraph.from_arrow(table.select(["row", "neighbors", "similarities"]))
 
 
-def _with_keys(df: pd.DataFrame, frames: pd.DataFrame) -> pd.DataFrame:
-    """Add the frame keys and source_uri of each `row` to an analysis table."""
-    keys = frames[["image_id", "frame_index", "source_uri"]].iloc[df["row"].to_numpy()].reset_index(drop=True)
-    return pd.concat([df.reset_index(drop=True), keys], axis=1)
-
-
 DUPLICATE_COLUMNS = ["group_id", "row", "kind", "similarity", "content_similarity", "is_representative", "group_size",
                      "pixel_hash", "image_id", "frame_index", "source_uri"]
 
 
-def pixel_hashes(run: RunFolder, frames: pd.DataFrame) -> list[str | None]:
-    """The decode stage's pixel_hash of each frame row (None where the decoded table has none)."""
-    if not len(frames):
-        return []
-    decoded = schema.result_rows(run.read_table("decoded", columns=["image_id", "frame_index", "pixel_hash", "stage"]))
-    keys = frames[["image_id", "frame_index"]].astype({"frame_index": "int64"})
-    found = keys.merge(decoded.to_pandas().astype({"frame_index": "int64"}), on=["image_id", "frame_index"], how="left")
-    return [h if isinstance(h, str) else None for h in found["pixel_hash"]]
-
-
-def _duplicates(run: RunFolder, archive: str, cfg: Config, frames: pd.DataFrame, emb: np.ndarray, graph,
-                thumbs: np.ndarray | None = None) -> pd.DataFrame:
+def _duplicates(archive: str, cfg: Config, frames: pd.DataFrame, emb: np.ndarray, graph, evidence: dict) -> pd.DataFrame:
     """Exact and near-duplicate groups (analysis.duplicates) of the run's frames, a row per path of each
-    exact member. thumbs: the frames' analysis.duplicates.thumbnails (None: no content check)."""
-    from enrich_ray.analysis.duplicates import archive_duplicates
+    exact member; evidence: the frames' analysis.evidence (its pixel hashes and thumbnails)."""
+    from enrich_ray.analysis.duplicates import archive_duplicates, rows_per_path
 
     if not len(frames):
         return pd.DataFrame(columns=DUPLICATE_COLUMNS)
     table = archive_table(archive, ["image_id", "source_uris"], cfg.storage).to_pandas()
     uris = frames["image_id"].map(dict(zip(table["image_id"], table["source_uris"])))
     uris = [list(u) if isinstance(u, (list, np.ndarray)) and len(u) else [s] for u, s in zip(uris, frames["source_uri"])]
-    groups = archive_duplicates(graph, emb, cfg.analysis, cfg.index, pixel_hashes(run, frames),
-                                np.array([len(u) for u in uris], np.int64), thumbs)
-    return _path_duplicates(_with_keys(groups, frames), uris)
+    groups = archive_duplicates(graph, emb, cfg.analysis, cfg.index, evidence["pixel_hash"],
+                                np.array([len(u) for u in uris], np.int64), evidence["thumbnail"] if graph.k else None)
+    return rows_per_path(schema.with_keys(groups, frames), uris)[DUPLICATE_COLUMNS]
 
 
-def _path_duplicates(dups: pd.DataFrame, uris: list[list[str]]) -> pd.DataFrame:
-    """A row per path of each exact member: a file at several paths (identical bytes, one archive row)
-    is its frame at each, the representative at its first path; a near member speaks for its first path."""
-    paths = [uris[r] if kind == "exact" else uris[r][:1] for r, kind in zip(dups["row"], dups["kind"])]
-    out = dups.loc[dups.index.repeat([len(p) for p in paths])].reset_index(drop=True)
-    out["source_uri"] = [uri for p in paths for uri in p]
-    first = np.concatenate([[True] + [False] * (len(p) - 1) for p in paths]) if paths else np.zeros(0, bool)
-    out["is_representative"] = out["is_representative"].to_numpy() & first
-    return out[DUPLICATE_COLUMNS]
+def frame_evidence(run: RunFolder, frames: pd.DataFrame) -> dict:
+    """The model-free evidence (analysis.evidence) of each frame row, read batch by batch from decoded/."""
+    from enrich_ray.analysis.evidence import DECODED_COLUMNS, MissingFrames, frame_evidence as evidence_of_frames
 
-
-EVIDENCE_COLUMNS = ["image_id", "frame_index", "modality", *schema.FRAME_FACTS, "colorfulness", "is_constant"]
-
-
-def frame_evidence(run: RunFolder, frames: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-    """The outlier table's evidence for each frame row (header facts, blank flags, appearance statistics)
-    and the near-duplicate content check's thumbnails (analysis.duplicates.thumbnails), computed batch
-    by batch over the decoded frames (the pixels never sit in memory whole)."""
-    from enrich_ray.analysis.duplicates import thumbnails
-    from enrich_ray.analysis.outliers import appearance_features
-
-    facts, features, thumbs = [], [], []
-    for batch in run.scan("decoded", [*EVIDENCE_COLUMNS, "pixels"], filter=pc.field("stage").is_null()):
-        pixels = batch.column("pixels").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-        features.append(appearance_features(pixels.reshape(batch.num_rows, -1)))
-        thumbs.append(thumbnails(pixels.reshape(batch.num_rows, -1)))
-        facts.append(batch.drop_columns(["pixels"]).to_pandas())
-    table = pd.concat(facts, ignore_index=True).astype({"frame_index": "int64"})
-    keys = frames[["image_id", "frame_index"]].astype({"frame_index": "int64"}).reset_index(names="_row")
-    found = keys.merge(table.reset_index(names="_decoded"), on=["image_id", "frame_index"], how="left")
-    found = found.sort_values("_row").drop_duplicates("_row")
-    if found["_decoded"].isna().any():
-        raise StorageError("the decoded table lacks frames the embeddings hold: rerun with --force")
-    where = found["_decoded"].to_numpy(np.int64)
-    return table.iloc[where].reset_index(drop=True), np.concatenate(features)[where], np.concatenate(thumbs)[where]
+    try:
+        return evidence_of_frames(run.scan("decoded", DECODED_COLUMNS, filter=pc.field("stage").is_null()), frames)
+    except MissingFrames as exc:
+        raise StorageError(f"the decoded table does not match the embeddings ({exc}): rerun with --force") from None
 
 
 def _analyze(run: RunFolder, archive: str, cfg: Config) -> dict:
@@ -315,8 +244,8 @@ def _analyze(run: RunFolder, archive: str, cfg: Config) -> dict:
 
     frames, emb = load_embeddings(run)
     graph = load_graph(run)
-    header, appearance, thumbs = frame_evidence(run, frames) if len(frames) and graph.k else (None, None, None)
-    dups = _duplicates(run, archive, cfg, frames, emb, graph, thumbs)
+    evidence = frame_evidence(run, frames)
+    dups = _duplicates(archive, cfg, frames, emb, graph, evidence)
     if len(frames) and graph.k:
         nn = graph.nn_similarity
         groups = frames[[c for c in schema.GROUP_KEYS if c in frames.columns]]
@@ -324,8 +253,9 @@ def _analyze(run: RunFolder, archive: str, cfg: Config) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             plot_redundancy({"this archive": nn}, f"{tmp}/redundancy.png")
             run.write_bytes("redundancy.png", Path(f"{tmp}/redundancy.png").read_bytes())
-        space = neighbourhood_space(cfg.analysis.outlier_space, graph, emb, thumbs, cfg.analysis.outlier_scales, cfg.index)
-        outl = _with_keys(outlier_table(*space, appearance, header, duplicate_families(dups, len(frames)), cfg.analysis), frames)
+        space = neighbourhood_space(cfg.analysis.outlier_space, graph, emb, evidence["thumbnail"], cfg.analysis.outlier_scales, cfg.index)
+        outl = schema.with_keys(outlier_table(*space, evidence["appearance"], evidence["header"],
+                                              duplicate_families(dups, len(frames)), cfg.analysis), frames)
     else:
         stats = {}
         outl = pd.DataFrame(columns=["rank", "row", "score", "nn_similarity", "flagged", "reason", "image_id", "frame_index", "source_uri"])
@@ -340,28 +270,32 @@ def _analyze(run: RunFolder, archive: str, cfg: Config) -> dict:
 
 def _rank(run: RunFolder, archive: str, cfg: Config) -> dict:
     from enrich_ray.selection import rank
-    from enrich_ray.selection.manifest import build_manifest
+    from enrich_ray.selection.junk import excluded_rows
+    from enrich_ray.selection.manifest import build_manifest, empty_manifest, frame_judgments
+    from enrich_ray.selection.rankers import rank_toward_exemplars
     from enrich_ray.selection.seeds import seed_rows
 
     frames, emb = load_embeddings(run)
-    group, flag = frame_judgments(run.read_table("duplicates.parquet").to_pandas(),
-                                  run.read_table("outliers.parquet", columns=["row", "flagged"]).to_pandas(), len(frames))
+    dups = run.read_table("duplicates.parquet").to_pandas()
+    outl = run.read_table("outliers.parquet").to_pandas()
+    group, flag = frame_judgments(dups, outl, len(frames))
     sop = archive_table(archive, ["image_id", "sop_uid"], cfg.storage).to_pandas()
     frames = frames.assign(sop_uid=frames["image_id"].map(dict(zip(sop["image_id"], sop["sop_uid"]))))
     if len(frames) == 0:
-        empty = pd.DataFrame(columns=["rank", "image_id", "frame_index", "source_uri", "ranker", "score", "is_seed"])
+        empty = empty_manifest()
         run.write_table("manifest.parquet", empty)
         run.write_csv("manifest.csv", empty)
         run.write_table("excluded.parquet", pd.DataFrame(columns=EXCLUDED_COLUMNS))
         return {"ranked": 0, "excluded": {}}
-    excluded, keep = _excluded(run, frames, cfg)
+    junk, keep = excluded_rows(outl, dups, len(frames), cfg.selection)
+    excluded = schema.with_keys(junk, frames)[EXCLUDED_COLUMNS]
     run.write_table("excluded.parquet", excluded)
     frames, emb, group, flag = frames.iloc[keep].reset_index(drop=True), emb[keep], group[keep], flag[keep]
     labeled = labeled_mask(cfg.selection.seed_manifest, frames, cfg)
     seed = seed_rows(len(frames), cfg.selection, labeled)
     sel = cfg.selection
     if sel.ranker == "smi" and sel.smi_query and _is_folder(sel.smi_query, cfg):
-        ranking = _rank_toward_exemplars(emb, seed, exemplar_embeddings(sel.smi_query, run, cfg), cfg)
+        ranking = rank_toward_exemplars(emb, seed, exemplar_embeddings(sel.smi_query, run, cfg), sel.k, sel)
     else:
         query = query_rows(sel.smi_query, frames, cfg) if sel.ranker == "smi" else None
         ranking = rank(sel.ranker, emb, seed, sel.k, sel, query=query, progress=True)
@@ -371,36 +305,7 @@ def _rank(run: RunFolder, archive: str, cfg: Config) -> dict:
     return {"ranked": len(manifest), "seed": len(seed), "excluded": excluded["why"].value_counts().to_dict()}
 
 
-def frame_judgments(dups: pd.DataFrame, outl: pd.DataFrame, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per frame row: its duplicate family (analysis.duplicates.duplicate_families; -1 outside any) and
-    whether the outlier table flagged it: the manifest's duplicate_group and outlier_flag (curate, nightly)."""
-    from enrich_ray.analysis.duplicates import duplicate_families
-
-    flag = np.zeros(n, bool)
-    if len(outl):
-        flag[outl["row"].to_numpy(np.int64)] = outl["flagged"].to_numpy(bool)
-    return duplicate_families(dups.drop_duplicates(["group_id", "row"]) if len(dups) else dups, n), flag
-
-
 EXCLUDED_COLUMNS = ["row", "why", "reason", "image_id", "frame_index", "source_uri"]
-
-
-def _excluded(run: RunFolder, frames: pd.DataFrame, cfg: Config) -> tuple[pd.DataFrame, np.ndarray]:
-    """The frames that leave the ranking (selection.junk: flagged foreign, blank, exact copies), keyed,
-    and the rows that stay; with selection.exclude_junk false every row stays and none is listed."""
-    from enrich_ray.selection.junk import junk_rows, ranking_rows
-
-    outl = run.read_table("outliers.parquet").to_pandas()
-    dups = run.read_table("duplicates.parquet").to_pandas()
-    blank = None
-    if "is_constant" in outl.columns:
-        blank = np.zeros(len(frames), bool)
-        blank[outl["row"].to_numpy(np.int64)] = outl["is_constant"].to_numpy(bool)
-    junk = junk_rows(outl, dups.drop_duplicates("row"), blank) if len(outl) else pd.DataFrame(columns=["row", "why", "reason"])
-    keep = ranking_rows(len(frames), junk, cfg.selection)
-    if len(keep) == len(frames):
-        junk = junk.iloc[:0]
-    return _with_keys(junk, frames)[EXCLUDED_COLUMNS], keep
 
 
 def _is_folder(uri: str, cfg: Config) -> bool:
@@ -419,18 +324,7 @@ def exemplar_embeddings(folder: str, run: RunFolder, cfg: Config) -> np.ndarray:
     state_file = run.path("embed_state.json")
     state = state_from_json(state_file.fs.cat_file(state_file.path).decode()) if state_file.fs.exists(state_file.path) else None
     embeddings, _ = make_embedder(cfg.embed, cfg.decode, cfg.storage, state).embed_batch(frames)
-    return frames_and_vectors(embeddings)[1]
-
-
-def _rank_toward_exemplars(emb: np.ndarray, seed: np.ndarray, exemplars: np.ndarray, cfg: Config):
-    """Targeted ranking with external exemplars: they join as query rows that are never ranked."""
-    from enrich_ray.selection import Ranking, rank
-
-    n = len(emb)
-    query = np.arange(n, n + len(exemplars), dtype=np.int64)
-    both = rank("smi", np.vstack([emb, exemplars]), np.concatenate([seed, query]), cfg.selection.k, cfg.selection, query=query)
-    keep = both.order < n
-    return Ranking(ranker="smi", order=both.order[keep], score=both.score[keep], n_seed=len(seed))
+    return schema.frames_and_vectors(embeddings)[1]
 
 
 def query_rows(smi_query: str | None, frames: pd.DataFrame, cfg: Config) -> np.ndarray:

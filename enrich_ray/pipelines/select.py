@@ -10,7 +10,8 @@ import pyarrow.dataset as pads
 
 from enrich_ray.config import Config, ConfigError
 from enrich_ray.io.fs import StorageError, resolve
-from enrich_ray.pipelines.curate import FRAME_COLUMNS, frames_and_vectors, labeled_mask, query_rows
+from enrich_ray.pipelines.curate import labeled_mask, query_rows
+from enrich_ray.schema import FRAME_COLUMNS, frames_and_vectors
 from enrich_ray.pipelines.run_folder import RunFolder
 
 

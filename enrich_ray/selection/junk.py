@@ -79,3 +79,16 @@ def junk_of_images(embeddings: np.ndarray, images: np.ndarray, analysis: Analysi
     outl = outlier_table(*space, appearance_features(images), pd.DataFrame({"is_constant": blank}),
                          duplicate_families(dups, n), analysis)
     return junk_rows(outl, dups, blank)
+
+
+def excluded_rows(outliers: pd.DataFrame, duplicates: pd.DataFrame, n: int, cfg: SelectionConfig) -> tuple[pd.DataFrame, np.ndarray]:
+    """The junk rows that leave the ranking (blank frames read from the outlier table's is_constant) and
+    the rows that stay; with cfg.exclude_junk false every row stays and none is listed."""
+    blank = None
+    if "is_constant" in outliers.columns:
+        blank = np.zeros(n, bool)
+        blank[outliers["row"].to_numpy(np.int64)] = outliers["is_constant"].to_numpy(bool)
+    junk = junk_rows(outliers, duplicates.drop_duplicates("row"), blank) if len(outliers) else \
+        pd.DataFrame({c: pd.Series(dtype=t) for c, t in JUNK_COLUMNS.items()})
+    keep = ranking_rows(n, junk, cfg)
+    return (junk.iloc[:0] if len(keep) == n else junk), keep

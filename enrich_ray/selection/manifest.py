@@ -5,10 +5,10 @@ import numpy as np
 import pandas as pd
 
 from enrich_ray.config import SelectionConfig
+from enrich_ray.schema import FRAME_COLUMNS
 from enrich_ray.selection.enrich import coverage_curve
 from enrich_ray.selection.ranking import Ranking
 
-FRAME_COLUMNS = ["image_id", "frame_index", "source_uri", "patient_key", "study_uid", "series_uid", "modality"]
 KEY_COLUMNS = ["sop_uid", "patient_key", "study_uid", "series_uid", "modality"]  # strings, null when unknown
 # running counts of distinct groups covered so far: manifest column <- frames column
 COVERED = {"patients_covered": "patient_key", "studies_covered": "study_uid", "series_covered": "series_uid"}
@@ -74,3 +74,22 @@ def build_manifest(
 def _keys(values: pd.Series) -> pd.Series:
     """Identifiers as strings, None (not NaN or '') where unknown: a string column with nulls in Parquet."""
     return pd.Series([None if pd.isna(k) or k == "" else str(k) for k in values], dtype=object)
+
+
+def empty_manifest() -> pd.DataFrame:
+    """The manifest of a run with nothing to rank."""
+    return pd.DataFrame({"rank": pd.Series(dtype="int64"), "image_id": pd.Series(dtype="str"),
+                         "frame_index": pd.Series(dtype="int32"), "source_uri": pd.Series(dtype="str"),
+                         "ranker": pd.Series(dtype="str"), "score": pd.Series(dtype="float32"),
+                         "is_seed": pd.Series(dtype="bool")})
+
+
+def frame_judgments(dups: pd.DataFrame, outl: pd.DataFrame, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per frame row: its duplicate family (analysis.duplicates.duplicate_families; -1 outside any) and
+    whether the outlier table flagged it: the manifest's duplicate_group and outlier_flag."""
+    from enrich_ray.analysis.duplicates import duplicate_families
+
+    flag = np.zeros(n, bool)
+    if len(outl):
+        flag[outl["row"].to_numpy(np.int64)] = outl["flagged"].to_numpy(bool)
+    return duplicate_families(dups.drop_duplicates(["group_id", "row"]) if len(dups) else dups, n), flag

@@ -57,3 +57,13 @@ def rank(
             pool=cfg.smi_pool,
         )
     raise ValueError(f"unknown ranker {name!r}: choose one of {', '.join(RANKERS)}")
+
+
+def rank_toward_exemplars(emb: np.ndarray, seed: np.ndarray, exemplars: np.ndarray, k: int | None,
+                          cfg: SelectionConfig) -> Ranking:
+    """Targeted ranking with external exemplars: they join as query rows that are never ranked."""
+    n = len(emb)
+    query = np.arange(n, n + len(exemplars), dtype=np.int64)
+    both = rank("smi", np.vstack([emb, exemplars]), np.concatenate([seed, query]), k, cfg, query=query)
+    keep = both.order < n
+    return Ranking(ranker="smi", order=both.order[keep], score=both.score[keep], n_seed=len(seed))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from enrich_ray.pipelines.curate import STAGES
+from enrich_ray.pipelines.stages import STAGES
 
 MAX_LINES = 25
 RESULT_LINES = ("images in:", "report:", "no frame could be embedded")

@@ -165,7 +165,8 @@ def test_byte_copies_are_rows_of_their_exact_group_and_near_members_speak_for_on
     from enrich_ray.analysis.duplicates import near_duplicates
     from enrich_ray.index.knn import exact_knn_graph
     from enrich_ray.analysis.duplicates import duplicate_families
-    from enrich_ray.pipelines.curate import _path_duplicates, _with_keys
+    from enrich_ray.analysis.duplicates import rows_per_path
+    from enrich_ray.schema import with_keys
 
     rng = np.random.default_rng(0)
     base = rng.standard_normal((3, 32))
@@ -175,7 +176,7 @@ def test_byte_copies_are_rows_of_their_exact_group_and_near_members_speak_for_on
     uris = [["a"], ["b1", "b2"], ["c1", "c2"], ["d1", "d2", "d3"], ["e"]]  # identical bytes at several paths
     frames = pd.DataFrame({"image_id": list("abcde"), "frame_index": 0, "source_uri": [u[0] for u in uris]})
     groups = near_duplicates(exact_knn_graph(x, 2), 0.98, x, hashes, np.array([len(u) for u in uris]))
-    dups = _path_duplicates(_with_keys(groups, frames), uris)
+    dups = rows_per_path(with_keys(groups, frames), uris)
     by_group = {g: d for g, d in dups.groupby("group_id")}
     assert sorted(by_group) == [0, 1, 2, 3]  # exact {0, 1}, near {0, 2}, exact {2} (bytes at two paths), exact {3}
     g0, g1, g2, g3 = (by_group[g] for g in range(4))
@@ -217,7 +218,8 @@ def test_planted_duplicates_reach_their_floors(planted_archive):
     from enrich_ray.analysis.duplicates import content_similarity, near_duplicates, thumbnails
     from enrich_ray.config import AnalysisConfig
     from enrich_ray.index.knn import exact_knn_graph
-    from enrich_ray.pipelines.curate import _path_duplicates, _with_keys
+    from enrich_ray.analysis.duplicates import rows_per_path
+    from enrich_ray.schema import with_keys
     from enrich_ray.truth import score_exact, score_near
 
     out, truth, meta, pixels, emb, uris = planted_archive
@@ -225,7 +227,7 @@ def test_planted_duplicates_reach_their_floors(planted_archive):
     thumbs = thumbnails(pixels)
     table = near_duplicates(exact_knn_graph(emb, 10), cfg.near_duplicate_threshold, emb, meta["pixel_hash"].tolist(),
                             np.array([len(u) for u in uris]), thumbs, cfg.near_duplicate_content_threshold)
-    dups = _path_duplicates(_with_keys(table, meta[["image_id", "frame_index", "source_uri"]]), uris)
+    dups = rows_per_path(with_keys(table, meta[["image_id", "frame_index", "source_uri"]]), uris)
     dups["source_uri"] = [u.split("/src/", 1)[1] for u in dups["source_uri"]]
     exact = score_exact(truth, dups, str(out / "src"))
     assert exact["precision"] == 1.0 and exact["recall"] == 1.0 and exact["true_pairs"] >= 5
