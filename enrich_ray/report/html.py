@@ -91,6 +91,21 @@ CONTENTS = [
 ]
 
 
+NIGHT_CONTENTS = ("night", "What the night added to the catalog")
+# The night section: write_report's `night` keys in plain words, with their units; a missing key shows "not recorded".
+NIGHT_LABELS = {
+    "night": ("night", "date"),
+    "frames_added": ("frames the night added to the catalog", "frames"),
+    "catalog_frames_before": ("frames in the catalog before the night", "frames"),
+    "catalog_frames_after": ("frames in the catalog after the night", "frames"),
+    "nights_in_catalog": ("nights in the catalog, this one included", "nights"),
+    "resent_images": ("images sent again: already in the catalog, not added twice", "images"),
+    "exact_against_earlier": ("the night's frames that exactly duplicate a frame of an earlier night", "frames"),
+    "near_against_earlier": ("the night's frames that nearly duplicate a frame of an earlier night", "frames"),
+    "labeled_frames": ("frames of the catalog already labeled: the night's ranking starts from them", "frames"),
+}
+
+
 def collapse_warnings(embedding: Mapping[str, Any]) -> list[str]:
     """Why the embedding looks collapsed (empty when it does not); the one home of the rule.
 
@@ -131,15 +146,17 @@ def write_report(
     *,
     frames: pd.DataFrame | None = None,
     embeddings: np.ndarray | None = None,
+    night: Mapping[str, Any] | None = None,
 ) -> None:
     """Render the run's results as one self-contained HTML page at `path` (a local path or URI;
     `storage` carries an object store's endpoint and credentials). `frames`, when given, is every
     embedded frame with its group keys (modality, series_uid, study_uid, patient_key): what the archive
     section counts; without it the section counts the manifest's ranked frames. `embeddings`, when
     given, holds one code per embedded frame (the tables' `row` indexes it): the embedding map; without
-    it the page says there is no map."""
+    it the page says there is no map. `night`, given for a nightly run, is what the night added to the
+    catalog (NIGHT_LABELS' keys, each optional): its own section, linked from the first screen."""
     page = render_report(summary, manifest, duplicates, outliers, errors, nn_similarity, thumbnails, cfg, frames=frames,
-                         embeddings=embeddings)
+                         embeddings=embeddings, night=night)
     loc = resolve(path, storage)
     if loc.is_local:
         os.makedirs(os.path.dirname(loc.path) or ".", exist_ok=True)
@@ -159,6 +176,7 @@ def render_report(
     *,
     frames: pd.DataFrame | None = None,
     embeddings: np.ndarray | None = None,
+    night: Mapping[str, Any] | None = None,
 ) -> str:
     """The report page as a string (write_report without the writing): templates/report.html.j2 over the
     figures this module computes."""
@@ -184,8 +202,10 @@ def render_report(
         "root": paths.root,
         "collapse": warnings,
         "checks_failed": [name for name, ok in (summary.get("checks") or {}).items() if not ok],
-        "summary": _summary_items(manifest, budget, selection, duplicates, outliers, causes, embedding, warnings),
-        "contents": CONTENTS[1:],
+        "night": None if night is None else _night(night),
+        "summary": ([_night_item(night)] if night is not None else [])
+        + _summary_items(manifest, budget, selection, duplicates, outliers, causes, embedding, warnings),
+        "contents": ([NIGHT_CONTENTS] if night is not None else []) + CONTENTS[1:],
         "thumbnail_note": None if cfg.thumbnails and thumbnails is not None else ("off" if not cfg.thumbnails else "none"),
         "ranking": _ranking(manifest, top, selection, thumbs, paths, excluded, curve, budget),
         "map": None if embeddings is None else _embedding_map(np.asarray(embeddings), manifest, outliers, frames,
@@ -372,6 +392,34 @@ def _run_facts(summary: dict, manifest: pd.DataFrame) -> list[str]:
     facts = [f"{k}: {v}" for k, v in (summary.get("run") or {}).items()]
     ranker = ", ".join(sorted(manifest["ranker"].dropna().astype(str).unique())) if len(manifest) else ""
     return facts + ([f"ranker: {ranker}"] if ranker else [])
+
+
+def _night(night: Mapping[str, Any]) -> dict:
+    """What the night added to the catalog: its date and the table of NIGHT_LABELS (and any other key as given)."""
+    rows = [[label, _value(night[key]) if night.get(key) is not None else "not recorded", unit]
+            for key, (label, unit) in NIGHT_LABELS.items()]
+    rows += [[str(k), _value(v), ""] for k, v in night.items() if k not in NIGHT_LABELS]
+    return {"date": str(night["night"]) if night.get("night") not in (None, "") else None, "rows": rows}
+
+
+def _night_item(night: Mapping[str, Any]) -> dict:
+    """The first screen's line for a nightly run: what the night added, linked to its section; figures it does not
+    record are left out here (the section says "not recorded")."""
+    known = {k: _value(v) for k, v in night.items() if v is not None}
+    night_of = f" {known['night']}" if known.get("night") else ""
+    link = (f"The night{night_of} added {known['frames_added']} frames to the catalog" if "frames_added" in known
+            else f"What the night{night_of} added to the catalog")
+    parts = []
+    if "catalog_frames_before" in known and "catalog_frames_after" in known:
+        parts.append(f"{known['catalog_frames_before']} → {known['catalog_frames_after']} frames in the catalog")
+    if "nights_in_catalog" in known:
+        parts.append(f"{known['nights_in_catalog']} nights in it")
+    if "resent_images" in known:
+        parts.append(f"{known['resent_images']} images sent again (not added twice)")
+    for key, kind in (("exact_against_earlier", "exact"), ("near_against_earlier", "near")):
+        if key in known:
+            parts.append(f"{known[key]} {kind} duplicates of earlier nights' frames")
+    return {"href": "night", "link": link, "rest": (": " + "; ".join(parts) if parts else "") + "."}
 
 
 def _summary_items(manifest: pd.DataFrame, budget: int | None, sel: SelectionConfig, duplicates: pd.DataFrame,

@@ -710,3 +710,64 @@ def test_projection_separates_planted_clusters_is_deterministic_and_capped():
     assert np.array_equal(rows, again[0]) and np.array_equal(xy, again[1])
     all_rows, _ = project_2d(codes[:400], max_points=500)
     assert np.array_equal(all_rows, np.arange(400))
+
+
+NIGHT = {"night": "2026-11-20", "frames_added": 1234, "catalog_frames_before": 20000, "catalog_frames_after": 21234,
+         "nights_in_catalog": 6, "resent_images": 3, "exact_against_earlier": 12, "near_against_earlier": 40,
+         "labeled_frames": 500}
+
+
+def night_rows(page: str) -> dict[str, tuple[str, str]]:
+    """The night section's table: label -> (value, unit)."""
+    section = page.split('<section id="night">')[1].split("</section>")[0]
+    return {label: (value, unit) for label, value, unit in
+            re.findall(r'<tr><td>(.*?)</td><td class="num">(.*?)</td><td>(.*?)</td></tr>', section)}
+
+
+def test_a_nightly_report_says_what_the_night_added_to_the_catalog(inputs, tmp_path):
+    page = inputs.write(tmp_path / "night.html", ReportConfig(thumbnails=False), night=NIGHT)
+    assert "<title>enrich_ray nightly report, night 2026-11-20</title>" in page
+    assert "<h1>enrich_ray nightly report: night 2026-11-20</h1>" in page
+    # the night's section comes first, then every section a curate report has
+    sections = re.findall(r'<section id="([\w-]+)">', page)
+    assert sections[:2] == ["summary", "night"]
+    curate = re.findall(r'<section id="([\w-]+)">', inputs.write(tmp_path / "curate.html", ReportConfig(thumbnails=False)))
+    assert sections == curate[:1] + ["night"] + curate[1:]
+    contents = re.findall(r'<li><a href="#([\w-]+)">', page.split('<nav id="contents"')[1].split("</nav>")[0])
+    assert contents[0] == "night" and contents[1:] == [s for s in curate if s != "summary"]
+    first = re.findall(r"<li>(.*?)</li>", page.split('<section id="summary">')[1].split("</section>")[0])
+    assert first[0] == ('<a href="#night">The night 2026-11-20 added 1,234 frames to the catalog</a>: 20,000 → 21,234 '
+                        "frames in the catalog; 6 nights in it; 3 images sent again (not added twice); 12 exact "
+                        "duplicates of earlier nights&#39; frames; 40 near duplicates of earlier nights&#39; frames.")
+    assert first[1].startswith('<a href="#budget">Label these ')
+    rows = night_rows(page)
+    assert len(rows) == len(NIGHT)
+    assert rows["night"] == ("2026-11-20", "date")
+    assert rows["frames the night added to the catalog"] == ("1,234", "frames")
+    assert rows["frames in the catalog before the night"] == ("20,000", "frames")
+    assert rows["frames in the catalog after the night"] == ("21,234", "frames")
+    assert rows["nights in the catalog, this one included"] == ("6", "nights")
+    assert rows["images sent again: already in the catalog, not added twice"] == ("3", "images")
+    assert rows["the night&#39;s frames that exactly duplicate a frame of an earlier night"] == ("12", "frames")
+    assert rows["the night&#39;s frames that nearly duplicate a frame of an earlier night"] == ("40", "frames")
+    assert rows["frames of the catalog already labeled: the night&#39;s ranking starts from them"] == ("500", "frames")
+
+
+def test_a_night_that_records_little_says_not_recorded_and_escapes_what_it_is_given(inputs, tmp_path):
+    night = {"night": EVIL, "frames_added": 7, "catalog_frames_after": None, "pixels_checked": 3}
+    page = without_own_script(inputs.write(tmp_path / "night.html", ReportConfig(thumbnails=False), night=night))
+    assert "<script" not in page and "<b>bold</b>" not in page
+    escaped = "&lt;script&gt;alert(&#39;phi&#39;)&lt;/script&gt; &amp; &lt;b&gt;bold&lt;/b&gt;"
+    rows = night_rows(page)
+    assert rows["night"] == (escaped, "date") and rows["frames the night added to the catalog"] == ("7", "frames")
+    assert rows["pixels_checked"] == ("3", "")  # a key the report does not know is still shown
+    unknown = [label for label, (value, _) in rows.items() if value == "not recorded"]
+    assert len(unknown) == 7 and "frames in the catalog after the night" in unknown
+    first = re.findall(r"<li>(.*?)</li>", page.split('<section id="summary">')[1].split("</section>")[0])[0]
+    assert first == f'<a href="#night">The night {escaped} added 7 frames to the catalog</a>.'
+    page = inputs.write(tmp_path / "empty.html", ReportConfig(thumbnails=False), night={})
+    assert '<a href="#night">What the night added to the catalog</a>.' in page and "<h1>enrich_ray nightly report</h1>" in page
+    assert [v for v, _ in night_rows(page).values()] == ["not recorded"] * len(NIGHT)
+    # a curate run passes no night: no such section, link or title
+    page = inputs.write(tmp_path / "curate.html", ReportConfig(thumbnails=False))
+    assert 'id="night"' not in page and 'href="#night"' not in page and "<title>enrich_ray report</title>" in page
