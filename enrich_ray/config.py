@@ -42,6 +42,9 @@ class StorageConfig:
     access_key_id: str | None = None
     secret_access_key: str | None = None
     session_token: str | None = None
+    # How long the nightly catalog's lock holds before another run may take it over (a crashed run's
+    # lock): longer than any night's run (the RayJob's deadline, 12 h), shorter than a day.
+    lock_expiry_s: float = 43200.0
 
 
 @dataclass
@@ -366,6 +369,7 @@ def check_analysis(cfg: AnalysisConfig) -> None:
 # pipelines/evaluate.check_evaluate_config).
 RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "runtime.num_cpus": (1, None, False),
+    "storage.lock_expiry_s": (0, None, True),
     "runtime.no_progress_timeout_s": (0, None, True),
     "pack.shard_max_bytes": (1, None, False),
     "pack.row_group_bytes": (1, None, False),

@@ -20,8 +20,6 @@ last, and readers see only the nights that catalog.json lists.
 from __future__ import annotations
 
 import json
-import os
-import socket
 import time
 
 import numpy as np
@@ -32,6 +30,7 @@ from enrich_ray import schema
 from enrich_ray.analysis.evidence import evidence_of
 from enrich_ray.config import Config
 from enrich_ray.io.fs import Location, StorageError
+from enrich_ray.io.lock import Lock, LockHeld
 from enrich_ray.pipelines.run_folder import RunFolder
 
 CATALOG_FILE = "catalog.json"
@@ -62,33 +61,16 @@ class Catalog:
         return [n["night"] for n in self.state["nights"]]
 
     def acquire(self) -> None:
-        """Hold the catalog for this run, or refuse while another holds it."""
-        lock = self.run.path(LOCK_FILE)
-        holder = {"host": socket.gethostname(), "pid": os.getpid(), "since": now()}
-        if lock.is_local:
-            try:
-                fd = os.open(lock.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                raise CatalogBusy(self._busy_message()) from None
-            with os.fdopen(fd, "w") as fh:
-                json.dump(holder, fh)
-            return
-        if lock.fs.exists(lock.path):  # object stores: best effort, documented in README
-            raise CatalogBusy(self._busy_message())
-        self.run.write_json(LOCK_FILE, holder)
-
-    def _busy_message(self) -> str:
+        """Hold the catalog for this run (io.lock: exclusive on a folder and on S3), or refuse while another holds it."""
+        self.lock = Lock(self.run.path(LOCK_FILE), self.cfg.storage.lock_expiry_s)
         try:
-            holder = self.run.read_json(LOCK_FILE)
-        except (OSError, ValueError):
-            holder = {}
-        return (
-            f"catalog {self.uri} is held by another run (host {holder.get('host')}, pid {holder.get('pid')}, "
-            f"since {holder.get('since')}); if no run is active, delete {self.run.path(LOCK_FILE).uri()}"
-        )
+            self.lock.acquire()
+        except LockHeld as exc:
+            raise CatalogBusy(f"catalog {self.uri}: {exc}") from None
 
     def release(self) -> None:
-        self.run.clear([LOCK_FILE])
+        """Give the catalog back (LockNotHeld when another run took an expired lock over meanwhile)."""
+        self.lock.release()
 
     def commit(self, night: str, entry: dict, index_version: str | None, model_hash: str) -> None:
         """Make the night visible: catalog.json is rewritten last, in one write."""

@@ -161,6 +161,10 @@ def test_three_nights(ray_cluster, nights, tmp_path, monkeypatch):
     assert sorted(again["image_id"]) == sorted(emb["image_id"])
     assert not (catalog / "embeddings").exists() and not (catalog / "model").exists()
 
-    (catalog / "_lock").write_text('{"host": "other", "pid": 1}')
-    with pytest.raises(CatalogBusy, match="held by another run"):
+    held = {"host": "other", "pid": 1, "run_id": "r1", "started": "2026-11-21T02:30:00Z", "expires": "2999-01-01T00:00:00Z"}
+    (catalog / "_lock").write_text(json.dumps(held))
+    with pytest.raises(CatalogBusy, match=r"is held by run r1 on host other \(pid 1\)"):
         nightly(str(catalog), archives[2], "2026-11-21", cfg)
+    (catalog / "_lock").write_text(json.dumps({**held, "expires": "2026-11-21T14:30:00Z"}))  # a crashed run's, expired
+    assert "already in catalog" in nightly(str(catalog), archives[2], NIGHTS[2], cfg).message
+    assert not (catalog / "_lock").exists()
