@@ -583,16 +583,3 @@ def iter_dicom_frames(data: bytes, cfg: DecodeConfig) -> Iterator[tuple[int, Dis
     except Exception as exc:
         raise _failure(exc) from exc
     return _native_frames(frames, ds, n, cfg)
-
-
-def decode_dicom(data: bytes, cfg: DecodeConfig) -> list[np.ndarray]:
-    """Every frame of a DICOM file as a 2-D float32 display image in [0, 1] (before crop and resize).
-
-    Raises DicomError on the first file- or frame-level failure.
-    """
-    frames = []
-    for _, frame in iter_dicom_frames(data, cfg):
-        if isinstance(frame, Exception):
-            raise frame
-        frames.append(frame.image)
-    return frames

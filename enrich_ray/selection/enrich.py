@@ -15,12 +15,15 @@ everything ranked so far is the smallest (ties: lowest row). Three exact paths:
 from __future__ import annotations
 
 import importlib.util
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from enrich_ray.progress import progress_bar
 from enrich_ray.selection.ranking import Ranking, check_embeddings, check_k, check_seed
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 Method = Literal["auto", "plain", "clustered", "torch"]
 

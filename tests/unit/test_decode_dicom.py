@@ -17,11 +17,21 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, RLELossless
 from enrich_ray import schema
 from enrich_ray.config import DecodeConfig
 from enrich_ray.decode import causes
-from enrich_ray.decode.dicom import DicomError, decode_dicom, read_header
+from enrich_ray.decode.dicom import DicomError, iter_dicom_frames, read_header
 from enrich_ray.decode.preprocess import LUMA_WEIGHTS, colorfulness, preprocess
 from enrich_ray.decode.sniff import sniff_format
 from enrich_ray.decode.stage import decode_batch
 from tests.conftest import testdata_path
+
+
+def decode_dicom(data: bytes, cfg: DecodeConfig) -> list[np.ndarray]:
+    """Every frame of a DICOM file as a 2-D display image (before crop and resize); the first failure raised."""
+    frames = []
+    for _, frame in iter_dicom_frames(data, cfg):
+        if isinstance(frame, Exception):
+            raise frame
+        frames.append(frame.image)
+    return frames
 
 FULL = DecodeConfig(reduced_resolution=False)
 
