@@ -115,3 +115,17 @@ def test_every_numeric_setting_has_a_range_and_each_range_refuses():
         bad = high * 2 + 1 if low is None else (low if open_low else low - 1)
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             load_config(None, [f"{key}={bad}"])
+
+
+def test_every_setting_is_read_by_the_code():
+    """A setting nobody reads is a promise the tool does not keep: each field of each section appears as an
+    attribute read (`.name`) in the package outside config.py, or in a getattr by its name."""
+    import dataclasses
+    import re
+
+    package = Path(__file__).resolve().parents[2] / "enrich_ray"
+    code = "\n".join(p.read_text(encoding="utf-8") for p in package.rglob("*.py") if p.name != "config.py")
+    unread = [f"{section.name}.{field.name}" for section in dataclasses.fields(Config)
+              for field in dataclasses.fields(getattr(Config(), section.name))
+              if not re.search(rf"\.{field.name}\b|[\"']{field.name}[\"']", code)]
+    assert not unread, unread
