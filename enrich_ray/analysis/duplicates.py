@@ -386,3 +386,12 @@ def later_duplicates(groups: pd.DataFrame, first_row: int, resent: Sequence[str]
     rows = [{"group_id": first + g, "row": int(r), "kind": "resent", "similarity": 1.0, "is_representative": True}
             for g, image_id in enumerate(resent) for r in np.flatnonzero(ids == image_id)]
     return pd.concat([dups, pd.DataFrame(rows)], ignore_index=True) if rows else dups.reset_index(drop=True)
+
+
+def later_rows_with_earlier(groups: pd.DataFrame, first_row: int, kind: str) -> int:
+    """How many rows of first_row on (a night's frames) share a group of this kind with a row before it."""
+    if not len(groups):
+        return 0
+    g = groups[groups["kind"] == kind].drop_duplicates(["group_id", "row"])
+    mixed = g.groupby("group_id")["row"].transform("min") < first_row
+    return int((mixed & (g["row"] >= first_row)).sum())

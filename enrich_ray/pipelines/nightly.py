@@ -233,7 +233,8 @@ class _Night:
         return {"ranked": int((~manifest["is_seed"]).sum()), "seed": int(lab_mask.sum()), "excluded": {}}
 
     def report(self, archive_ids: list[str], timings: dict) -> dict:
-        """errors.parquet, summary.json and report.html of the night."""
+        """errors.parquet, summary.json and report.html of the night (with what it added to the catalog)."""
+        from enrich_ray.analysis.duplicates import later_rows_with_earlier
         from enrich_ray.report.html import write_report
 
         new_frames, new_emb = self.frames
@@ -265,10 +266,14 @@ class _Night:
             """Tonight's rows of an analysis table, renumbered from 0 like the thumbnails."""
             return df[df["row"] >= self.n_hist].assign(row=lambda d: d["row"] - self.n_hist) if len(df) else df
 
+        dups = self.out.read_table("duplicates.parquet").to_pandas()
+        added = {"night": self.night, "frames_added": len(new_frames), "catalog_frames_before": self.n_hist,
+                 "catalog_frames_after": self.n_hist + len(new_frames), "nights_in_catalog": len(set(self.cat.nights) | {self.night}),
+                 "resent_images": len(self.resent), "exact_against_earlier": later_rows_with_earlier(dups, self.n_hist, "exact"),
+                 "near_against_earlier": later_rows_with_earlier(dups, self.n_hist, "near"), "labeled_frames": counts["labeled_seed_frames"]}
         write_report(self.out.path("report.html").uri(), {"counts": counts, "run": {"night": self.night}, "embedding": embedding},
-                     shown, tonight(self.out.read_table("duplicates.parquet").to_pandas()),
-                     tonight(self.out.read_table("outliers.parquet").to_pandas()), errors, nn, thumbs, self.cfg.report,
-                     self.cfg.storage, frames=new_frames, embeddings=new_emb)
+                     shown, tonight(dups), tonight(self.out.read_table("outliers.parquet").to_pandas()), errors, nn, thumbs,
+                     self.cfg.report, self.cfg.storage, frames=new_frames, embeddings=new_emb, night=added)
         return {"counts": counts}
 
     def commit(self, index_version: str | None, model_hash: str, t0: float, timings: dict) -> NightResult:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 
 import numpy as np
@@ -124,6 +125,10 @@ def test_three_nights(ray_cluster, nights, tmp_path, monkeypatch):
     for name in reencoded_names:  # the re-encoded copy shares a duplicate group with its original
         copy = night3[night3["source_uri"].str.endswith("reencoded " + name)]
         assert copy["duplicate_group"].notna().all()
+    page = (catalog / "nights" / NIGHTS[2] / "report.html").read_text()
+    assert "What the night added to the catalog" in page
+    added = re.search(r"exactly duplicate a frame of an earlier night.{0,200}?>\s*(\d+)\s*<", page, re.S)
+    assert added and int(added.group(1)) == 2, page[page.find("What the night added"):][:3000]  # the two re-encoded copies
     evidence = pd.read_parquet(catalog / "evidence")
     assert len(evidence) == 33 and evidence["pixel_hash"].notna().all() and len(evidence["thumbnail"].iloc[0]) == 256
 
