@@ -416,9 +416,10 @@ def _night_item(night: Mapping[str, Any]) -> dict:
         parts.append(f"{known['nights_in_catalog']} nights in it")
     if "resent_images" in known:
         parts.append(f"{known['resent_images']} images sent again (not added twice)")
-    for key, kind in (("exact_against_earlier", "exact"), ("near_against_earlier", "near")):
-        if key in known:
-            parts.append(f"{known[key]} {kind} duplicates of earlier nights' frames")
+    copies = [f"{known[key]} {kind}" for key, kind in (("exact_against_earlier", "exact"), ("near_against_earlier", "near"))
+              if key in known]
+    if copies:
+        parts.append(" and ".join(copies) + " duplicates of earlier nights' frames")
     return {"href": "night", "link": link, "rest": (": " + "; ".join(parts) if parts else "") + "."}
 
 

@@ -203,3 +203,101 @@ def test_a_clicked_thumbnail_opens_its_enlarged_view_with_its_caption(report: Pa
     assert dom_attribute(dom, "other")[2:] == [96, 96], "the other thumbnails stay small"
     hash_after, (_, _, w, h) = dom_attribute(dom, "closed")
     assert hash_after == "#gallery-outliers" and (w, h) == (96, 96)
+
+
+WIDTHS = [(1440, 900), (1024, 768)]  # a desktop and a small laptop screen
+# Appended to a copy of the page: after load, the box (left, top, width, height in page pixels) of each part the
+# reader must see, the rightmost edge of every table, picture, map and section, and the page's scroll size.
+LAYOUT_PROBE = """<script>
+window.addEventListener("load", () => {
+  const box = (el) => { const r = el.getBoundingClientRect(); return [r.left + scrollX, r.top + scrollY, r.width, r.height]; };
+  const parts = {first_screen: "#summary", contents: "#contents", night: "#night", map: "#embedding-map",
+                 gallery: "#gallery-top", groups: "#duplicates .group", outliers: "#gallery-outliers", errors: "#errors table.data"};
+  const boxes = {};
+  for (const [name, selector] of Object.entries(parts)) {
+    const el = document.querySelector(selector);
+    boxes[name] = el ? box(el) : null;
+  }
+  const right = Math.max(...Array.from(document.querySelectorAll("table, img, svg, pre, section")).map((el) => el.getBoundingClientRect().right + scrollX));
+  const page = document.documentElement;
+  document.body.setAttribute("data-layout", JSON.stringify({boxes, right, viewport: [page.clientWidth, innerHeight],
+                                                            scroll: [page.scrollWidth, page.scrollHeight]}));
+});
+</script>"""
+# The tall screenshot (the whole page in one window) keeps the scrollbar the real window has, so its layout is the
+# probe's and each part can be cut out of it at the probe's box (headless Chromium paints no scrolled screenshot).
+KEEP_SCROLLBAR = "<style>html { overflow-y: scroll; }</style></head>"
+
+
+@pytest.fixture(scope="module")
+def nightly_report(busi_dir: Path, tmp_path_factory) -> Path:
+    """A nightly run's report: every curate section and what the night added to the catalog."""
+    path = tmp_path_factory.mktemp("nightly") / "report.html"
+    night = {"night": "2026-11-20", "frames_added": 20, "catalog_frames_before": 1480, "catalog_frames_after": 1500,
+             "nights_in_catalog": 6, "resent_images": 2, "exact_against_earlier": 1, "near_against_earlier": 3}
+    build_inputs(busi_dir, n=20).write(path, ReportConfig(gallery_size=8), night=night)
+    return path
+
+
+def screenshot(tmp_path: Path, url: str, width: int, height: int, name: str) -> np.ndarray:
+    """A screenshot of a window of that size at url, as RGB; it must be a PNG of the window's size and not blank."""
+    shot = tmp_path / f"{name}-{width}x{height}.png"
+    chromium(tmp_path, f"--screenshot={shot}", f"--window-size={width},{height}", url)
+    image = Image.open(shot)
+    assert image.format == "PNG" and image.size == (width, height)
+    rgb = np.asarray(image.convert("RGB"), dtype=np.int32)
+    assert not_blank(rgb), f"{shot.name} looks blank"
+    return rgb
+
+
+def not_blank(rgb: np.ndarray) -> bool:
+    """Whether a picture shows something: contrast, and some of it far from the white page."""
+    grey = rgb.mean(axis=2)
+    return bool(grey.std() > 20 and (grey < 200).mean() > 0.01)
+
+
+def cut(rgb: np.ndarray, found: list[float]) -> np.ndarray:
+    left, top, w, h = (int(round(v)) for v in found)
+    return rgb[top: top + h, left: left + w]
+
+
+@pytest.mark.parametrize(("width", "height"), WIDTHS, ids=[f"{w}x{h}" for w, h in WIDTHS])
+def test_first_screen_map_galleries_and_errors_render_at_desktop_and_laptop_widths(nightly_report: Path, tmp_path: Path,
+                                                                                     width: int, height: int):
+    page = nightly_report.read_text(encoding="utf-8")
+    probe = tmp_path / "layout.html"
+    probe.write_text(page.replace("</body>", LAYOUT_PROBE + "</body>"), encoding="utf-8")
+    dom = chromium(tmp_path, f"--window-size={width},{height}", "--virtual-time-budget=5000", "--dump-dom", probe.as_uri())
+    layout = dom_attribute(dom, "layout")
+    (view_width, view_height), (scroll_width, scroll_height) = layout["viewport"], layout["scroll"]
+    assert width - 20 <= view_width <= width and scroll_height > view_height
+    assert scroll_width <= view_width and layout["right"] <= view_width, "something is wider than the window"
+    boxes = layout["boxes"]
+    for name, found in boxes.items():
+        assert found is not None, f"{name} is missing"
+        left, top, w, h = found
+        assert w > 0 and h > 0 and left >= 0 and left + w <= view_width, (name, found)
+    _, top, _, h = boxes["first_screen"]
+    assert top + h <= view_height, "'What to do now' does not fit the first screen"
+    assert boxes["contents"][1] < view_height, "the contents start below the first screen"
+    assert boxes["map"][2] >= min(720, view_width - 60), "the map is squeezed"
+    # what the reader sees on opening the page: the first screen with its links
+    first = screenshot(tmp_path, nightly_report.as_uri(), width, height, "first-screen")
+    link_blue = ((first[..., 2] > 180) & (first[..., 0] < 60) & (first[..., 1] < 60)).sum()
+    assert link_blue > 500, "the first screen's links did not paint"
+    # and further down, each part cut out of the whole page at the probe's box
+    tall = tmp_path / "tall.html"
+    tall.write_text(page.replace("</head>", KEEP_SCROLLBAR), encoding="utf-8")
+    whole = screenshot(tmp_path, tall.as_uri(), width, scroll_height, "whole-page")
+    for name, found in boxes.items():
+        assert (cut(whole, found).mean(axis=2) < 200).sum() > 200, f"{name} did not paint"
+    r, g, b = (cut(whole, boxes["map"])[..., i] for i in range(3))
+    assert ((abs(r - 0xE0) < 25) & (abs(g - 0x7B) < 25) & (b < 40)).sum() > 200, "the map's marked frames did not paint"
+    for name in ("gallery", "groups", "outliers"):
+        part = cut(whole, boxes[name]).mean(axis=2)
+        dark = part[: part.shape[0] // 24 * 24, : part.shape[1] // 24 * 24]
+        tiles = dark.reshape(dark.shape[0] // 24, 24, dark.shape[1] // 24, 24).mean(axis=(1, 3))
+        assert (tiles < 140).sum() >= 4, f"the {name} thumbnails did not paint"
+    errors = cut(whole, boxes["errors"])
+    header = (abs(errors - np.array([0xF1, 0xF2, 0xF6])) < 3).all(axis=2).sum()
+    assert header > 2000, "the error table's header row did not paint"

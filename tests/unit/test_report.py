@@ -737,8 +737,8 @@ def test_a_nightly_report_says_what_the_night_added_to_the_catalog(inputs, tmp_p
     assert contents[0] == "night" and contents[1:] == [s for s in curate if s != "summary"]
     first = re.findall(r"<li>(.*?)</li>", page.split('<section id="summary">')[1].split("</section>")[0])
     assert first[0] == ('<a href="#night">The night 2026-11-20 added 1,234 frames to the catalog</a>: 20,000 → 21,234 '
-                        "frames in the catalog; 6 nights in it; 3 images sent again (not added twice); 12 exact "
-                        "duplicates of earlier nights&#39; frames; 40 near duplicates of earlier nights&#39; frames.")
+                        "frames in the catalog; 6 nights in it; 3 images sent again (not added twice); 12 exact and 40 "
+                        "near duplicates of earlier nights&#39; frames.")
     assert first[1].startswith('<a href="#budget">Label these ')
     rows = night_rows(page)
     assert len(rows) == len(NIGHT)
@@ -768,6 +768,9 @@ def test_a_night_that_records_little_says_not_recorded_and_escapes_what_it_is_gi
     page = inputs.write(tmp_path / "empty.html", ReportConfig(thumbnails=False), night={})
     assert '<a href="#night">What the night added to the catalog</a>.' in page and "<h1>enrich_ray nightly report</h1>" in page
     assert [v for v, _ in night_rows(page).values()] == ["not recorded"] * len(NIGHT)
+    page = inputs.write(tmp_path / "exact.html", ReportConfig(thumbnails=False), night={"exact_against_earlier": 2})
+    assert ('<a href="#night">What the night added to the catalog</a>: 2 exact duplicates of earlier nights&#39; frames.'
+            in page)
     # a curate run passes no night: no such section, link or title
     page = inputs.write(tmp_path / "curate.html", ReportConfig(thumbnails=False))
     assert 'id="night"' not in page and 'href="#night"' not in page and "<title>enrich_ray report</title>" in page
