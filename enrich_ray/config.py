@@ -2,6 +2,10 @@
 
 Every section is a dataclass; loading walks the YAML against the dataclass fields, so an
 unknown key or a wrong type stops the run before any work, with a message naming the key.
+Ranges live in one table (RANGES) and cross-checks in check_settings. Plain dataclasses rather
+than pydantic models: the sections travel to Ray workers and actors as they are, the stages take
+them without a validation layer, and the loader (about 60 lines) already names key, value and
+what is allowed in one line, which is all pydantic would add here.
 """
 from __future__ import annotations
 
@@ -437,6 +441,14 @@ def check_settings(cfg: Config) -> Config:
             f"runtime.num_cpus={cpus} leaves no CPU beside the {actors} embedding actor(s) (embed.num_actors): "
             f"the reads that feed them could never start; allow at least {actors + 1}"
         )
+    if cfg.embed.num_gpus > 0 and cfg.runtime.address is None and not os.environ.get("RAY_ADDRESS"):
+        import torch
+
+        if torch.cuda.device_count() < cfg.embed.num_gpus:
+            raise ConfigError(
+                f"embed.num_gpus={cfg.embed.num_gpus:g} but this machine has {torch.cuda.device_count()} GPU(s) and no "
+                f"cluster is named (runtime.address, RAY_ADDRESS): the embedding actors would wait forever; set embed.num_gpus=0"
+            )
     return cfg
 
 

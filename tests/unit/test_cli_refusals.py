@@ -132,6 +132,12 @@ def _tiny_archive(cwd: Path) -> None:
     pack([str(src)], str(cwd / "archive"), progress=False)
 
 
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.device_count() > 0
+
+
 # Bad invocations across every command: (arguments, words the one line must hold). Each must exit 2
 # before any work, with one line, no traceback, and leave the folder as it was.
 BAD_INVOCATIONS = [
@@ -157,6 +163,9 @@ BAD_INVOCATIONS = [
     (["evaluate", "--dataset", "scans", "--out", "eval", "--set", "evaluate.fractions=[0.5,0.1]"], ["evaluate.fractions"]),
     (["evaluate", "--dataset", "scans", "--out", "eval", "--set", "evaluate.rankers=[enrich]"], ["evaluate.rankers", "random"]),
     (["demo", "--out", "demo", "--set", "index.k=0"], ["index.k"]),
+    # GPU actors asked of a local Ray on a machine without a GPU (where one is, the row is not asked).
+    *([(["curate", "--archive", "archive", "--out", "run", "--set", "embed.num_gpus=1"], ["embed.num_gpus=1", "0 GPU"])]
+      if not _has_gpu() else []),
 ]
 
 

@@ -51,7 +51,8 @@ def test_wrong_type_is_named(override, message):
 
 
 def test_overrides_parse_yaml_scalars():
-    cfg = load_config(None, ["embed.num_gpus=1", "selection.k=null", "report.thumbnails=false", "vae.lr=3e-4"])
+    cfg = load_config(None, ["embed.num_gpus=1", "runtime.address=ray://head:10001", "selection.k=null",
+                             "report.thumbnails=false", "vae.lr=3e-4"])
     assert cfg.embed.num_gpus == 1.0 and cfg.selection.k is None
     assert cfg.report.thumbnails is False and cfg.vae.lr == pytest.approx(3e-4)
 
@@ -83,6 +84,18 @@ def test_a_local_ray_too_small_for_its_embedding_actors_is_refused_before_work()
         load_config(None, ["runtime.num_cpus=2", "embed.num_actors=2"])
     assert load_config(None, ["runtime.num_cpus=2"]).runtime.num_cpus == 2
     assert load_config(None, ["runtime.num_cpus=1", "runtime.address=ray://head:10001"]).runtime.num_cpus == 1  # a cluster's own
+
+
+def test_gpu_actors_on_a_local_ray_without_a_gpu_are_refused_before_work(monkeypatch):
+    import torch
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(ConfigError, match=r"embed.num_gpus=1 but this machine has 0 GPU"):
+        load_config(None, ["embed.num_gpus=1"])
+    assert load_config(None, ["embed.num_gpus=1", "runtime.address=ray://head:10001"]).embed.num_gpus == 1  # the cluster's
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert load_config(None, ["embed.num_gpus=1"]).embed.num_gpus == 1
 
 
 @pytest.mark.parametrize("setting", ["analysis.outlier_max_share=0", "analysis.near_duplicate_threshold=5",

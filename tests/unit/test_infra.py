@@ -157,7 +157,8 @@ def test_entrypoints_run_the_installed_cli(rayjob, nightly_rayjob):
 
 
 @pytest.mark.parametrize("which", ["curate", "nightly"])
-def test_entrypoint_config_is_valid_and_puts_the_encoders_on_the_gpu_workers(which, rayjob, nightly_rayjob):
+def test_entrypoint_config_is_valid_and_puts_the_encoders_on_the_gpu_workers(which, rayjob, nightly_rayjob, monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")  # KubeRay's submitter names the cluster's head
     job = rayjob if which == "curate" else nightly_rayjob
     (args,) = [c for c in commands(job["spec"]["entrypoint"]) if c.command == which]
     cfg = load_config(args.config, args.overrides)  # ConfigError on a bad key or type
