@@ -45,6 +45,7 @@ from enrich_ray.report.plots import (
     BUDGET_MIN_GAIN,
     BUDGET_WINDOW,
     MAP_MAX_POINTS,
+    MODALITY_COLORS,
     REDUNDANCY_THRESHOLDS,
     coverage_png,
     project_2d,
@@ -214,7 +215,7 @@ def render_report(
         "duplicates": _duplicates(duplicates, groups, thumbs),
         "outliers": _outliers(outliers, odd, thumbs, paths),
         "errors": _errors(causes, paths),
-        "redundancy": _redundancy(nn),
+        "redundancy": _redundancy(nn, frames),
         "embedding": _embedding(embedding, float(np.median(nn)) if nn.size else None, nn.size, warnings,
                                 summary.get("index") or {}),
         "run": _run(summary),
@@ -650,16 +651,29 @@ def _errors(causes: pd.DataFrame, paths: _Paths) -> dict:
     return {"empty": False, "unreadable": parts[0], "no_image": parts[1]}
 
 
-def _redundancy(nn: np.ndarray) -> dict:
-    """Each frame's similarity to its most similar other frame: the curve and the shares above the thresholds."""
+def _redundancy(nn: np.ndarray, frames: pd.DataFrame | None) -> dict:
+    """Each frame's similarity to its most similar other frame: the curve and the shares above the thresholds,
+    and per modality when the archive holds several (frames: the rows of nn, with their modality)."""
     if nn.size == 0:
         return {"n": 0}
     shares = share_above(nn, REDUNDANCY_THRESHOLDS)
+    by_modality: dict[str, np.ndarray] = {}
+    if frames is not None and len(frames) == nn.size and "modality" in frames.columns:
+        modality = frames["modality"].astype(object).where(frames["modality"].notna(), "not recorded").to_numpy()
+        names = pd.Series(modality).value_counts()
+        if len(names) > 1:
+            by_modality = {str(name): nn[modality == name] for name in names.index[:len(MODALITY_COLORS)]}
+    per_modality = []
+    for name, values in by_modality.items():
+        part = share_above(values, REDUNDANCY_THRESHOLDS)
+        per_modality.append([name, f"{values.size:,}", f"{np.median(values):.3f}", *(f"{part[t]:.1%}" for t in REDUNDANCY_THRESHOLDS)])
     return {
         "n": f"{nn.size:,}",
         "median": f"{np.median(nn):.3f}",
-        "plot": _data_uri(redundancy_png(nn)),
+        "plot": _data_uri(redundancy_png(nn, by_modality or None)),
         "rows": [[f"{t:g}", f"{shares[t]:.1%}", f"{int(round(shares[t] * nn.size)):,}"] for t in REDUNDANCY_THRESHOLDS],
+        "share_headers": [f"share above {t:g} (%)" for t in REDUNDANCY_THRESHOLDS],
+        "per_modality": per_modality,
     }
 
 

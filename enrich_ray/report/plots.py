@@ -7,6 +7,7 @@ and the report can be built in any thread or Ray worker.
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 
 import cv2
 import numpy as np
@@ -97,14 +98,24 @@ def _png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
-def redundancy_png(nn_similarity: np.ndarray) -> bytes:
-    """Cumulative fraction of frames vs each frame's maximum similarity to any other (paper, Fig. 1)."""
+# Colours of the per-modality redundancy curves (the archive's own curve is blue).
+MODALITY_COLORS = ("#b5462a", "#2e8540", "#7b4fa8", "#c28a00", "#2b8cbe", "#666666")
+
+
+def redundancy_png(nn_similarity: np.ndarray, by_modality: Mapping[str, np.ndarray] | None = None) -> bytes:
+    """Cumulative fraction of frames vs each frame's maximum similarity to any other (paper, Fig. 1);
+    by_modality: the same curve for the frames of each modality, drawn beside the archive's."""
     x, y = redundancy_cdf(nn_similarity)
     n = x.size
     x, y = _thin(x, y)
     fig = Figure(figsize=(6.0, 4.0))
     ax = fig.add_subplot()
-    ax.step(x, y, where="post", color="#1f5fa8", linewidth=2)
+    ax.step(x, y, where="post", color="#1f5fa8", linewidth=2, label=f"all frames ({n:,})")
+    for (name, values), color in zip((by_modality or {}).items(), MODALITY_COLORS):
+        mx, my = _thin(*redundancy_cdf(values))
+        ax.step(mx, my, where="post", color=color, linewidth=1.2, label=f"{name} ({values.size:,})")
+    if by_modality:
+        ax.legend(loc="upper left", fontsize=8)
     for t in REDUNDANCY_THRESHOLDS:
         ax.axvline(t, color="#999999", linestyle="--", linewidth=1)
     ax.set_xlim(min(0.0, float(x[0]) if x.size else 0.0), 1.0)

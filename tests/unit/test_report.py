@@ -774,3 +774,17 @@ def test_a_night_that_records_little_says_not_recorded_and_escapes_what_it_is_gi
     # a curate run passes no night: no such section, link or title
     page = inputs.write(tmp_path / "curate.html", ReportConfig(thumbnails=False))
     assert 'id="night"' not in page and 'href="#night"' not in page and "<title>enrich_ray report</title>" in page
+
+
+def test_redundancy_is_shown_per_modality_when_the_archive_holds_several(tmp_path):
+    inputs = real_archive_inputs(tmp_path)
+    frames = inputs.manifest.sort_values("row").reset_index(drop=True)  # the rows of nn_similarity
+    page = inputs.write(tmp_path / "report.html", ReportConfig(thumbnails=False), frames=frames)
+    part = page.split('<section id="redundancy">')[1].split("</section>")[0]
+    assert "<h3>By modality</h3>" in part
+    nn = inputs.nn_similarity
+    for modality, count in frames["modality"].value_counts().items():
+        median = np.median(nn[(frames["modality"] == modality).to_numpy()])
+        assert f'<tr><td>{modality}</td><td class="num">{count}</td><td class="num">{median:.3f}</td>' in part, modality
+    one = inputs.write(tmp_path / "one.html", ReportConfig(thumbnails=False), frames=frames.assign(modality="US"))
+    assert "By modality" not in one.split('<section id="redundancy">')[1].split("</section>")[0]
