@@ -10,7 +10,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from enrich_ray.io.fs import StorageError
 
 FRAME_SIZE = 64  # the autoencoder's input side, in pixels
 EMBED_DIM = 128  # default latent size of the β-VAE
@@ -174,7 +173,7 @@ def frames_and_vectors(table: pa.Table) -> tuple[pd.DataFrame, np.ndarray]:
     col = table.column("embedding").combine_chunks()
     lengths = set(pc.list_value_length(col).to_pylist())
     if len(lengths) != 1 or col.null_count:
-        raise StorageError(f"embeddings must all have one length and none may be null: found lengths {sorted(map(str, lengths))}")
+        raise ValueError(f"embeddings must all have one length and none may be null: found lengths {sorted(map(str, lengths))}")
     emb = col.flatten().to_numpy(zero_copy_only=False).reshape(-1, lengths.pop()).astype(np.float32)
     order = np.lexsort((frames["frame_index"].to_numpy(), frames["image_id"].to_numpy()))
     return frames.iloc[order].reset_index(drop=True), np.ascontiguousarray(emb[order])

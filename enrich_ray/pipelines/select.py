@@ -34,7 +34,10 @@ def read_embeddings(uri: str, cfg: Config) -> tuple[pd.DataFrame, np.ndarray]:
             raise StorageError(f"{uri}: no {column} column (found {', '.join(table.column_names)})")
     if "frame_index" not in table.column_names:
         table = table.append_column("frame_index", pa.array(np.zeros(table.num_rows, np.int32)))
-    frames, emb = frames_and_vectors(table)
+    try:
+        frames, emb = frames_and_vectors(table)
+    except ValueError as exc:
+        raise StorageError(f"{uri}: {exc}") from None
     for column in FRAME_COLUMNS:  # a table from elsewhere may carry no source or group columns
         if column not in frames:
             frames[column] = None
