@@ -166,7 +166,7 @@ LOSSLESS_MR = [
 
 
 def test_lossless_encodings_of_one_image_embed_alike(model_dir):
-    from enrich_ray.decode.dicom import decode_dicom
+    from tests.unit.test_decode_dicom import decode_dicom
     from enrich_ray.decode.preprocess import preprocess
 
     frames = []
