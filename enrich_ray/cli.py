@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from enrich_ray.io.fs import StorageError
+    from enrich_ray.io.fs import StorageError, unreachable_store
 
     root = logging.getLogger()
     root.setLevel(logging.DEBUG if args.verbose else logging.INFO)
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"enrich-ray {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (OSError, BotoCoreError, ClientError) as exc:
-        print(f"enrich-ray {args.command}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"enrich-ray {args.command}: error: {unreachable_store(exc) or f'{type(exc).__name__}: {exc}'}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print(f"enrich-ray {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)

@@ -44,14 +44,32 @@ def init(cfg: RuntimeConfig) -> None:
     ctx.execution_no_progress_timeout_s = cfg.no_progress_timeout_s
 
 
+class _RayDataErrorsAsWarnings(logging.Handler):
+    """Passes Ray Data's records on to the root logger's handlers, its errors as warnings.
+
+    Ray Data raises every error that stops it (no block may fail: max_errored_blocks stays 0),
+    after logging it, with its traceback, more than once: the caller reports that one exception
+    (the command line in one line), and these records stay in the log beside it.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno > logging.WARNING:  # a copy: Ray's own file handler keeps the level
+            record = logging.makeLogRecord({**record.__dict__, "levelno": logging.WARNING, "levelname": "WARNING"})
+        logging.getLogger().handle(record)
+
+
 def _ray_logs_to_root() -> None:
-    """Ray's and Ray Data's loggers print to stderr through handlers of their own: let their records propagate."""
+    """Ray's and Ray Data's loggers print to stderr through handlers of their own: send their records to the root's."""
     for name in ("ray", "ray.data"):
         logger = logging.getLogger(name)
         for handler in list(logger.handlers):  # Ray's own files (ray-data.log in the session folder) stay
             if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
                 logger.removeHandler(handler)
-        logger.propagate = True
+    logging.getLogger("ray").propagate = True
+    data = logging.getLogger("ray.data")
+    if not any(isinstance(h, _RayDataErrorsAsWarnings) for h in data.handlers):
+        data.addHandler(_RayDataErrorsAsWarnings())
+    data.propagate = False  # its records reach the root through that handler
 
 
 def shutdown() -> None:

@@ -54,9 +54,8 @@ def weights_hash(data: bytes) -> str:
 
 
 def write_file(loc: Location, name: str, data: bytes) -> None:
-    """Write one file below a (local or remote) folder."""
-    with loc.fs.open(loc.join(name).path, "wb") as f:
-        f.write(data)
+    """Write one file below a (local or remote) folder, whole or not at all."""
+    loc.join(name).write_bytes(data)
 
 
 def save_checkpoint(

@@ -6,7 +6,9 @@ variables; they are passed to the filesystem and never written to any output.
 from __future__ import annotations
 
 import os
+import uuid
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import fsspec
 import pyarrow.fs as pafs
@@ -16,6 +18,35 @@ from enrich_ray.config import StorageConfig
 
 class StorageError(RuntimeError):
     """A URI that cannot be reached: missing, unreachable or forbidden."""
+
+
+def unreachable_store(exc: BaseException) -> str | None:
+    """One line naming the object store when `exc`, or an error it was raised from, says the store
+    cannot be reached (refused, reset, timed out); None for any other error."""
+    from botocore.exceptions import ConnectionError as ClientConnectionError
+    from botocore.exceptions import HTTPClientError
+    from fsspec.exceptions import FSTimeoutError
+
+    kinds: tuple[type[BaseException], ...] = (ClientConnectionError, HTTPClientError, ConnectionError, FSTimeoutError)
+    try:
+        import aiohttp
+
+        kinds += (aiohttp.ClientConnectionError,)
+    except ImportError:
+        pass
+    seen, stack = set(), [exc]
+    while stack:
+        err = stack.pop()
+        if err is None or id(err) in seen:
+            continue
+        seen.add(id(err))
+        if isinstance(err, kinds):
+            url = urlsplit(str((getattr(err, "kwargs", None) or {}).get("endpoint_url") or ""))
+            store = f"the object store at {url.scheme}://{url.netloc}" if url.netloc else "the object store"
+            why = " ".join(f"{type(err).__name__}: {err}".split())
+            return f"{store} cannot be reached ({why}); rerun the same command once it is back"
+        stack += [err.__cause__, err.__context__]
+    return None
 
 
 @dataclass(frozen=True)
@@ -38,6 +69,25 @@ class Location:
     def join(self, *parts: str) -> "Location":
         """A location below this one."""
         return Location(self.fs, "/".join([self.path.rstrip("/"), *parts]), self.protocol)
+
+    def write_bytes(self, data: bytes) -> None:
+        """Write the file whole or not at all, so a run stopped mid-write never leaves a part of it.
+
+        On an object store one PUT (an object appears complete or not at all); on a local disk a
+        hidden file beside it, renamed over it (Parquet readers skip names starting with '.').
+        """
+        if not self.is_local:
+            self.fs.pipe_file(self.path, data)
+            return
+        folder, name = os.path.split(self.path)
+        tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, self.path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
 
     def arrow_fs(self) -> pafs.FileSystem:
         """The same filesystem for pyarrow and Ray Data."""

@@ -83,30 +83,28 @@ class RunFolder:
                 self.loc.fs.rm(p, recursive=True)
 
     def write_json(self, name: str, data: Any) -> None:
-        """Write JSON beside the outputs."""
-        with self.loc.fs.open(self.path(name).path, "w") as fh:
-            json.dump(data, fh, indent=2, default=str)
+        """Write JSON beside the outputs, whole or not at all."""
+        self.write_bytes(name, json.dumps(data, indent=2, default=str).encode())
 
     def read_json(self, name: str) -> Any:
         """Read JSON written by write_json."""
         return json.loads(self.loc.fs.cat_file(self.path(name).path))
 
     def write_table(self, name: str, table: pa.Table | pd.DataFrame) -> None:
-        """Write one Parquet file."""
+        """Write one Parquet file, whole or not at all."""
         if isinstance(table, pd.DataFrame):
             table = pa.Table.from_pandas(table, preserve_index=False)
-        with self.loc.fs.open(self.path(name).path, "wb") as fh:
-            pq.write_table(table, fh)
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        self.write_bytes(name, sink.getvalue().to_pybytes())
 
     def write_csv(self, name: str, df: pd.DataFrame) -> None:
         """Write a table as CSV, for people and spreadsheets."""
-        with self.loc.fs.open(self.path(name).path, "w") as fh:
-            df.to_csv(fh, index=False)
+        self.write_bytes(name, df.to_csv(index=False).encode())
 
     def write_bytes(self, name: str, data: bytes) -> None:
-        """Write a file's bytes."""
-        with self.loc.fs.open(self.path(name).path, "wb") as fh:
-            fh.write(data)
+        """Write a file's bytes, whole or not at all (`Location.write_bytes`)."""
+        self.path(name).write_bytes(data)
 
     def read_table(self, name: str, columns: list[str] | None = None, filter=None) -> pa.Table:
         """Read a Parquet file or folder of the run (only the columns and rows asked for)."""

@@ -31,3 +31,24 @@ def test_fingerprint_ignores_where_ray_runs_but_not_what_it_computes():
     base = fingerprint(load_config())
     assert fingerprint(load_config(None, ["runtime.num_cpus=8", "storage.endpoint_url=http://x"])) == base
     assert fingerprint(load_config(None, ["decode.size=32"])) != base
+
+
+class _Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("stopped mid-write")
+
+
+def test_a_write_stopped_midway_leaves_no_marker_and_no_part_file(tmp_path):
+    import pandas as pd
+    import pyarrow as pa
+
+    run = RunFolder(str(tmp_path / "run"))
+    run.open_run(load_config(), force=False)
+    with pytest.raises(RuntimeError, match="mid-write"):
+        run.mark("decode", {"seconds": 1.0, "frames": _Unprintable()})
+    assert not run.is_done("decode")  # a marker written in part would say the stage is complete
+    run.write_table("table.parquet", pd.DataFrame({"a": [1, 2]}))
+    with pytest.raises((pa.ArrowInvalid, pa.ArrowTypeError)):
+        run.write_table("table.parquet", pd.DataFrame({"a": [1, "x"]}))  # cannot be converted: nothing written
+    assert list(pd.read_parquet(tmp_path / "run" / "table.parquet")["a"]) == [1, 2]
+    assert sorted(p.name for p in (tmp_path / "run").rglob("*")) == ["_run.json", "_stages", "table.parquet"]  # no part file
