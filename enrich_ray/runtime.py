@@ -1,8 +1,9 @@
-"""The only module that imports Ray: it maps the plain stages onto Ray Data.
+"""The only module that imports Ray: it maps the plain stages onto Ray.
 
 Stages are plain functions or classes over Arrow tables that return (results, errors);
-here each becomes a `map_batches` step whose output holds both, told apart by the error
-columns (`stage` is null on a result row), so one pass writes one Parquet folder.
+here each writes tables that hold both, told apart by the error columns (`stage` is null on
+a result row), so one pass writes one Parquet folder. Decoding is a Ray Data `map_batches`
+step; embedding is a pool of actors of our own, one decoded file per call (`embed`).
 """
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import sys
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import ray
-from ray.data import ActorPoolStrategy, DataContext, Dataset
+from ray.data import DataContext, Dataset
 
 from enrich_ray.schema import combine, result_rows
 from enrich_ray.config import Config, DecodeConfig, EmbedConfig, RuntimeConfig, StorageConfig
@@ -83,7 +85,7 @@ def run_task(fn, *args, num_gpus: float = 0.0, **kwargs):
 
     Training runs this way so that on a cluster whose head has no GPU it still gets one.
     """
-    return ray.get(ray.remote(num_cpus=1, num_gpus=num_gpus)(fn).remote(*args, **kwargs))
+    return _get(ray.remote(num_cpus=1, num_gpus=num_gpus)(fn).remote(*args, **kwargs))
 
 
 def read_parquet(uris: list[str], storage: StorageConfig | None, columns: list[str] | None = None) -> Dataset:
@@ -111,26 +113,84 @@ def decode(ds: Dataset, cfg: DecodeConfig) -> Dataset:
 
 
 class _EmbedActor:
-    """An actor of the embedding pool: loads the model once, embeds batch after batch."""
+    """An actor of the embedding pool: builds its embedder on its first file, then embeds file after file.
 
-    def __init__(self, cfg: EmbedConfig, decode_cfg: DecodeConfig, storage: StorageConfig | None, state: Any):
-        from enrich_ray.embed.registry import make_embedder
+    Its constructor takes only settings and URIs, a few KB that travel inside the creation task:
+    the model (embed.model) and a fitted state (embed_state.json) are read from the store by the
+    actor itself. A restarted actor (Ray restarts a killed one and retries its file) so needs
+    nothing from the object store, where an argument may be gone by then.
+    """
 
-        self.embedder = make_embedder(cfg, decode_cfg, storage=storage, state=state)
+    def __init__(self, cfg: EmbedConfig, decode_cfg: DecodeConfig, storage: StorageConfig | None, state_uri: str | None):
+        self.cfg, self.decode_cfg, self.storage, self.state_uri = cfg, decode_cfg, storage, state_uri
+        self.embedder = None
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        return combine(*self.embedder.embed_batch(result_rows(batch)))
+    def embed_file(self, src: str, dst: str) -> None:
+        """Embed one decoded Parquet file batch by batch; write embeddings and error rows to dst in one write."""
+        from enrich_ray.embed.registry import make_embedder, state_from_json
+
+        if self.embedder is None:
+            state = None
+            if self.state_uri:
+                loc = resolve(self.state_uri, self.storage)
+                state = state_from_json(loc.fs.cat_file(loc.path).decode())
+            self.embedder = make_embedder(self.cfg, self.decode_cfg, storage=self.storage, state=state)
+        loc = resolve(src, self.storage)
+        with loc.fs.open(loc.path, "rb") as fh:
+            parts = [
+                combine(*self.embedder.embed_batch(result_rows(pa.Table.from_batches([batch]))))
+                for batch in pq.ParquetFile(fh).iter_batches(batch_size=self.cfg.batch_size)
+            ]
+        if parts:
+            sink = pa.BufferOutputStream()
+            pq.write_table(pa.concat_tables(parts), sink)
+            resolve(dst, self.storage).write_bytes(sink.getvalue().to_pybytes())
 
 
-def embed(ds: Dataset, cfg: Config, state: Any = None) -> Dataset:
-    """Frames to unit embeddings on an actor pool (GPU actors when embed.num_gpus > 0)."""
+def embed(frames: list[str], out: str, cfg: Config, state_uri: str | None = None) -> None:
+    """Embed the decoded Parquet files `frames` into a file each under `out`, on a pool of actors.
+
+    GPU actors when embed.num_gpus > 0. A file whose actor dies is embedded again by the restarted
+    actor; a file that fails raises its own error here. No file finished within
+    runtime.no_progress_timeout_s stops the stage.
+    """
     emb = cfg.embed
-    return ds.map_batches(
-        _EmbedActor,
-        fn_constructor_kwargs={"cfg": emb, "decode_cfg": cfg.decode, "storage": cfg.storage, "state": state},
-        compute=ActorPoolStrategy(size=emb.num_actors),
-        num_gpus=emb.num_gpus,
-        num_cpus=0 if emb.num_gpus else 1,
-        batch_size=emb.batch_size,
-        batch_format="pyarrow",
+    folder = resolve(out, cfg.storage)
+    folder.fs.makedirs(folder.path, exist_ok=True)
+    remote = ray.remote(_EmbedActor).options(
+        num_gpus=emb.num_gpus, num_cpus=0 if emb.num_gpus else 1, max_restarts=-1, max_task_retries=-1
     )
+    todo = [(src, f"{out.rstrip('/')}/part-{i:05d}.parquet") for i, src in enumerate(frames)][::-1]
+    actors = [remote.remote(emb, cfg.decode, cfg.storage, state_uri) for _ in range(min(emb.num_actors, len(todo)))]
+    running: dict[ray.ObjectRef, Any] = {}
+    try:
+        for actor in actors:
+            running[actor.embed_file.remote(*todo.pop())] = actor
+        while running:
+            done, _ = ray.wait(list(running), num_returns=1, timeout=cfg.runtime.no_progress_timeout_s)
+            if not done:
+                gpus = f"; does the cluster have the {emb.num_gpus:g} GPU(s) an actor asks for (embed.num_gpus)?"
+                raise TimeoutError(f"embed: no file embedded in {cfg.runtime.no_progress_timeout_s:g} s "
+                                   f"(runtime.no_progress_timeout_s){gpus if emb.num_gpus else ''}")
+            actor = running.pop(done[0])
+            _get(done[0])
+            if todo:
+                running[actor.embed_file.remote(*todo.pop())] = actor
+    finally:
+        for actor in actors:
+            ray.kill(actor, no_restart=True)
+        for ref in running:  # fetched, so Ray does not report them as unhandled errors
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayError:
+                pass
+
+
+def _get(ref: ray.ObjectRef) -> Any:
+    """The value of a task or actor call; its own exception when it failed (not Ray's wrapper, whose text is a traceback)."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        if exc.cause is None:
+            raise
+        raise exc.cause from exc

@@ -1,7 +1,7 @@
 """The embedding stage: frames (Arrow) in, unit embeddings and error rows (Arrow) out; no Ray here.
 
-The runtime wraps an embedder in a Ray Data actor pool; each actor builds one (the model is
-loaded once) and calls `embed_batch` batch after batch. The β-VAE embedding of a frame is
+The runtime runs embedders on a pool of Ray actors; each actor builds one (the model is loaded
+once, from its folder) and calls `embed_batch` batch after batch. The β-VAE embedding of a frame is
 its posterior mean, centred on the training sample's mean posterior mean (stored with the
 weights, see beta_vae.py), L2-normalised.
 

@@ -164,10 +164,11 @@ def _embed(run: RunFolder, cfg: Config, runtime) -> dict:
         state = fit_state(cfg.embed, cfg.decode, schema.result_rows(run.read_table("decoded")).slice(0, 1024))
     elif not resolve(cfg.embed.model, cfg.storage).fs.exists(resolve(cfg.embed.model, cfg.storage).path):
         raise StorageError(f"no model at {cfg.embed.model}: {n_frames} decoded frame(s) are too few to train one; pass --model")
-    if state is not None:
+    state_uri = None
+    if state is not None:  # the actors read it from the run folder, as they read the model from its folder
         run.write_bytes("embed_state.json", state.to_json().encode())
-    frames = runtime.read_parquet(run.files("decoded"), cfg.storage)
-    runtime.write_parquet(runtime.embed(frames, cfg, state), run.path("embeddings").uri(), cfg.storage)
+        state_uri = run.path("embed_state.json").uri()
+    runtime.embed(run.files("decoded"), run.path("embeddings").uri(), cfg, state_uri)
     stage = run.read_table("embeddings", columns=["stage"]).column("stage")
     errors = int(pc.sum(pc.is_valid(stage)).as_py() or 0)
     return {"embedded": len(stage) - errors, "errors": errors}

@@ -129,12 +129,28 @@ def test_same_outputs_with_two_embedding_actors(pixel_run, sample_archive, tmp_p
     _assert_same(_outputs(out), _outputs(two))
 
 
-def test_killed_embedding_actor_still_gives_identical_outputs(pixel_run, sample_archive, tmp_path, fault_marker):
+def test_killed_embedding_actor_still_gives_identical_outputs(pixel_run, sample_archive, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from enrich_ray.embed.encoder import FAULT_MARKER_ENV
+
     _, out = pixel_run
-    faulty = tmp_path / "faulty"
-    curate(str(sample_archive), str(faulty), load_config(None, [*PIXELS, "embed.fail_after_batches=1"]))
-    assert fault_marker.exists(), "the injected fault never fired"
+    faulty, fired = tmp_path / "faulty", tmp_path / "fired"
+    # A process of its own, with a Ray of its own: Ray's core worker says what follows once per process.
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, FAULT_MARKER_ENV: str(fired)}
+    cmd = [sys.executable, "-m", "enrich_ray", "curate", "--archive", str(sample_archive), "--out", str(faulty),
+           *[a for s in [*PIXELS, "embed.fail_after_batches=1"] for a in ("--set", s)]]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert fired.exists(), "the injected fault never fired"
     _assert_same(_outputs(out), _outputs(faulty))
+    # The run's log takes file descriptor 2, where Ray's core worker warns when an actor that may be
+    # restarted takes constructor arguments from the object store (a restart may find them gone).
+    log = (faulty / "run.log").read_text()
+    assert "fault injection: process" in log
+    assert "constructor arguments in the object store" not in log + proc.stderr
 
 
 def test_every_file_corrupt_gives_empty_manifest_and_exit_code(ray_cluster, tmp_path):
