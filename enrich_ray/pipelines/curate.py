@@ -17,7 +17,6 @@ import tempfile
 import time
 from dataclasses import dataclass
 from importlib import metadata
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -241,7 +240,8 @@ def frame_evidence(run: RunFolder, frames: pd.DataFrame) -> dict:
 def _analyze(run: RunFolder, archive: str, cfg: Config) -> dict:
     from enrich_ray.analysis.duplicates import duplicate_families
     from enrich_ray.analysis.outliers import neighbourhood_space, outlier_table
-    from enrich_ray.analysis.redundancy import plot_redundancy, redundancy_stats
+    from enrich_ray.analysis.redundancy import redundancy_stats
+    from enrich_ray.report.plots import redundancy_png
 
     frames, emb = load_embeddings(run)
     graph = load_graph(run)
@@ -251,9 +251,7 @@ def _analyze(run: RunFolder, archive: str, cfg: Config) -> dict:
         nn = graph.nn_similarity
         groups = frames[[c for c in schema.GROUP_KEYS if c in frames.columns]]
         stats = redundancy_stats(nn, groups)
-        with tempfile.TemporaryDirectory() as tmp:
-            plot_redundancy({"this archive": nn}, f"{tmp}/redundancy.png")
-            run.write_bytes("redundancy.png", Path(f"{tmp}/redundancy.png").read_bytes())
+        run.write_bytes("redundancy.png", redundancy_png(nn))  # drawn in memory: no scratch file on the driver's disk
         space = neighbourhood_space(cfg.analysis.outlier_space, graph, emb, evidence["thumbnail"], cfg.analysis.outlier_scales, cfg.index)
         outl = schema.with_keys(outlier_table(*space, evidence["appearance"], evidence["header"],
                                               duplicate_families(dups, len(frames)), cfg.analysis), frames)
