@@ -103,3 +103,21 @@ def test_quiet_prints_only_the_result_lines(demo, tmp_path):
     assert code == 0, "\n".join(lines[-40:])
     assert 1 <= len(lines) <= 2 and all(line.startswith(RESULT_LINES) for line in lines), lines
     assert "Started a local Ray instance" in (run / "run.log").read_text()  # the messages still have a home
+
+
+def test_a_nightly_prints_a_line_per_stage_as_curate_does(demo, tmp_path):
+    out, _ = demo
+    catalog = tmp_path / "catalog"
+    code, lines = _run("nightly", "--catalog", str(catalog), "--archive", str(out / "archive"), "--night", "2026-11-20",
+                       "--model", str(out / "run" / "model"))
+    assert code == 0, "\n".join(lines[-40:])
+    assert len(lines) < MAX_LINES, "\n".join(lines)
+    shown = [_shown(line) for line in lines]
+    for stage in ("select", *STAGES):
+        mine = [line for line in shown if re.fullmatch(rf"{stage}: .+ \(\d+\.\d s\)", line)]
+        assert len(mine) == 1, (stage, shown)
+    assert any(line.startswith("select: 233 new images, 0 re-sent") for line in shown), shown
+    assert any(line.startswith("train: none: the model given") for line in shown), shown
+    assert any(line.startswith("night 2026-11-20: 233 new images") for line in shown), shown
+    assert not [line for line in lines if any(word in line for word in CHATTER)]
+    assert "Started a local Ray instance" in (catalog / "run.log").read_text()
