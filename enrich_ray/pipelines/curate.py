@@ -13,7 +13,6 @@ import dataclasses
 import json
 import logging
 import platform
-import tempfile
 import time
 from dataclasses import dataclass
 from importlib import metadata
@@ -43,6 +42,7 @@ OUTPUTS = {
     "rank": ["manifest.parquet", "manifest.csv", "excluded.parquet"],
     "report": ["errors.parquet", "summary.json", "report.html", "config.yaml"],
 }
+TRAIN_SCRATCH = "_decoded"  # train-vae's decoded frames, under the model folder while it trains
 EXIT_NOTHING_EMBEDDED = 3  # the job finished, but no frame could be embedded (every file unreadable)
 
 
@@ -461,18 +461,23 @@ def _report(run: RunFolder, archive: str, cfg: Config, timings: dict) -> dict:
 
 
 def train_model(archive: str, out: str, cfg: Config):
-    """Decode an archive (in a scratch run folder) and train the β-VAE into `out`; returns the TrainResult."""
+    """Decode an archive (into a scratch folder under `out`, on the same store: on a cluster every node
+    reaches it) and train the β-VAE into `out`; returns the TrainResult."""
     from enrich_ray import runtime
     from enrich_ray.embed.train import train_vae
 
     shards = archive_shards(archive, cfg.storage)
     if not shards:
         raise StorageError(f"archive {archive} holds no Parquet shards (part-*.parquet): pack it first")
-    with tempfile.TemporaryDirectory(prefix="enrich-ray-train-") as scratch:
-        run = RunFolder(scratch)
+    model = RunFolder(out, cfg.storage)
+    model.clear([TRAIN_SCRATCH])
+    run = RunFolder(model.path(TRAIN_SCRATCH).uri(), cfg.storage)
+    try:
         runtime.init(cfg.runtime)
         _decode(run, shards, cfg, runtime)
         frames = _frames_sample(run, cfg.vae.sample_size, cfg.vae.seed)
         if len(frames) < 2:
             raise StorageError(f"archive {archive} holds {len(frames)} decodable frame(s): too few to train on")
         return runtime.run_task(train_vae, frames, cfg.vae, cfg.decode, out, cfg.storage, num_gpus=min(1.0, cfg.embed.num_gpus))
+    finally:
+        model.clear([TRAIN_SCRATCH])

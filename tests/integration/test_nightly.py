@@ -155,6 +155,7 @@ def test_three_nights(ray_cluster, nights, tmp_path, monkeypatch):
     # A model change never mixes embeddings: refused until the catalog is re-embedded explicitly.
     other = tmp_path / "model-v2"
     train_model(archives[1], str(other), load_config(None, [*SETTINGS, "vae.seed=7"]))
+    assert not (other / "_decoded").exists()  # its scratch frames, under the model folder while it trained
     new_hash = load_model(str(other)).model_hash
     with pytest.raises(ConfigError, match="reembed"):
         nightly(str(catalog), archives[2], "2026-11-21", cfg, model=str(other))
