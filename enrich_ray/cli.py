@@ -1,4 +1,4 @@
-"""The `enrich-ray` command line: pack, train-vae, curate, select, nightly, evaluate, demo.
+"""The `enrich-ray` command line: pack, train-vae, curate, select, nightly, export, labels, evaluate, demo.
 
 Bad input ends with one line naming the cause (exit 2), never a traceback; a curate run in
 which no frame could be embedded finishes its outputs and exits 3.
@@ -18,6 +18,7 @@ from typing import Iterator
 
 from enrich_ray import __version__
 from enrich_ray.config import Config, ConfigError, load_config, packaged_config
+from enrich_ray.export import FORMATS as EXPORT_FORMATS
 from enrich_ray.progress import set_console
 
 EXIT_BAD_INPUT = 2
@@ -46,6 +47,15 @@ EXAMPLES = {
     "reembed": """examples:
   enrich-ray train-vae --archive ./archive/2026-11-20 --out ./model-v2
   enrich-ray reembed --catalog ./catalog --model ./model-v2""",
+    "export": """examples:
+  enrich-ray export --run ./runs/first --to labelstudio --out ./to_label   # tasks.json + images/
+  enrich-ray export --run s3://curation/catalog/nights/2026-11-20 --to cvat --out s3://labeling/2026-11-20
+  enrich-ray export --run ./runs/first --to csv --top 200 --out ./to_label
+  enrich-ray export --run ./runs/first --to kos --title "For Research" --out ./kos   # one .dcm per study""",
+    "labels": """examples:
+  enrich-ray labels --catalog s3://curation/catalog --from ./label-studio-export.json
+  enrich-ray labels --catalog ./catalog --from ./annotations.xml   # CVAT for images 1.1
+  enrich-ray labels --catalog ./catalog --from ./to_label.csv      # image_id,label""",
     "evaluate": """examples:
   enrich-ray evaluate --dataset ../shared/data/pneumoniamnist_28/pneumoniamnist.npz --out ./eval/pneumonia
   enrich-ray evaluate --dataset ../shared/data/busi_256/Dataset_BUSI_with_GT --out ./eval  # benign/ malignant/ normal/""",
@@ -117,6 +127,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("reembed", "embed every night of a catalog again with another model (an explicit model change)", "nightly.yaml")
     p.add_argument("--catalog", required=True, help="catalog folder written by `enrich-ray nightly` (local or s3://)")
     p.add_argument("--model", required=True, help="the new model folder")
+
+    p = add("export", "send a run's selection to a labeling tool (Label Studio, CVAT, CSV) or to the PACS (DICOM KOS)", curate_yaml)
+    p.add_argument("--run", required=True, help="a curate run folder, or a nightly night folder (CATALOG/nights/NIGHT)")
+    p.add_argument("--to", required=True, choices=EXPORT_FORMATS,
+                   help="labelstudio: tasks.json and PNGs; cvat: PNGs and manifest.jsonl; csv: to_label.csv; "
+                        "kos: a DICOM Key Object Selection document per study")
+    p.add_argument("--top", type=int, help="how many frames of the ranking (default: the run's list: a curate run's frames "
+                                           "up to the report's suggested budget, a night's top.csv)")
+    p.add_argument("--out", required=True, help="folder for the export (local or s3://)")
+    p.add_argument("--title", help="kos: the document title, from DICOM CID 7010 (default 'Of Interest'; e.g. 'For Research')")
+    p.add_argument("--document-root", help="labelstudio with a local --out: Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT, "
+                                           "which the image URLs are relative to (default: that variable if set, else /)")
+
+    p = add("labels", "put a labeling tool's export into the catalog's labeled set, so the next night seeds from it", "nightly.yaml")
+    p.add_argument("--catalog", required=True, help="catalog folder written by `enrich-ray nightly` (local or s3://)")
+    p.add_argument("--from", dest="source", required=True, metavar="FILE",
+                   help="Label Studio JSON export (.json), CVAT for images 1.1 XML (.xml) or a CSV of image_id,label (.csv)")
 
     p = add("evaluate", "show on a labeled dataset whether ranking pays off (paper Fig. 1 and 3)", "evaluate.yaml")
     p.add_argument("--dataset", required=True, help="MedMNIST .npz, an archive with label and split columns, "
@@ -394,6 +421,21 @@ def _reembed(args: argparse.Namespace, cfg: Config) -> int:
     return result.exit_code
 
 
+def _export(args: argparse.Namespace, cfg: Config) -> int:
+    from enrich_ray.export.job import export_selection
+
+    result = export_selection(args.run, args.to, args.out, cfg, top=args.top, title=args.title, document_root=args.document_root)
+    print("\n".join(result.lines))
+    return 0
+
+
+def _labels(args: argparse.Namespace, cfg: Config) -> int:
+    from enrich_ray.export.job import labels_into_catalog
+
+    print("\n".join(labels_into_catalog(args.catalog, args.source, cfg).lines()))
+    return 0
+
+
 def _evaluate(args: argparse.Namespace, cfg: Config) -> int:
     from enrich_ray.pipelines.evaluate import run_evaluation
 
@@ -426,6 +468,8 @@ COMMANDS = {
     "select": _select,
     "nightly": _nightly,
     "reembed": _reembed,
+    "export": _export,
+    "labels": _labels,
     "evaluate": _evaluate,
     "demo": _demo,
 }

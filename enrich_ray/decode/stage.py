@@ -44,8 +44,9 @@ def _cause_name(exc: BaseException) -> str | None:
     return exc.cause.name if isinstance(exc, DecodeError) else None
 
 
-def _frames_of(data: bytes, fmt: str, cfg: DecodeConfig) -> Iterable[tuple[int, DisplayImage | Exception]]:
-    """(frame_index, display image or that frame's error) for one archive row; file-level failures raise."""
+def display_frames(data: bytes, fmt: str, cfg: DecodeConfig) -> Iterable[tuple[int, DisplayImage | Exception]]:
+    """(frame_index, display image (before crop and resize) or that frame's error) for one archive row's
+    bytes; file-level failures raise. The decode stage and the export's renderings read frames through it."""
     if fmt == "dicom":
         return iter_dicom_frames(data, cfg)
     if fmt in RASTER_FORMATS:
@@ -79,7 +80,7 @@ def decode_batch(batch: pa.Table, cfg: DecodeConfig) -> tuple[pa.Table, pa.Table
             header = {name: columns[name][row] for name in _CARRIED}
             if fmt in RASTER_FORMATS:
                 header.update(raster_facts(data))
-            for frame_index, image in _frames_of(data, fmt, cfg):
+            for frame_index, image in display_frames(data, fmt, cfg):
                 if not isinstance(image, Exception):
                     try:
                         digest = pixel_hash(image.image)

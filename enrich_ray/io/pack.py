@@ -227,11 +227,12 @@ def archive_shards(archive: str, storage: StorageConfig | None = None) -> list[s
     return [Location(loc.fs, p, loc.protocol).uri() for p in names]
 
 
-def archive_table(archive: str, columns: list[str], storage: StorageConfig | None = None) -> pa.Table:
-    """Some columns of every row of an archive (never `data` unless asked for), read on this process."""
+def archive_table(archive: str, columns: list[str], storage: StorageConfig | None = None, filter=None) -> pa.Table:
+    """Some columns of every row of an archive (never `data` unless asked for), or of the rows a pyarrow
+    filter expression keeps, read on this process."""
     shards = archive_shards(archive, storage)
     if not shards:
         return schema.ARCHIVE.empty_table().select(columns)
     loc = resolve(shards[0], storage)
     paths = [resolve(uri, storage).path for uri in shards]
-    return pads.dataset(paths, filesystem=loc.arrow_fs(), format="parquet").to_table(columns=columns)
+    return pads.dataset(paths, filesystem=loc.arrow_fs(), format="parquet").to_table(columns=columns, filter=filter)

@@ -159,6 +159,16 @@ BAD_INVOCATIONS = [
     (["nightly", "--catalog", "catalog", "--archive", "archive", "--night", "2026-13-45"], ["2026-13-45"]),
     (["nightly", "--catalog", "catalog", "--archive", "missing_archive", "--night", "2026-11-20"], ["missing_archive"]),
     (["reembed", "--catalog", "missing_catalog", "--model", "model"], ["missing_catalog"]),
+    (["export", "--run", "missing_run", "--to", "labelstudio", "--out", "out"], ["missing_run", "summary.json"]),
+    (["export", "--run", "archive", "--to", "csv", "--out", "out", "--top", "0"], ["--top 0"]),
+    (["export", "--run", "archive", "--to", "kos", "--out", "out", "--title", "Of No Interest"], ["Of No Interest", "CID 7010"]),
+    (["export", "--run", "archive", "--to", "csv", "--out", "out", "--title", "For Research"], ["--title", "--to kos only"]),
+    (["export", "--run", "archive", "--to", "labelstudio", "--out", "out", "--document-root", "elsewhere"], ["document root"]),
+    (["labels", "--catalog", "missing_catalog", "--from", "labels.csv"], ["missing_catalog", "catalog.json"]),
+    (["labels", "--catalog", "labels_catalog", "--from", "missing.json"], ["missing.json", "not found"]),
+    (["labels", "--catalog", "labels_catalog", "--from", "broken_export.json"], ["broken_export.json", "not valid JSON"]),
+    (["labels", "--catalog", "labels_catalog", "--from", "cvat.xml"], ["cvat.xml", "root element is <dataset>"]),
+    (["labels", "--catalog", "labels_catalog", "--from", "labels.csv"], ["labels.csv", "columns image_id and label"]),
     (["evaluate", "--dataset", "missing.npz", "--out", "eval"], ["missing.npz"]),
     (["evaluate", "--dataset", "scans", "--out", "eval", "--set", "evaluate.fractions=[0.5,0.1]"], ["evaluate.fractions"]),
     (["evaluate", "--dataset", "scans", "--out", "eval", "--set", "evaluate.rankers=[enrich]"], ["evaluate.rankers", "random"]),
@@ -174,6 +184,11 @@ def bad_input_folder(tmp_path_factory) -> Path:
     cwd = tmp_path_factory.mktemp("bad_input")
     _tiny_archive(cwd)
     _embeddings(cwd / "emb.parquet")
+    (cwd / "labels_catalog").mkdir()  # a catalog of no night yet, and labeling tools' exports that are not
+    (cwd / "labels_catalog" / "catalog.json").write_text('{"nights": [], "model_hash": null, "index": null}')
+    (cwd / "broken_export.json").write_text('[{"data": {"image_id": "a"}, ')
+    (cwd / "cvat.xml").write_text("<dataset><image name='a.png'/></dataset>")
+    (cwd / "labels.csv").write_text("image,class\na.png,benign\n")
     return cwd
 
 
