@@ -11,7 +11,7 @@ TORCH ?= torch==2.13.0
 # Empty (the default): torch comes from pip's configured index, like every other package.
 TORCH_INDEX ?=
 
-.PHONY: demo test chromium clean
+.PHONY: demo test chromium orthanc clean
 
 $(STAMP): pyproject.toml setup.py infra/constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,7 +27,13 @@ demo: $(STAMP)
 chromium:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "chromium not installed: the browser test will skip"
 
-test: $(STAMP) chromium
+# Orthanc with its DICOMweb plugin is the PACS of tests/integration/test_dicomweb.py (started there on a
+# free port of 127.0.0.1); where it cannot be installed those tests skip. On a machine with systemd the
+# package also starts its own service (ports 8042 and 4242), which the tests do not use.
+orthanc:
+	@test -x /usr/sbin/Orthanc -a -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so || (apt-get update -qq && apt-get install -y -qq orthanc orthanc-dicomweb >/dev/null) || echo "orthanc not installed: the DICOMweb tests will skip"
+
+test: $(STAMP) chromium orthanc
 	$(BIN)/python -m pytest -q
 
 clean:
