@@ -30,7 +30,9 @@ EXAMPLES = {
     "pack": """examples:
   enrich-ray pack ./scans --out ./archive
   enrich-ray pack s3://hospital/incoming/2026-11-20/ --out s3://curation/archive/2026-11-20
-  ENRICH_RAY_PATIENT_KEY=... enrich-ray pack a/ b/ --out ./archive   # keyed patient_key""",
+  ENRICH_RAY_PATIENT_KEY=... enrich-ray pack a/ b/ --out ./archive   # keyed patient_key
+  enrich-ray pack "dicomweb://pacs:8042/dicom-web?StudyDate=20261120&Modality=US" --out ./archive/2026-11-20
+      # a PACS: credentials in ENRICH_RAY_DICOMWEB_USER/_PASSWORD; rerun to fetch only what is missing""",
     "train-vae": """examples:
   enrich-ray train-vae --archive ./archive --out ./model
   enrich-ray train-vae --archive ./archive --out ./model --set vae.max_epochs=10 --set vae.beta=0.1""",
@@ -94,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     curate_yaml = "curate.yaml"
     archive_help = "archive folder written by `enrich-ray pack` (local or s3://)"
     p = add("pack", "pack folders or buckets of DICOM/PNG/JPEG into a Parquet archive", curate_yaml)
-    p.add_argument("sources", nargs="+", metavar="SRC", help="local folders/files or s3:// prefixes")
+    p.add_argument("sources", nargs="+", metavar="SRC",
+                   help="local folders/files or s3:// prefixes; or dicomweb[s]://HOST[:PORT]/PATH?Keyword=value queries")
     p.add_argument("--out", required=True, help="archive folder (local or s3://)")
 
     p = add("train-vae", "train the β-VAE on a seeded sample of an archive's frames", curate_yaml)

@@ -5,6 +5,9 @@ recognise its format by content and read its DICOM header; the second writes eac
 image once, in bounded shards, with every path that held its bytes. A file that claims to
 be an image but cannot be parsed still gets a row, so it reaches the error report; a file
 that cannot be read at all becomes a row of `_pack_errors.parquet`.
+
+A DICOMweb query (`dicomweb://`, enrich_ray/io/dicomweb.py) is fetched once per instance and
+written a shard at a time instead, so a rerun into the same archive fetches only what it lacks.
 """
 from __future__ import annotations
 
@@ -12,8 +15,12 @@ import hashlib
 import json
 import logging
 import os
-from collections import Counter
+import warnings
+from collections import Counter, deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
+from itertools import islice
 
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -23,6 +30,7 @@ from enrich_ray import schema
 from enrich_ray.config import ConfigError, PackConfig, StorageConfig
 from enrich_ray.decode.dicom import read_header
 from enrich_ray.decode.sniff import sniff_format
+from enrich_ray.io.dicomweb import Instance, Pacs, RetrieveFailed, is_dicomweb, parse_query
 from enrich_ray.io.fs import Location, StorageError, resolve
 from enrich_ray.progress import progress_bar
 
@@ -31,6 +39,7 @@ log = logging.getLogger(__name__)
 SHARD_PATTERN = "part-{:05d}.parquet"
 SUMMARY_NAME = "_pack_summary.json"
 ERRORS_NAME = "_pack_errors.parquet"
+DICOMWEB_IN_FLIGHT = 4  # instances retrieved at once: hides a PACS's latency without crowding it
 
 
 @dataclass
@@ -48,13 +57,16 @@ class PackSummary:
     shards: list[str] = field(default_factory=list)
     formats: dict[str, int] = field(default_factory=dict)
     patient_key: str = "absent"
+    already_packed: int = 0  # DICOMweb: instances the archive held before this run, not fetched again
 
     def lines(self) -> list[str]:
         """A short human-readable account, one fact a line, units included."""
         skipped = ", ".join(f"{n} {why}" for why, n in sorted(self.skipped.items())) or "none"
         formats = ", ".join(f"{n} {f}" for f, n in sorted(self.formats.items())) or "none"
+        resumed = [f"already in the archive: {self.already_packed} (not fetched again)"] if self.already_packed else []
         return [
             f"files seen: {self.files_seen} ({self.bytes_read / 1e6:.1f} MB)",
+            *resumed,
             f"files packed: {self.files_packed} as {self.images} distinct images ({formats}); "
             f"{self.duplicate_paths} paths repeat bytes seen at another path",
             f"skipped: {skipped}",
@@ -103,8 +115,11 @@ def pack(
     storage: StorageConfig | None = None,
     progress: bool = True,
 ) -> PackSummary:
-    """Pack every image under `sources` into Parquet shards under `dest`; returns the summary."""
+    """Pack every image under `sources` (folders, files, s3:// prefixes, or dicomweb:// queries) into
+    Parquet shards under `dest`; returns the summary."""
     cfg = cfg or PackConfig()
+    if any(is_dicomweb(src) for src in sources):
+        return _pack_dicomweb(sources, dest, cfg, storage, progress)
     key = patient_hmac_key(cfg)
     summary = PackSummary(patient_key="HMAC-SHA256" if key else "absent")
     files = list_sources(sources, storage)
@@ -130,42 +145,144 @@ def pack(
             images[image_id]["source_uris"].append(uri)
             summary.duplicate_paths += 1
             continue
-        header = dict.fromkeys(schema.HEADER_NAMES)
-        if fmt == "dicom":
-            try:
-                header.update(read_header(data, key))
-            except Exception as exc:  # the decode stage reports it; the row must exist
-                log.debug("header of %s unreadable: %s", uri, exc)
-        images[image_id] = {
-            "image_id": image_id,
-            "source_uri": uri,
-            "source_uris": [uri],
-            "format": fmt,
-            "size_bytes": len(data),
-            **header,
-        }
+        images[image_id] = _image_row(data, image_id, uri, fmt, key)
     if not images:  # refused before anything is written: an archive without an image fails every later job
         raise StorageError(_nothing_to_pack(sources, len(files), skipped, errors))
-    if key is None:
-        log.warning(
-            "%s is not set: patient_key stays empty (set it to link frames of one patient without storing PatientID)",
-            cfg.patient_key_env,
-        )
+    _warn_without_key(key, cfg)
     summary.skipped = dict(skipped)
     summary.unreadable = len(errors)
     summary.images = len(images)
     summary.formats = dict(Counter(row["format"] for row in images.values()))
 
     out = resolve(dest, storage)
-    out.fs.makedirs(out.path, exist_ok=True)
     locations = {uri: loc for loc, uri in files}
     rows = sorted(images.values(), key=lambda r: r["source_uri"])
     _write_shards(out, rows, locations, cfg, summary, progress)
+    _write_account(out, errors, summary)
+    return summary
+
+
+def _image_row(data: bytes, image_id: str, uri: str, fmt: str, key: bytes | None) -> dict:
+    """The archive row of one distinct image, without its bytes: identity, format and DICOM header."""
+    header = dict.fromkeys(schema.HEADER_NAMES)
+    if fmt == "dicom":
+        try:
+            header.update(read_header(data, key))
+        except Exception as exc:  # the decode stage reports it; the row must exist
+            log.debug("header of %s unreadable: %s", uri, exc)
+    return {"image_id": image_id, "source_uri": uri, "source_uris": [uri], "format": fmt, "size_bytes": len(data), **header}
+
+
+def _warn_without_key(key: bytes | None, cfg: PackConfig) -> None:
+    if key is None:
+        log.warning(
+            "%s is not set: patient_key stays empty (set it to link frames of one patient without storing PatientID)",
+            cfg.patient_key_env,
+        )
+
+
+def _write_account(out: Location, errors: list[dict], summary: PackSummary) -> None:
+    """The run's error rows and summary beside its shards."""
+    out.fs.makedirs(out.path, exist_ok=True)
     with out.fs.open(out.join(ERRORS_NAME).path, "wb") as fh:
         pq.write_table(pa.Table.from_pylist(errors, schema=schema.ERRORS), fh)
     with out.fs.open(out.join(SUMMARY_NAME).path, "w") as fh:
         json.dump(asdict(summary), fh, indent=2)
+
+
+def _pack_dicomweb(
+    sources: list[str], dest: str, cfg: PackConfig, storage: StorageConfig | None, progress: bool
+) -> PackSummary:
+    """Pack the instances DICOMweb queries find, in the order of their URIs, a shard at a time.
+
+    Every query is searched before anything is written (a bad query or an unreachable server stops the
+    run there); instances the archive at `dest` already holds (by URI or SOP Instance UID) are not
+    fetched again, and what was fetched before an outage or an interrupt is written, so the rerun goes
+    on from there. An instance the server lists but does not deliver is an error row.
+    """
+    if not all(is_dicomweb(src) for src in sources):
+        raise ConfigError("a DICOMweb query packs into an archive of its own: pack folders and s3:// prefixes in another run")
+    queries = [parse_query(src) for src in sources]
+    key = patient_hmac_key(cfg)
+    found: dict[str, tuple[Pacs, Instance]] = {}
+    for query in queries:
+        pacs = Pacs(query)
+        for instance in pacs.search():
+            found.setdefault(instance.uri, (pacs, instance))
+    if not found:
+        raise StorageError(f"nothing to pack: the DICOMweb search found no instance ({', '.join(sources)})")
+    out = resolve(dest, storage)
+    held_uris, held_sops, held_ids, next_shard = _archive_holdings(out)
+    todo = [found[uri] for uri in sorted(found) if uri not in held_uris and found[uri][1].sop_uid not in held_sops]
+    summary = PackSummary(files_seen=len(found), already_packed=len(found) - len(todo),
+                          patient_key="HMAC-SHA256" if key else "absent")
+    _warn_without_key(key, cfg)
+    writer = _ShardWriter(out, cfg, summary, first=next_shard)
+    errors: list[dict] = []
+    skipped: Counter[str] = Counter()
+    formats: Counter[str] = Counter()
+    try:
+        with warnings.catch_warnings(), closing(_retrieved(todo)) as fetched:
+            # pydicom's notes on a retrieved instance (a malformed UID, ...) are decode's to report, not pack's
+            warnings.filterwarnings("ignore", module="pydicom")
+            for (_, instance), data in progress_bar(zip(todo, fetched), total=len(todo), desc="pack: fetch",
+                                                    unit="instance", disable=not progress):
+                if isinstance(data, RetrieveFailed):
+                    errors.append(schema.error_row("pack", data, source_uri=instance.uri))
+                    continue
+                summary.bytes_read += len(data)
+                fmt = sniff_format(data, instance.uri)
+                if fmt is None:
+                    skipped["not an image"] += 1
+                    continue
+                summary.files_packed += 1
+                image_id = hashlib.sha256(data).hexdigest()
+                if image_id in held_ids:
+                    summary.duplicate_paths += 1
+                    continue
+                held_ids.add(image_id)
+                formats[fmt] += 1
+                writer.add({**_image_row(data, image_id, instance.uri, fmt, key), "data": data})
+    finally:
+        writer.flush()  # what was fetched stays packed: the rerun after an outage or an interrupt goes on from here
+    if not held_ids:
+        raise StorageError(_nothing_to_pack(sources, len(found), skipped, errors))
+    summary.skipped, summary.unreadable, summary.formats = dict(skipped), len(errors), dict(formats)
+    summary.images = sum(formats.values())
+    _write_account(out, errors, summary)
     return summary
+
+
+def _archive_holdings(out: Location) -> tuple[set[str], set[str], set[str], int]:
+    """What an archive already holds: its paths, SOP Instance UIDs and image ids, and the next shard's number."""
+    if not out.fs.isdir(out.path):
+        return set(), set(), set(), 0
+    shards = archive_shards(out.uri())
+    if not shards:
+        return set(), set(), set(), 0
+    table = archive_table(out.uri(), ["image_id", "sop_uid", "source_uris"])
+    uris = {uri for paths in table["source_uris"].to_pylist() for uri in paths}
+    sops = {sop for sop in table["sop_uid"].to_pylist() if sop}
+    numbers = [int(uri.rsplit("/", 1)[-1][len("part-"):].split(".", 1)[0]) for uri in shards]
+    return uris, sops, set(table["image_id"].to_pylist()), max(numbers) + 1
+
+
+def _retrieved(todo: list[tuple[Pacs, Instance]]):
+    """Each instance's bytes, or its RetrieveFailed, in order, DICOMWEB_IN_FLIGHT at a time; an outage raises."""
+
+    def fetch(pacs: Pacs, instance: Instance) -> bytes | RetrieveFailed:
+        try:
+            return pacs.retrieve(instance)
+        except RetrieveFailed as exc:
+            return exc
+
+    with ThreadPoolExecutor(DICOMWEB_IN_FLIGHT, thread_name_prefix="wado") as pool:
+        queue = iter(todo)
+        pending: deque[Future] = deque(pool.submit(fetch, *item) for item in islice(queue, DICOMWEB_IN_FLIGHT))
+        while pending:
+            result = pending.popleft().result()
+            pending.extend(pool.submit(fetch, *item) for item in islice(queue, 1))
+            yield result
 
 
 def _nothing_to_pack(sources: list[str], files_seen: int, skipped: Counter[str], errors: list[dict]) -> str:
@@ -178,6 +295,38 @@ def _nothing_to_pack(sources: list[str], files_seen: int, skipped: Counter[str],
     return f"nothing to pack: none of the {files_seen} file(s) under {where} is a DICOM, PNG or JPEG image: {'; '.join(why)}"
 
 
+class _ShardWriter:
+    """Archive rows with their bytes into shards of at most cfg.shard_max_bytes, numbered from `first`."""
+
+    def __init__(self, out: Location, cfg: PackConfig, summary: PackSummary, first: int = 0):
+        self.out, self.cfg, self.summary, self.number = out, cfg, summary, first
+        self.rows: list[dict] = []
+        self.bytes = 0
+
+    def add(self, row: dict) -> None:
+        """Queue one row (its `data` included); a full shard is written first."""
+        if self.rows and self.bytes + len(row["data"]) > self.cfg.shard_max_bytes:
+            self.flush()
+        self.rows.append(row)
+        self.bytes += len(row["data"])
+        self.summary.bytes_packed += len(row["data"])
+
+    def flush(self) -> None:
+        """Write the queued rows as the next shard, if any."""
+        if not self.rows:
+            return
+        name = SHARD_PATTERN.format(self.number)
+        table = pa.Table.from_pylist(self.rows, schema=schema.ARCHIVE)
+        mean_bytes = max(1, self.bytes // len(self.rows))
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink, row_group_size=max(1, self.cfg.row_group_bytes // mean_bytes))
+        self.out.fs.makedirs(self.out.path, exist_ok=True)
+        self.out.join(name).write_bytes(sink.getvalue().to_pybytes())  # whole or not at all: a resume never meets half a shard
+        self.summary.shards.append(name)
+        self.number += 1
+        self.rows, self.bytes = [], 0
+
+
 def _write_shards(
     out: Location,
     rows: list[dict],
@@ -187,32 +336,14 @@ def _write_shards(
     progress: bool,
 ) -> None:
     """Write rows (with their bytes, read again) into shards of at most cfg.shard_max_bytes."""
-    shard: list[dict] = []
-    shard_bytes = 0
-
-    def flush() -> None:
-        nonlocal shard, shard_bytes
-        if not shard:
-            return
-        name = SHARD_PATTERN.format(len(summary.shards))
-        table = pa.Table.from_pylist(shard, schema=schema.ARCHIVE)
-        mean_bytes = max(1, shard_bytes // len(shard))
-        with out.fs.open(out.join(name).path, "wb") as fh:
-            pq.write_table(table, fh, row_group_size=max(1, cfg.row_group_bytes // mean_bytes))
-        summary.shards.append(name)
-        shard, shard_bytes = [], 0
-
+    writer = _ShardWriter(out, cfg, summary)
     for row in progress_bar(rows, desc="pack: write", unit="image", disable=not progress):
         src = locations[row["source_uri"]]
         data = src.fs.cat_file(src.path)
         if hashlib.sha256(data).hexdigest() != row["image_id"]:
             raise StorageError(f"{row['source_uri']} changed while it was being packed; pack again")
-        if shard and shard_bytes + len(data) > cfg.shard_max_bytes:
-            flush()
-        shard.append({**row, "data": data})
-        shard_bytes += len(data)
-        summary.bytes_packed += len(data)
-    flush()
+        writer.add({**row, "data": data})
+    writer.flush()
 
 
 def archive_shards(archive: str, storage: StorageConfig | None = None) -> list[str]:
