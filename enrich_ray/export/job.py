@@ -16,6 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import pyarrow.compute as pc
+from pydicom.sr.coding import Code
 
 from enrich_ray.config import Config, ConfigError
 from enrich_ray.export import FORMATS, kos, labels, render, tools
@@ -52,7 +53,7 @@ def export_selection(run: str, to: str, out: str, cfg: Config, *, top: int | Non
     root = document_root or os.environ.get(DOCUMENT_ROOT_ENV) or os.sep
     dest = resolve(out, cfg.storage)
     if to == "labelstudio":
-        tools.label_studio_uri(dest.join(IMAGES, "x.png"), root)  # an --out outside the document root stops here
+        tools.label_studio_uri(dest.join(IMAGES), root)  # an --out outside the document root stops here
     sel = read_selection(run, top, cfg.storage)
     dest.fs.makedirs(dest.path, exist_ok=True)
     said = f"{len(sel.rows)} frames (the run's list, {sel.list_name}, holds {sel.listed})"
@@ -104,7 +105,7 @@ def _images(sel: Selection, to: str, dest: Location, root: str, said: str, cfg: 
     return ExportResult(lines, skipped)
 
 
-def _kos(sel: Selection, dest: Location, code, said: str, cfg: Config) -> ExportResult:
+def _kos(sel: Selection, dest: Location, code: Code, said: str, cfg: Config) -> ExportResult:
     """One KOS document per study over the selected DICOM instances; other frames are counted, not sent."""
     files = archive_files(sel.archive, sel.rows["image_id"].tolist(), cfg.storage)
     dicom = files[files["format"] == "dicom"]

@@ -56,7 +56,8 @@ def read_label_studio(data: bytes) -> Labels:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise LabelsError(f"not valid JSON ({exc})") from None
     if not isinstance(tasks, list) or not all(isinstance(t, dict) and isinstance(t.get("data"), dict) for t in tasks):
-        raise LabelsError("not a Label Studio JSON export: expected a list of tasks, each with a data object")
+        raise LabelsError("not a Label Studio JSON export: expected a list of tasks, each with a data object "
+                          "(Label Studio's Export > JSON, not JSON-MIN)")
     found = []
     for task in tasks:
         annotations = task.get("annotations") or []

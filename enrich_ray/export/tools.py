@@ -72,9 +72,9 @@ def label_studio_uri(png: Location, document_root: str) -> str:
         return png.uri()
     root = os.path.abspath(document_root)
     relative = os.path.relpath(png.path, root)
-    if relative.startswith(os.pardir):
-        raise ConfigError(f"--out {os.path.dirname(os.path.dirname(png.path))} is not under the Label Studio document root "
-                          f"{root} (--document-root, or LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT)")
+    if relative.split(os.sep, 1)[0] == os.pardir:
+        raise ConfigError(f"{png.path} is not under the Label Studio document root {root} "
+                          "(--document-root, or LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT)")
     return LOCAL_FILES + quote(relative.replace(os.sep, "/"))
 
 
