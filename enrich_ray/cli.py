@@ -53,7 +53,8 @@ EXAMPLES = {
   enrich-ray export --run ./runs/first --to labelstudio --out ./to_label   # tasks.json + images/
   enrich-ray export --run s3://curation/catalog/nights/2026-11-20 --to cvat --out s3://labeling/2026-11-20
   enrich-ray export --run ./runs/first --to csv --top 200 --out ./to_label
-  enrich-ray export --run ./runs/first --to kos --title "For Research" --out ./kos   # one .dcm per study""",
+  enrich-ray export --run ./runs/first --to kos --title "For Research" --out ./kos   # one .dcm per study
+  enrich-ray export --run ./runs/first --to kos --out dicomweb://pacs:8042/dicom-web  # stored over STOW-RS""",
     "labels": """examples:
   enrich-ray labels --catalog s3://curation/catalog --from ./label-studio-export.json
   enrich-ray labels --catalog ./catalog --from ./annotations.xml   # CVAT for images 1.1
@@ -138,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "kos: a DICOM Key Object Selection document per study")
     p.add_argument("--top", type=int, help="how many frames of the ranking (default: the run's list: a curate run's frames "
                                            "up to the report's suggested budget, a night's top.csv)")
-    p.add_argument("--out", required=True, help="folder for the export (local or s3://)")
+    p.add_argument("--out", required=True, help="folder for the export (local or s3://); for --to kos also a PACS, "
+                                                "dicomweb[s]://HOST[:PORT]/PATH, stored to over STOW-RS")
     p.add_argument("--title", help="kos: the document title, from DICOM CID 7010 (default 'Of Interest'; e.g. 'For Research')")
     p.add_argument("--document-root", help="labelstudio with a local --out: Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT, "
                                            "which the image URLs are relative to (default: that variable if set, else /)")

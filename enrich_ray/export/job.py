@@ -4,7 +4,7 @@ export --to writes under OUT (a folder, local or s3://):
     labelstudio  tasks.json and images/NAME.png (NAME: export.tools.frame_name)
     cvat         manifest.jsonl and NAME.png beside it (the folder is the CVAT dataset's root)
     csv          to_label.csv
-    kos          one STUDY_UID.dcm per study (DICOM Key Object Selection)
+    kos          one STUDY_UID.dcm per study (DICOM Key Object Selection); to a dicomweb:// OUT, stored over STOW-RS
 labels writes CATALOG/labeled/YYYYMMDDTHHMMSSZ.csv (image_id,label), which the next night seeds from.
 """
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pydicom.sr.coding import Code
 from enrich_ray.config import Config, ConfigError
 from enrich_ray.export import FORMATS, kos, labels, render, tools
 from enrich_ray.export.source import Selection, archive_files, read_selection
+from enrich_ray.io.dicomweb import Pacs, is_dicomweb, parse_query
 from enrich_ray.io.fs import Location, StorageError, resolve
 from enrich_ray.pipelines.catalog import CATALOG_FILE, Catalog
 
@@ -51,21 +52,37 @@ def export_selection(run: str, to: str, out: str, cfg: Config, *, top: int | Non
         raise ConfigError("--document-root places Label Studio's local files: it applies to --to labelstudio only")
     code = kos.document_title(title or kos.DEFAULT_TITLE) if to == "kos" else None
     root = document_root or os.environ.get(DOCUMENT_ROOT_ENV) or os.sep
+    if is_dicomweb(out):
+        pacs = _pacs(out, to)
+        return _kos(read_selection(run, top, cfg.storage), pacs, code, out, cfg)
     dest = resolve(out, cfg.storage)
     if to == "labelstudio":
         tools.label_studio_uri(dest.join(IMAGES), root)  # an --out outside the document root stops here
     sel = read_selection(run, top, cfg.storage)
     dest.fs.makedirs(dest.path, exist_ok=True)
-    said = f"{len(sel.rows)} frames (the run's list, {sel.list_name}, holds {sel.listed})"
     if to == "csv":
         dest.join(TABLE).write_bytes(tools.labeling_table(sel.rows).to_csv(index=False).encode())
-        return ExportResult([f"exported {said} to {dest.join(TABLE).uri()}"])
+        return ExportResult([f"exported {_said(sel)} to {dest.join(TABLE).uri()}"])
     if to == "kos":
-        return _kos(sel, dest, code, said, cfg)
-    return _images(sel, to, dest, root, said, cfg)
+        return _kos(sel, dest, code, dest.uri(), cfg)
+    return _images(sel, to, dest, root, cfg)
 
 
-def _images(sel: Selection, to: str, dest: Location, root: str, said: str, cfg: Config) -> ExportResult:
+def _said(sel: Selection) -> str:
+    return f"{len(sel.rows)} frames (the run's list, {sel.list_name}, holds {sel.listed})"
+
+
+def _pacs(out: str, to: str) -> Pacs:
+    """The PACS a `dicomweb://` --out names, for its KOS documents (STOW-RS), checked before any work."""
+    if to != "kos":
+        raise ConfigError(f"--out {out}: a PACS takes --to kos only (the KOS documents, stored over STOW-RS)")
+    query = parse_query(out)
+    if query.filters:
+        raise ConfigError(f"--out {out}: a PACS to store into takes no query ({', '.join(k for k, _ in query.filters)})")
+    return Pacs(query)
+
+
+def _images(sel: Selection, to: str, dest: Location, root: str, cfg: Config) -> ExportResult:
     """Render each frame to a PNG and write the tool's task file over them, in rank order."""
     folder = dest.join(IMAGES) if to == "labelstudio" else dest
     folder.fs.makedirs(folder.path, exist_ok=True)
@@ -100,13 +117,14 @@ def _images(sel: Selection, to: str, dest: Location, root: str, said: str, cfg: 
         target = dest.join(CVAT_MANIFEST)
         target.write_bytes(tools.cvat_manifest([w[1] for w in written], [w[3] for w in written]).encode())
         where = f"{dest.uri()} ({CVAT_MANIFEST} and the PNGs)"
-    lines = [f"exported {len(rows)} of {said} to {where}"]
+    lines = [f"exported {len(rows)} of {_said(sel)} to {where}"]
     lines += [f"  {n} frame(s) left out: {why}" for why, n in sorted(skipped.items())]
     return ExportResult(lines, skipped)
 
 
-def _kos(sel: Selection, dest: Location, code: Code, said: str, cfg: Config) -> ExportResult:
-    """One KOS document per study over the selected DICOM instances; other frames are counted, not sent."""
+def _kos(sel: Selection, dest: Location | Pacs, code: Code, where: str, cfg: Config) -> ExportResult:
+    """One KOS document per study over the selected DICOM instances, written as STUDY_UID.dcm or stored to a
+    PACS (STOW-RS); other frames are counted, not sent."""
     files = archive_files(sel.archive, sel.rows["image_id"].tolist(), cfg.storage)
     dicom = files[files["format"] == "dicom"]
     skipped: Counter = Counter()
@@ -116,10 +134,13 @@ def _kos(sel: Selection, dest: Location, code: Code, said: str, cfg: Config) -> 
     description = f"enrich_ray: the frames ranked first for labeling ({len(sel.rows)} of {sel.list_name})"
     docs, unreadable = kos.kos_documents(dicom["data"].tolist(), code, description)
     for doc in docs:
-        dest.join(f"{doc.study_uid}.dcm").write_bytes(doc.data)
+        if isinstance(dest, Pacs):
+            dest.store(doc.data)
+        else:
+            dest.join(f"{doc.study_uid}.dcm").write_bytes(doc.data)
     instances = sum(len(d.referenced) for d in docs)
-    lines = [f"exported {said} as {len(docs)} Key Object Selection document(s) ('{code.meaning}') referencing "
-             f"{instances} instance(s) to {dest.uri()}"]
+    lines = [f"exported {_said(sel)} as {len(docs)} Key Object Selection document(s) ('{code.meaning}') referencing "
+             f"{instances} instance(s) to {where}"]
     lines += [f"  {n} frame(s) left out: {why}" for why, n in sorted(skipped.items()) if n]
     if unreadable:
         skipped["DICOM header without the UIDs a reference needs"] = unreadable

@@ -1,5 +1,5 @@
 """Reach a PACS over DICOMweb: a `dicomweb://` query, its search (QIDO-RS) and each instance's stored
-bytes (WADO-RS), through dicomweb-client.
+bytes (WADO-RS), and the store (STOW-RS) of the KOS documents `export --to kos` makes, through dicomweb-client.
 
 `dicomweb://HOST[:PORT]/PATH?Keyword=value&...` speaks plain HTTP, `dicomwebs://` HTTPS; PATH is the
 service root (Orthanc: /dicom-web) and every query key is a DICOM attribute keyword, matched by an
@@ -9,6 +9,7 @@ environment (USER_ENV, PASSWORD_ENV), never from the URL, and are written nowher
 from __future__ import annotations
 
 import difflib
+import io
 import logging
 import os
 import re
@@ -158,6 +159,26 @@ class Pacs:
         except Exception as exc:  # the answer is not one DICOM instance (pydicom or the client refused it)
             raise RetrieveFailed(f"WADO-RS answer is not one readable DICOM instance: {type(exc).__name__}: {exc}") from None
         return dataset.buffer.getvalue()  # the part's bytes exactly as received (pydicom keeps the buffer it read)
+
+    def store(self, data: bytes) -> None:
+        """Store one DICOM file on the service (STOW-RS); a refusal, a failed instance or an outage raises StorageError."""
+        import pydicom
+
+        try:
+            answer = self.client.store_instances([pydicom.dcmread(io.BytesIO(data))])
+        except requests.HTTPError as exc:
+            response = exc.response
+            if response.status_code in (401, 403):
+                raise StorageError(self._refusal(exc)) from None
+            raise StorageError(f"the DICOMweb server at {self.query.service} refused to store an instance (STOW-RS: HTTP "
+                               f"{response.status_code} {response.reason}): {' '.join(response.text.split())[:300]}") from None
+        except requests.RequestException as exc:
+            raise StorageError(self._outage(exc)) from None
+        failed = answer.get("FailedSOPSequence") if answer is not None else None
+        if failed:
+            reason = failed[0].get("FailureReason")
+            raise StorageError(f"the DICOMweb server at {self.query.service} did not store instance "
+                               f"{failed[0].get('ReferencedSOPInstanceUID')} (STOW-RS failure reason {reason})")
 
     def _outage(self, exc: requests.RequestException) -> str:
         # urllib3 nests the cause (refused, unresolved, timed out) after the pool's and the connection's names

@@ -1,10 +1,12 @@
 """The selection out and the labels back, on a real curate run and a real nightly night of the sample
 archive (real DICOM files and BUSI PNGs) on a local Ray: Label Studio tasks that follow the tool's
 documented schema with PNGs it can show, CVAT's manifest over the PNGs, KOS documents read back by
-pydicom, and each tool's export written into the catalog's labeled set that the next night reads."""
+pydicom and stored to a real PACS (Orthanc, tests/integration/pacs.py) over STOW-RS, found again over
+QIDO-RS, and each tool's export written into the catalog's labeled set that the next night reads."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import subprocess
 import sys
@@ -24,12 +26,15 @@ from enrich_ray.config import load_config
 from enrich_ray.export import job, tools
 from enrich_ray.export.render import RENDER_SIDE
 from enrich_ray.export.source import budget_frames
+from enrich_ray.io import dicomweb
 from enrich_ray.io.fs import StorageError
-from enrich_ray.io.pack import archive_table
+from enrich_ray.io.pack import archive_table, pack
 from enrich_ray.pipelines.catalog import Catalog
 from enrich_ray.pipelines.curate import curate
 from enrich_ray.pipelines.nightly import nightly
+from tests.conftest import testdata_path
 from tests.integration.conftest import S3_KEYS
+from tests.integration.pacs import PASSWORD, USER, start_pacs
 from tests.unit.test_export import LABEL_STUDIO_TASKS
 
 pytestmark = pytest.mark.ray
@@ -221,3 +226,35 @@ def test_label_studio_export_to_the_object_store_names_its_objects(run, s3_endpo
     for task in tasks:
         with fs.open(task["data"]["image"], "rb") as fh:
             assert Image.open(fh).format == "PNG"
+
+
+def test_kos_documents_go_back_to_the_pacs_the_scans_came_from(ray_cluster, tmp_path, monkeypatch):
+    scans = [pydicom.dcmread(testdata_path(n)) for n in ["CT_small.dcm", "MR_small.dcm", "US1_UNCR.dcm", "emri_small.dcm"]]
+    server, accepted = start_pacs(tmp_path / "pacs", scans)
+    try:
+        assert len(accepted) == len(scans)
+        monkeypatch.setenv(dicomweb.USER_ENV, USER)
+        monkeypatch.setenv(dicomweb.PASSWORD_ENV, PASSWORD)
+        pack([server.source], str(tmp_path / "archive"), progress=False)
+        cfg = load_config(None, PIXELS)
+        assert curate(str(tmp_path / "archive"), str(tmp_path / "run"), cfg).exit_code == 0
+        manifest = _manifest(tmp_path / "run")
+        result = job.export_selection(str(tmp_path / "run"), "kos", server.source, cfg, top=len(manifest))
+        assert not result.skipped and server.source in result.lines[0]  # every frame here is a DICOM instance
+
+        kos_search = dicomweb.Pacs(dicomweb.parse_query(f"{server.source}?Modality=KO"))
+        found = kos_search.search()  # QIDO-RS finds them again
+        assert {i.study_uid for i in found} == set(manifest["study_uid"])  # one per study
+        referenced = set()
+        for instance in found:
+            ds = pydicom.dcmread(io.BytesIO(kos_search.retrieve(instance)))
+            assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.59"
+            assert ds.ConceptNameCodeSequence[0].CodeMeaning == "Of Interest"
+            referenced |= {item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+                           for item in ds.ContentSequence if item.ValueType == "IMAGE"}
+        assert referenced == set(manifest["sop_uid"])
+
+        job.export_selection(str(tmp_path / "run"), "kos", server.source, cfg, top=len(manifest))
+        assert {i.sop_uid for i in kos_search.search()} == {i.sop_uid for i in found}  # the same documents again
+    finally:
+        server.stop()

@@ -164,6 +164,8 @@ BAD_INVOCATIONS = [
     (["export", "--run", "archive", "--to", "kos", "--out", "out", "--title", "Of No Interest"], ["Of No Interest", "CID 7010"]),
     (["export", "--run", "archive", "--to", "csv", "--out", "out", "--title", "For Research"], ["--title", "--to kos only"]),
     (["export", "--run", "archive", "--to", "labelstudio", "--out", "out", "--document-root", "elsewhere"], ["document root"]),
+    (["export", "--run", "archive", "--to", "csv", "--out", "dicomweb://127.0.0.1:9/dicom-web"], ["--to kos only"]),
+    (["export", "--run", "archive", "--to", "kos", "--out", "dicomweb://127.0.0.1:9/dicom-web?Modality=US"], ["takes no query"]),
     (["labels", "--catalog", "missing_catalog", "--from", "labels.csv"], ["missing_catalog", "catalog.json"]),
     (["labels", "--catalog", "labels_catalog", "--from", "missing.json"], ["missing.json", "not found"]),
     (["labels", "--catalog", "labels_catalog", "--from", "broken_export.json"], ["broken_export.json", "not valid JSON"]),
