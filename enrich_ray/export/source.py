@@ -12,7 +12,6 @@ import io
 import json
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
 
@@ -21,7 +20,8 @@ from enrich_ray.io.fs import Location, StorageError
 from enrich_ray.io.pack import archive_table
 from enrich_ray.pipelines.catalog import CATALOG_FILE
 from enrich_ray.pipelines.run_folder import RunFolder
-from enrich_ray.report.plots import suggested_budget
+from enrich_ray.report import plots
+from enrich_ray.report.plots import manifest_coverage, suggested_budget
 from enrich_ray.schema import FRAME_KEYS
 from enrich_ray.selection.manifest import KEY_COLUMNS
 
@@ -72,11 +72,8 @@ def read_selection(run: str, top: int | None, storage: StorageConfig | None) -> 
 def budget_frames(manifest: pd.DataFrame) -> int:
     """How many frames the report's suggested budget asks to label first (report.plots.suggested_budget on the
     coverage curve, as the report reads it); the whole ranking when the ranker recorded no coverage."""
-    curve = manifest.reindex(columns=["rank", "coverage_similarity"]).dropna()
-    if curve.empty:
-        return len(manifest)
-    budget = suggested_budget(curve["rank"].to_numpy(np.int64), 1.0 - curve["coverage_similarity"].to_numpy(np.float64))
-    return int((manifest["rank"] <= budget).sum())
+    curve = manifest_coverage(manifest)
+    return plots.budget_frames(manifest, suggested_budget(*curve) if curve is not None else None)
 
 
 def night_archive(night: RunFolder, name: str) -> str:

@@ -156,7 +156,7 @@ class Catalog:
                 if path.endswith(".parquet"):
                     df = pd.read_parquet(fh)
                 elif path.endswith(".csv"):
-                    df = pd.read_csv(fh)
+                    df = pd.read_csv(fh, dtype={"image_id": str})
                 else:
                     continue
             if "image_id" not in df.columns:

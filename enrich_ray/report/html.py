@@ -51,6 +51,8 @@ from enrich_ray.report.plots import (
     project_2d,
     redundancy_png,
     share_above,
+    budget_frames,
+    manifest_coverage,
     suggested_budget,
     thumbnail_png,
 )
@@ -194,7 +196,7 @@ def render_report(
     selection = _selection_settings(summary)
     embedding = dict(summary.get("embedding") or {})
     warnings = collapse_warnings(embedding)
-    curve = _coverage_curve(manifest)
+    curve = manifest_coverage(manifest)
     budget = suggested_budget(*curve) if curve is not None else None
     excluded = summary.get("excluded_from_ranking") or {}
     causes = _error_causes(errors)
@@ -304,20 +306,6 @@ def _selection_settings(summary: dict) -> SelectionConfig:
         seconds_per_image=float(sel.get("seconds_per_image", defaults.seconds_per_image)),
         seconds_per_segmentation=float(sel.get("seconds_per_segmentation", defaults.seconds_per_segmentation)),
     )
-
-
-def _coverage_curve(manifest: pd.DataFrame) -> tuple[np.ndarray, np.ndarray] | None:
-    """The coverage curve of a rank-sorted manifest: (frames labeled, coverage radius 1 − similarity), seed rows
-    left out; None when the manifest records no coverage."""
-    curve = manifest.reindex(columns=["rank", "coverage_similarity"]).dropna()
-    if curve.empty:
-        return None
-    return curve["rank"].to_numpy(dtype=np.int64), 1.0 - curve["coverage_similarity"].to_numpy(dtype=np.float64)
-
-
-def _budget_frames(manifest: pd.DataFrame, budget: int | None) -> int:
-    """How many of the manifest's frames the budget asks to label: those ranked up to it (all without one)."""
-    return len(manifest) if budget is None else int((manifest["rank"] <= budget).sum())
 
 
 def _duplicate_savings(duplicates: pd.DataFrame) -> tuple[int, int]:
@@ -432,7 +420,7 @@ def _summary_items(manifest: pd.DataFrame, budget: int | None, sel: SelectionCon
     if len(manifest) == 0:
         items.append({"href": "ranking", "link": "No frame was ranked", "rest": ": there is nothing to label yet."})
     else:
-        n = _budget_frames(manifest, budget)
+        n = budget_frames(manifest, budget)
         why = (
             f": after them the next {BUDGET_WINDOW} frames add little (they shrink the coverage radius by at most "
             f"{BUDGET_MIN_GAIN:.0%} of its whole drop)" if budget is not None else " (no coverage curve to suggest fewer)"
@@ -476,7 +464,7 @@ def _ranking(manifest: pd.DataFrame, top: pd.DataFrame, sel: SelectionConfig, th
     if not len(manifest):
         return out
     if curve is not None:
-        k = _budget_frames(manifest, budget)
+        k = budget_frames(manifest, budget)
         out["budget"] = {
             "frames": f"{k:,}", "duration": _duration(k * sel.seconds_per_image),
             "seconds_per_image": f"{sel.seconds_per_image:g}", "radius": f"{dict(zip(*curve))[budget]:.3f}",

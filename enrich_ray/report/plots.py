@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 import cv2
 import numpy as np
+import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -35,6 +36,20 @@ def share_above(nn_similarity: np.ndarray, thresholds: tuple[float, ...]) -> dic
     """Share of frames whose maximum similarity to any other frame exceeds each threshold."""
     finite = nn_similarity[np.isfinite(nn_similarity)]
     return {t: float((finite > t).mean()) if finite.size else 0.0 for t in thresholds}
+
+
+def manifest_coverage(manifest: pd.DataFrame) -> tuple[np.ndarray, np.ndarray] | None:
+    """The coverage curve of a rank-sorted manifest: (frames labeled, coverage radius 1 − similarity), seed rows
+    left out; None when the manifest records no coverage."""
+    curve = manifest.reindex(columns=["rank", "coverage_similarity"]).dropna()
+    if curve.empty:
+        return None
+    return curve["rank"].to_numpy(dtype=np.int64), 1.0 - curve["coverage_similarity"].to_numpy(dtype=np.float64)
+
+
+def budget_frames(manifest: pd.DataFrame, budget: int | None) -> int:
+    """How many of the manifest's frames the budget asks to label: those ranked up to it (all without one)."""
+    return len(manifest) if budget is None else int((manifest["rank"] <= budget).sum())
 
 
 def suggested_budget(n_labeled: np.ndarray, radius: np.ndarray) -> int | None:
