@@ -88,9 +88,21 @@ def farthest_first(unit: np.ndarray, seed: int) -> tuple[list[int], list[float],
     return order, scores, coverage
 
 
-def build_inputs(busi_dir: Path, n: int = N_FRAMES) -> ReportInputs:
-    """Report inputs from n real frames: a pixel embedding, its 1-NN similarities, a ranking, groups, outliers."""
-    frames, names = load_busi_frames(busi_dir, n)
+def synthetic_frames(n: int) -> tuple[np.ndarray, list[str]]:
+    """n ultrasound-like frames (enrich_ray.truth's synthetic base, seeded), area-resized to 64x64: for a fresh clone."""
+    from enrich_ray.truth.planted import synthetic_ultrasound
+
+    rng = np.random.default_rng(0)
+    frames = [cv2.resize(synthetic_ultrasound(rng), (SIZE, SIZE), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+              for _ in range(n)]
+    classes = ("benign", "malignant", "normal")  # named as BUSI names its files, class folders and "(N)"
+    return np.stack(frames), [f"{classes[i % 3]}/{classes[i % 3]} ({i + 1}).png" for i in range(n)]
+
+
+def build_inputs(busi_dir: Path | None, n: int = N_FRAMES) -> ReportInputs:
+    """Report inputs from n real frames (BUSI; synthetic ones when busi_dir is None): a pixel embedding,
+    its 1-NN similarities, a ranking, groups, outliers."""
+    frames, names = load_busi_frames(busi_dir, n) if busi_dir is not None else synthetic_frames(n)
     frames[1] = frames[0]  # the same scan stored under a second name: an exact duplicate
     uris = [f"s3://archive/busi/{name}" for name in names]
     uris[1] = "s3://archive/copies/" + names[0]
