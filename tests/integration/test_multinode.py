@@ -80,6 +80,9 @@ def test_curate_s3_to_s3_on_a_worker_node_equals_local(s3_endpoint, sample_sourc
         assert [f for d in disks for f in _data_files(d)] == []
         assert {folder: names for folder, names in created().items() if names} == {}
         assert list((tmp_path / "head-tmp").glob("enrich-ray-curate-*.log"))
+        denied = subprocess.run([RAY, "job", "submit", f"--address={dashboard}", "--", "python", "-c", "print(1)"],
+                                env={**env, "RAY_AUTH_TOKEN": "wrong"}, capture_output=True, text=True, timeout=120)
+        assert denied.returncode != 0  # token authentication is on
 
     request.getfixturevalue("ray_cluster")  # the local run, on the session's in-process Ray, once the cluster is gone
     pack([str(sample_source)], str(tmp_path / "archive"), progress=False)
