@@ -10,6 +10,7 @@ import pytest
 from enrich_ray.config import StorageConfig
 from enrich_ray.io.fs import resolve
 from enrich_ray.io.lock import Holder, Lock, LockHeld, LockNotHeld
+from tests.unit.test_lock import release_racing_a_takeover
 
 HOUR = 3600.0
 RUNS = 8
@@ -103,19 +104,5 @@ def test_concurrent_takeovers_of_a_stale_lock_exactly_one_wins(s3, s3_endpoint):
 
 
 def test_release_racing_a_takeover_deletes_nothing(s3, s3_endpoint):
-    loc = _loc(s3_endpoint, "slow/_lock")
-    slow = Lock(loc, 0, run_id="slow")
-    slow.acquire()
-    taker = Lock(loc, HOUR, run_id="taker")
-    read = slow._store.read
-
-    def read_then_taken_over():  # the expired lock changes hands between the release's read and its delete
-        found = read()
-        if taker.holder is None:
-            taker.acquire()
-        return found
-
-    slow._store.read = read_then_taken_over
-    with pytest.raises(LockNotHeld, match="taken over by run taker"):
-        slow.release()
+    release_racing_a_takeover(_loc(s3_endpoint, "slow/_lock"))
     assert _stored(s3, "slow/_lock")["run_id"] == "taker"  # the delete named the old ETag: refused

@@ -114,13 +114,15 @@ def test_concurrent_acquirers_exactly_one_wins(loc, stale_first):
     assert {h.run_id for h in refused} <= {won[0], "crashed"}
 
 
-def test_release_racing_a_takeover_deletes_nothing(loc):
+def release_racing_a_takeover(loc) -> None:
+    """An expired holder's release, its lock taken over between the release's read and its delete: refused
+    (the local and the S3 store alike; the caller checks the taker's record stayed)."""
     slow = Lock(loc, 0, run_id="slow")
     slow.acquire()
     taker = Lock(loc, HOUR, run_id="taker")
     read = slow._store.read
 
-    def read_then_taken_over():  # the expired lock changes hands between the release's read and its delete
+    def read_then_taken_over():
         found = read()
         if taker.holder is None:
             taker.acquire()
@@ -129,4 +131,8 @@ def test_release_racing_a_takeover_deletes_nothing(loc):
     slow._store.read = read_then_taken_over
     with pytest.raises(LockNotHeld, match="taken over by run taker"):
         slow.release()
+
+
+def test_release_racing_a_takeover_deletes_nothing(loc):
+    release_racing_a_takeover(loc)
     assert json.loads(open(loc.path).read())["run_id"] == "taker"
