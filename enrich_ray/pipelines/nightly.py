@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import time
 from dataclasses import dataclass
 
@@ -139,11 +140,12 @@ class _Night:
         self.history, self.hist_emb, self.resent = history, hist_emb, resent
         self.n_hist = len(history)
 
-    @property
+    @functools.cached_property
     def frames(self) -> tuple[pd.DataFrame, np.ndarray]:
-        """Tonight's embedded frames and their vectors."""
+        """Tonight's embedded frames and their vectors, read once (first asked after the embed stage)."""
         return schema.frames_and_vectors(self.work.read_table("embeddings"))
 
+    @functools.cached_property
     def all_rows(self) -> tuple[pd.DataFrame, np.ndarray]:
         """Every frame (history, then tonight's, with their night) and every vector."""
         new_frames, new_emb = self.frames
@@ -155,7 +157,7 @@ class _Night:
 
         _, new_emb = self.frames
         version = self.cat.add_to_index(self.hist_emb, new_emb, rebuild)
-        _, emb = self.all_rows()
+        _, emb = self.all_rows
         k = max(0, min(self.cfg.index.k, len(emb) - 1))
         graph = later_rows_graph(self.cat.load_index(version), emb, self.n_hist, k) if version and k else \
             KnnGraph(np.zeros((len(emb), 0), np.int64), np.zeros((len(emb), 0), np.float32))
@@ -175,7 +177,7 @@ class _Night:
         from enrich_ray.analysis.outliers import outliers_among_reference
 
         new_frames, _ = self.frames
-        frames, emb = self.all_rows()
+        frames, emb = self.all_rows
         graph = self._graph()
         tonight = stages.frame_evidence(self.work, new_frames)
         evidence = join_evidence(self.cat.evidence(self.history), tonight)
@@ -207,7 +209,7 @@ class _Night:
         from enrich_ray.selection.seeds import seed_rows
 
         new_frames, new_emb = self.frames
-        frames, _ = self.all_rows()
+        frames, _ = self.all_rows
         groups = self.work.read_table("groups.parquet").to_pandas()
         outl = self.out.read_table("outliers.parquet", columns=["row", "flagged"]).to_pandas()
         family, flag = frame_judgments(groups, outl, len(frames))
