@@ -44,23 +44,21 @@ chosen on the planted truth:
 |------------------------------------------|--------------------------|------------------------|
 | exact pair precision, recall             | 100% 100% / 100% 100%    | 100% 100% / 100% 100%  |
 | near-dups grouped with original (78; 40) | 92.3% / 92.3%            | 90.0% / 90.0%          |
-|   both checks only, embeddings' graph    | 92.3% / 91.0%            | 85.0% / 85.0%          |
 | false pairs (of grouped pairs)           | 0.3% / 0.3%              | 0% / 0%                |
 | two base images paired ("unplanted")     | 58.1% / 58.5%            | 0% / 0%                |
 
-Choosing: cosine 0.85 lets a rotation through; the content threshold then decides: at 0.92 recall
-was 96.2% / 93.6% on BUSI and 87.5% on synthetic, at 0.95 as above; simulated on the BUSI run
-(tests/benchmarks/truth_threshold_sweep.py), 0.96 keeps 91.0% and 0.97 84.6% while removing only 6
-and 12 of the 187 unplanted pairs. 0.95 because the
-BUSI pairs of two base images between 0.92 and 0.95 are about half distinct scenes by eye, while
-above 0.95 most are the same lesion scanned twice (BUSI holds many such frames;
-tests/benchmarks/truth_pairs_sheet.py draws them: of 12 sampled pairs between 0.95 and 0.99, 10
-show one scene, 2 perhaps two scans of one region). A +8% brightness shift turned the synthetic
-frames' vae cosine below 0, so the embeddings' graph never offered the pair: the content graph
-offers it and content_alone (thumbnails agreeing to 0.99) groups it. What is missed: on BUSI a
-5-degree rotation or a 5% crop now and then (thumbnail correlation 0.86-0.93); on the flat
-synthetic frames burned-in text (it dominates the thumbnail: 0.3-0.6). Thumbnails cost 512 bytes a
-frame (float16); the checks O(edges), plus one kNN graph over the thumbnails.
+Choosing: cosine 0.85 lets a rotation through; the content threshold then decides. Simulated on
+the BUSI run (`.venv/bin/python tests/benchmarks/truth_threshold_sweep.py runs/bench_truth/busi`),
+0.96 keeps 91.0% and 0.97 84.6% while removing only 6 and 12 of the 187 unplanted pairs. Above
+0.95 most BUSI pairs of two base images are the same lesion scanned twice (BUSI holds many such
+frames; `.venv/bin/python tests/benchmarks/truth_pairs_sheet.py runs/bench_truth/busi --pairs 12
+--out pairs.png` draws them: of 12 sampled pairs between 0.95 and 0.99, 10 show one scene, 2
+perhaps two scans of one region). A pair whose embeddings' cosine does not follow the picture is
+never offered by the embeddings' graph: the content graph offers it and content_alone (thumbnails
+agreeing to 0.99) groups it. What is missed (bench_truth prints the share by transform): on BUSI a
+5-degree rotation or a 5% crop now and then; on the flat synthetic frames burned-in text (it
+dominates the thumbnail). Thumbnails cost 512 bytes a frame (float16); the checks O(edges), plus
+one kNN graph over the thumbnails.
 """
 from __future__ import annotations
 
