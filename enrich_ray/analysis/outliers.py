@@ -11,8 +11,9 @@ deviations, MAD x 1.4826, a frame lies beyond the archive's median; the mean abs
   AnalysisConfig.outlier_scales (default 10, 50). A lone foreign frame has far neighbours at
   every scale; a bad series of 10-30 near-identical frames has close 10th neighbours (each other)
   but a far 50th: the largest scale must exceed the largest foreign group to be found. The 1st
-  neighbour is not read by default: in an archive full of near-twins its spread is tiny, and k = 1
-  flagged 40% of the clean frames of a planted BUSI archive (enrich_ray.truth, seed 0).
+  neighbour is not read by default: in an archive full of near-twins its spread is tiny, so the robust
+  z of an ordinary frame is large (`tests/benchmarks/bench_truth.py --base busi --set
+  'analysis.outlier_scales=[1,10,50]'` counts the clean frames it then flags).
 - appearance: 28 statistics of the decoded 64x64 frame (mean, spread, dark and bright share, edge
   and texture energy, top/bottom balance, five intensity quantiles, a 4x4 layout of block means),
   each robustly standardised; the evidence is the log distance to the k-th nearest frame in that
