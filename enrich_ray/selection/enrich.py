@@ -11,6 +11,11 @@ everything ranked so far is the smallest (ties: lowest row). Three exact paths:
   cos(max(0, angle(p, c) - r)) is at most the cluster's smallest m, no m in it can grow. m only
   grows and the covering radius shrinks, so later picks touch a few clusters.
 - `torch`: the plain loop in torch, on any device (on a GPU it is memory-bound and fast).
+
+Under quotas (selection.quota, selection/quota.py) every path stays the exact greedy among the
+frames whose groups have room: the plain and torch loops pick from m with the closed frames at
++inf; the clustered path draws its batch from the open frames and closes a group's frames inside
+the batch the moment a pick fills it. Coverage stays over every frame, closed ones included.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from enrich_ray.progress import progress_bar
+from enrich_ray.selection.quota import Quotas, QuotaState
 from enrich_ray.selection.ranking import Ranking, check_embeddings, check_k, check_seed
 
 if TYPE_CHECKING:
@@ -34,6 +40,8 @@ _DOT_SLACK = 1e-5
 # When a pick touches more than this share of the clusters, update every row in one product.
 _FULL_UPDATE_SHARE = 0.25
 _BLOCK_ELEMENTS = 1 << 24  # float32 elements per similarity block (64 MB)
+_CURVE_BATCH = 1024  # rows a coverage curve adds to the index at a time
+_TORCH_CHECK = 256  # under quotas the torch loop asks the device this often whether frames are left
 
 
 def enrich_greedy(
@@ -44,39 +52,46 @@ def enrich_greedy(
     method: Method = "auto",
     device: str | None = None,
     progress: bool = False,
+    quotas: Quotas | None = None,
 ) -> Ranking:
     """Rank frames by ENRICH after the seed set; `order`, `score` and `coverage` per position.
 
     `score` of a pick is its maximum similarity to everything before it (NaN for seeds);
-    `coverage[i]` is the next pick's score (the smallest max-similarity left after pick i).
-    `method="auto"` runs torch on a GPU when one is there (or on `device` if given), the plain
-    loop below PLAIN_MAX_ROWS frames and the clustered path above. `progress` shows a bar of picks.
+    `coverage[i]` is the smallest max-similarity of any unranked frame after pick i (without quotas:
+    the next pick's score). `method="auto"` runs torch on a GPU when one is there (or on `device` if
+    given), the plain loop below PLAIN_MAX_ROWS frames and the clustered path above. `quotas`
+    (selection.quota) lets a pick come only from frames whose groups are below their caps; the
+    ranking ends early, said in `info["quota"]`, when no such frame is left. `progress` shows a bar.
     """
     x = check_embeddings(embeddings)
     seed = check_seed(seed, x.shape[0])
     k = check_k(k, x.shape[0], seed.size)
     method = _choose_method(method, device, x.shape[0])
+    if quotas is not None and quotas.groups.shape[1] != x.shape[0]:
+        raise ValueError(f"quotas cover {quotas.groups.shape[1]} frames but there are {x.shape[0]} embeddings")
+    state = QuotaState(quotas, seed) if quotas is not None else None
     with progress_bar(total=k, desc=f"rank: enrich ({method})", unit="frame", disable=not progress) as bar:
         if method == "torch":
-            order, score, rest = _greedy_torch(x, seed, k, device or _default_device(), bar)
+            order, score, cover = _greedy_torch(x, seed, k, device or _default_device(), bar, quotas)
         elif method == "plain":
-            order, score, rest = _greedy_plain(x, seed, k, bar)
+            order, score, cover = _greedy_plain(x, seed, k, bar, state)
         elif method == "clustered":
             index = CoverageIndex(x, max_similarity(x, seed), ranked=seed)
-            order, score, rest = _greedy_clustered(index, k, bar)
+            order, score, cover = _greedy_clustered(index, k, bar, state=state)
         else:
             raise ValueError(f"unknown method {method!r}: choose auto, plain, clustered or torch")
     n_seed = seed.size
-    coverage = np.full(n_seed + k, np.nan, dtype=np.float32)
-    coverage[n_seed : n_seed + k - 1] = score[1:]
-    if k:
-        coverage[-1] = rest
+    info = {}
+    if quotas is not None:
+        info["quota"] = {"columns": dict(quotas.columns), "frames_without_key": dict(quotas.without_key),
+                         "reached": bool(order.size < k), "ranked": int(n_seed + order.size), "asked": int(n_seed + k)}
     return Ranking(
         ranker="enrich",
         order=np.concatenate([seed, order]).astype(np.int64),
         score=np.concatenate([np.full(n_seed, np.nan, dtype=np.float32), score]),
         n_seed=n_seed,
-        coverage=coverage,
+        coverage=np.concatenate([np.full(n_seed, np.nan, dtype=np.float32), cover]),
+        info=info,
     )
 
 
@@ -98,7 +113,8 @@ def coverage_curve(embeddings: np.ndarray, order: np.ndarray, n_seed: int) -> np
     """Coverage after each position of any ranking (NaN on seed rows), by an exact running max.
 
     The smallest max-similarity of any frame to the rows ranked so far (1 once all are ranked).
-    Cluster-pruned above PLAIN_MAX_ROWS frames, yet up to O(N d) a row while coverage is low.
+    Cluster-pruned above PLAIN_MAX_ROWS frames (rows added _CURVE_BATCH at a time), yet up to O(N d)
+    a row while coverage is low.
     """
     x = check_embeddings(embeddings)
     order = np.asarray(order, dtype=np.int64)
@@ -113,9 +129,9 @@ def coverage_curve(embeddings: np.ndarray, order: np.ndarray, n_seed: int) -> np
             out[i] = _rest(m)
         return out
     index = CoverageIndex(x, max_similarity(x, seeds), ranked=seeds)
-    for i in range(n_seed, order.size):
-        index.add(order[i : i + 1])
-        out[i] = _rest(index.cmin)
+    for a in range(n_seed, order.size, _CURVE_BATCH):
+        out[a : a + _CURVE_BATCH] = index.add(order[a : a + _CURVE_BATCH], curve=True)
+    out[np.isinf(out)] = 1.0
     return out
 
 
@@ -143,45 +159,99 @@ def _rest(m: np.ndarray) -> np.float32:
     return np.float32(1.0) if np.isinf(low) else low
 
 
-def _greedy_plain(x: np.ndarray, seed: np.ndarray, k: int, bar: tqdm | None = None) -> tuple[np.ndarray, np.ndarray, np.float32]:
-    """The reference loop: picks, their scores, and the smallest max-similarity left after the last."""
+def _next_scores(score: np.ndarray, rest: np.float32) -> np.ndarray:
+    """Coverage after each pick without quotas: the next pick's score, then what is left after the last."""
+    return np.append(score[1:], np.float32(rest)).astype(np.float32) if score.size else np.zeros(0, np.float32)
+
+
+def _greedy_plain(
+    x: np.ndarray, seed: np.ndarray, k: int, bar: tqdm | None = None, state: QuotaState | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The reference loop: picks, their scores and the coverage after each.
+
+    Under quotas, `open_m` is m with every frame the quotas close at +inf: picks come from it,
+    coverage from m over all frames; the loop ends when no open frame is left.
+    """
     m = max_similarity(x, seed)
     m[seed] = np.inf
+    open_m = m if state is None else np.where(state.open, m, np.inf).astype(np.float32)
     order = np.empty(k, dtype=np.int64)
     score = np.empty(k, dtype=np.float32)
+    cover = np.empty(k, dtype=np.float32)
     sims = np.empty(x.shape[0], dtype=np.float32)
-    for i in range(k):
-        p = int(np.argmin(m))  # first minimum: ties go to the lowest row
-        order[i], score[i] = p, m[p]
-        m[p] = np.inf
+    done = 0
+    while done < k:
+        p = int(np.argmin(open_m))  # first minimum: ties go to the lowest row
+        if np.isinf(open_m[p]):
+            break
+        order[done], score[done] = p, m[p]
+        m[p] = open_m[p] = np.inf
         np.dot(x, x[p], out=sims)
         np.maximum(m, sims, out=m)
+        if state is not None:
+            np.maximum(open_m, sims, out=open_m)
+            open_m[state.take(p)] = np.inf
+            cover[done] = _rest(m)
+        done += 1
         if bar is not None:
             bar.update()
-    return order, score, _rest(m)
+    if state is None:
+        return order, score, _next_scores(score, _rest(m))
+    return order[:done], score[:done], cover[:done]
 
 
 def _greedy_torch(
-    x: np.ndarray, seed: np.ndarray, k: int, device: str, bar: tqdm | None = None
-) -> tuple[np.ndarray, np.ndarray, np.float32]:
-    """The plain loop in torch on `device`; no host synchronisation inside the loop."""
+    x: np.ndarray, seed: np.ndarray, k: int, device: str, bar: tqdm | None = None, quotas: Quotas | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The plain loop in torch on `device`; no host synchronisation inside the loop.
+
+    Quotas as in the plain loop, on the device: ranked frames per group, and an open mask that loses
+    a group's frames when a pick fills it. The host looks every _TORCH_CHECK picks whether any open
+    frame is left, and cuts the picks made after the last open frame went.
+    """
     import torch
 
     dev = torch.device(device)
     xt = torch.from_numpy(x).to(dev)
     m = torch.from_numpy(max_similarity(x, seed)).to(dev)
-    m[torch.from_numpy(seed).to(dev)] = float("inf")
+    seed_t = torch.from_numpy(seed).to(dev)
+    m[seed_t] = float("inf")
     order = torch.empty(k, dtype=torch.int64, device=dev)
     score = torch.empty(k, dtype=torch.float32, device=dev)
+    if quotas is not None:
+        state = QuotaState(quotas, seed)
+        groups = torch.from_numpy(quotas.groups).to(dev)
+        caps = torch.from_numpy(quotas.caps).to(dev)
+        count = torch.from_numpy(state.count).to(dev)
+        is_open = torch.from_numpy(state.open).to(dev)
+        cover = torch.empty(k, dtype=torch.float32, device=dev)
+        ones = torch.ones(groups.shape[0], dtype=torch.int64, device=dev)
+    done = 0
     for i in range(k):
-        p = torch.argmin(m)  # torch documents the first minimal index
+        p = torch.argmin(m if quotas is None else torch.where(is_open, m, float("inf")))  # the first minimal index
         order[i] = p
         score[i] = m[p]
         m.index_fill_(0, p.view(1), float("inf"))
         torch.maximum(m, torch.mv(xt, xt[p]), out=m)
+        if quotas is not None:
+            score[i] = torch.where(is_open[p], score[i], float("inf"))  # no open frame was left: cut below
+            is_open.index_fill_(0, p.view(1), False)
+            mine = groups[:, p]
+            count.index_add_(0, mine, ones)
+            filled = count[mine] >= caps[mine]
+            is_open &= ~((groups == mine[:, None]) & filled[:, None]).any(dim=0)
+            cover[i] = m.min()
+            if i % _TORCH_CHECK == _TORCH_CHECK - 1 and bool(torch.isinf(score[i])):
+                break
+        done = i + 1
         if bar is not None:
             bar.update()
-    return order.cpu().numpy(), score.cpu().numpy(), _rest(m.cpu().numpy())
+    order_h, score_h = order[:done].cpu().numpy(), score[:done].cpu().numpy()
+    if quotas is None:
+        return order_h, score_h, _next_scores(score_h, _rest(m.cpu().numpy()))
+    kept = int(np.argmax(np.isinf(score_h))) if np.isinf(score_h).any() else done
+    cover_h = cover[:kept].cpu().numpy()
+    return order_h[:kept], score_h[:kept], np.where(np.isinf(cover_h), 1.0, cover_h).astype(np.float32)
 
 
 def _nearest_centre(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
@@ -250,23 +320,45 @@ class CoverageIndex:
             self.m[self.pos[ranked]] = np.inf
         self.cmin = np.minimum.reduceat(self.m, self.offsets[:-1])
 
-    def add(self, rows: np.ndarray) -> None:
-        """Rank `rows` (original row indices) and raise every m they can raise."""
+    def add(self, rows: np.ndarray, curve: bool = False) -> np.ndarray | None:
+        """Rank `rows` (original row indices, in this order) and raise every m they can raise.
+
+        With `curve`, returns the smallest m of the unranked frames after each of the rows (+inf when
+        none is left): per touched cluster, the running max over the rows that reach it, each row
+        ranked from its own step on; an untouched cluster keeps its smallest m throughout.
+        """
         q = self.pos[np.asarray(rows, dtype=np.int64)]
-        self.m[q] = np.inf
         picked = self.x[q]
         near = (picked @ self.centres.T).astype(np.float64)
         angle = np.arccos(np.minimum(near + _DOT_SLACK, 1.0))  # a lower bound of the true angle
         bound = np.cos(np.maximum(angle - self.radius, 0.0)) + _DOT_SLACK
         hit = bound > self.cmin
-        touched = np.union1d(np.flatnonzero(hit.any(axis=0)), self.cluster_of[q])
+        hit[np.arange(q.size), self.cluster_of[q]] = True  # a row's own cluster: it leaves the unranked there
+        touched = np.flatnonzero(hit.any(axis=0))
+        out = None
+        if curve:
+            untouched = np.ones(self.cmin.size, dtype=bool)
+            untouched[touched] = False
+            out = np.full(q.size, self.cmin[untouched].min() if untouched.any() else np.inf, dtype=np.float32)
+        else:
+            self.m[q] = np.inf
         for c in touched:
             a, b = self.offsets[c], self.offsets[c + 1]
             seg = self.m[a:b]
-            raising = picked[hit[:, c]]
-            if raising.shape[0]:
-                np.maximum(seg, (self.x[a:b] @ raising.T).max(axis=1), out=seg)
+            steps = np.flatnonzero(hit[:, c])
+            sims = self.x[a:b] @ picked[steps].T
+            if out is None:
+                np.maximum(seg, sims.max(axis=1), out=seg)
+            else:
+                running = np.maximum.accumulate(np.column_stack([seg, sims]), axis=1)  # column t: after steps[t-1]
+                mine = np.flatnonzero(self.cluster_of[q[steps]] == c)  # the rows ranked here, at steps[mine]
+                for t in mine:
+                    running[q[steps[t]] - a, t + 1 :] = np.inf
+                lows = running.min(axis=0)
+                np.minimum(out, lows[np.searchsorted(steps, np.arange(q.size), side="right")], out=out)
+                seg[:] = running[:, -1]
             self.cmin[c] = seg.min()
+        return out
 
     def least_covered(self) -> tuple[int, np.float32]:
         """The unranked row with the smallest m (ties: lowest row) and m; (-1, inf) when all are ranked."""
@@ -278,28 +370,36 @@ class CoverageIndex:
 
 
 def _greedy_clustered(
-    index: CoverageIndex, k: int, bar: tqdm | None = None, batch: int = 1024
-) -> tuple[np.ndarray, np.ndarray, np.float32]:
+    index: CoverageIndex, k: int, bar: tqdm | None = None, batch: int = 1024, state: QuotaState | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The greedy in batches: simulate it exactly on the `batch` least-covered rows, then update all.
 
     Rows outside the batch have m at least `ceiling` (the next smallest), and m only grows, so
     every simulated pick whose m is below `ceiling` is the true greedy pick. The picks of a batch
-    then raise m for all rows in one pass of blocked matrix products.
+    then raise m for all rows in one pass of blocked matrix products. Under quotas the batch is
+    drawn from the open frames (m of the closed ones held at +inf), a pick that fills a group
+    closes that group's frames in the batch at once, and the index's curve gives the coverage.
     """
     order = np.empty(k, dtype=np.int64)
     score = np.empty(k, dtype=np.float32)
+    cover = np.empty(k, dtype=np.float32)
+    slot = np.full(index.m.size, -1, dtype=np.int64)  # a row's place in the batch, -1 outside it
     done = 0
-    m = index.m
-    unranked = int(np.isfinite(m).sum())
     while done < k:
-        if unranked <= batch:
-            cand, ceiling = np.flatnonzero(np.isfinite(m)), np.float32(np.inf)
+        m = index.m if state is None else np.where(state.open[index.perm], index.m, np.inf)
+        n_open = int(np.count_nonzero(m < np.inf))
+        if n_open == 0:
+            break
+        if n_open <= batch:
+            cand, ceiling = np.flatnonzero(m < np.inf), np.float32(np.inf)
         else:
             part = np.argpartition(m, batch)
             cand, ceiling = part[:batch], m[part[batch]]
         cand = cand[np.argsort(index.perm[cand])]  # ascending rows: argmin breaks ties low
+        rows_c = index.perm[cand]
         vals = m[cand].copy()
         sims = index.x[cand] @ index.x[cand].T
+        slot[rows_c] = np.arange(cand.size)
         chosen = []
         while done + len(chosen) < k:
             j = int(np.argmin(vals))
@@ -309,16 +409,27 @@ def _greedy_clustered(
             chosen.append(j)
             vals[j] = np.inf
             np.maximum(vals, sims[j], out=vals)
+            if state is not None:
+                closed = slot[state.take(int(rows_c[j]))]
+                vals[closed[closed >= 0]] = np.inf
+        slot[rows_c] = -1
         if chosen:
-            rows = index.perm[cand[chosen]]
+            rows = rows_c[chosen]
         else:  # the batch is one block of exact ties with the rows outside: one plain step
-            p, score[done] = index.least_covered()
-            rows = np.array([p])
+            low = m.min()
+            p = int(index.perm[np.flatnonzero(m == low)].min())
+            score[done], rows = low, np.array([p])
+            if state is not None:
+                state.take(p)
         order[done : done + rows.size] = rows
-        index.add(rows)
+        if state is None:
+            index.add(rows)
+        else:
+            cover[done : done + rows.size] = index.add(rows, curve=True)
         done += rows.size
-        unranked -= rows.size
         if bar is not None:
             bar.update(rows.size)
-    p, value = index.least_covered()
-    return order, score, np.float32(1.0) if p < 0 else value
+    if state is None:
+        p, value = index.least_covered()
+        return order, score, _next_scores(score, np.float32(1.0) if p < 0 else value)
+    return order[:done], score[:done], np.where(np.isinf(cover[:done]), 1.0, cover[:done]).astype(np.float32)

@@ -143,6 +143,10 @@ def test_coverage_curve_clustered_matches_plain(monkeypatch):
     plain = coverage_curve(x, order, 1)
     monkeypatch.setattr(enrich, "PLAIN_MAX_ROWS", 0)
     np.testing.assert_allclose(coverage_curve(x, order, 1), plain, atol=TOL)
+    monkeypatch.setattr(enrich, "_CURVE_BATCH", 7)  # the index's curve across batches of rows
+    np.testing.assert_allclose(coverage_curve(x, order, 1), plain, atol=TOL)
+    full = np.concatenate([[10], np.setdiff1d(np.arange(300), [10])])
+    assert coverage_curve(x, full, 1)[-1] == 1.0
 
 
 def test_auto_chooses_by_device_and_size(monkeypatch):
