@@ -90,12 +90,13 @@ class KnnGraph:
             return np.full(len(self), -np.inf, dtype=np.float32)
         return self.similarities[:, 0]
 
-    def to_arrow(self) -> pa.Table:
+    def to_arrow(self, rows: np.ndarray | None = None) -> pa.Table:
         """The graph as a table: row int64, neighbors fixed_size_list<int64>[k], similarities
-        fixed_size_list<float32>[k] (plain empty lists when k is 0, which Arrow cannot size)."""
+        fixed_size_list<float32>[k] (plain empty lists when k is 0, which Arrow cannot size).
+        rows: the frame row of each graph row, for a part of a graph (default 0..N-1)."""
         return pa.table(
             {
-                "row": pa.array(np.arange(len(self), dtype=np.int64)),
+                "row": pa.array(np.arange(len(self), dtype=np.int64) if rows is None else np.asarray(rows, np.int64)),
                 "neighbors": _list_column(self.neighbors),
                 "similarities": _list_column(self.similarities),
             }
@@ -211,17 +212,36 @@ def exact_knn_graph(embeddings: np.ndarray, k: int) -> KnnGraph:
 
 def exact_rows_graph(x: np.ndarray, rows: np.ndarray, k: int) -> KnnGraph:
     """The exact top-k of the given rows of x against all of x, self excluded by index."""
-    everything, ids = _gather_padded(x, np.arange(len(x), dtype=np.int64))
-    block = max(1, QUERY_BLOCK_BYTES // (4 * len(everything)))
-    neighbors = np.empty((len(rows), k), dtype=np.int64)
-    similarities = np.empty((len(rows), k), dtype=np.float32)
-    for start in range(0, len(rows), block):
-        part = rows[start : start + block]
-        sims = x[part] @ everything.T
-        sims[:, len(x) :] = -np.inf
-        sims[np.arange(len(part)), part] = -np.inf
-        similarities[start : start + block], neighbors[start : start + block] = topk_rows(sims, ids, k)
+    rows = np.asarray(rows, np.int64)
+    similarities, neighbors = exact_topk(x, rows, rows, x, np.arange(len(x), dtype=np.int64), k)
     return KnnGraph(neighbors, similarities)
+
+
+def exact_topk(
+    queries: np.ndarray, query_rows: np.ndarray, query_ids: np.ndarray, x: np.ndarray, ids: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The exact top-k of the unit rows queries[query_rows] (frames query_ids) among the unit rows of
+    x (frames `ids`), each query's own frame left out by id: similarities descending and frame ids,
+    as topk_rows. One file of a scan when x is a file's rows: merge with index.shards.merge_topk."""
+    ids = np.asarray(ids, np.int64)
+    query_ids = np.asarray(query_ids, np.int64)
+    m = len(x)
+    everything, pos = _gather_padded(x, np.arange(m, dtype=np.int64))
+    col_ids = np.where(pos >= 0, ids[np.maximum(pos, 0)] if m else -1, -1)
+    by_id = np.argsort(ids, kind="stable")
+    block = max(1, QUERY_BLOCK_BYTES // (4 * len(everything)))
+    similarities = np.empty((len(query_rows), k), dtype=np.float32)
+    neighbors = np.empty((len(query_rows), k), dtype=np.int64)
+    for start in range(0, len(query_rows), block):
+        q_ids = query_ids[start : start + block]
+        sims = queries[query_rows[start : start + block]] @ everything.T
+        sims[:, m:] = -np.inf
+        if m:
+            col = by_id[np.minimum(np.searchsorted(ids, q_ids, sorter=by_id), m - 1)]
+            own = np.flatnonzero(ids[col] == q_ids)
+            sims[own, col[own]] = -np.inf
+        similarities[start : start + block], neighbors[start : start + block] = topk_rows(sims, col_ids, k)
+    return similarities, neighbors
 
 
 def graph_clusters(n: int) -> int:
@@ -246,15 +266,64 @@ def clustered_knn_graph(
     _check_k(k)
     n = len(x)
     n_clusters = n_clusters or graph_clusters(n)
-    centroids = torch.from_numpy(train_centroids(x, n_clusters, train_sample, seed))
-    n_assign = min(n_assign, n_clusters)
-    assign = np.empty((n, n_assign), dtype=np.int64)
-    neighbors = np.full((n, k), -1, dtype=np.int64)
-    similarities = np.full((n, k), -np.inf, dtype=np.float32)
+    centroids = train_centroids(x, n_clusters, train_sample, seed)
+    assign = assign_clusters(x, centroids, n_assign)
+    neighbors, similarities = join_clusters(x, assign, k)
+    # A frame whose cluster lists hold fewer than min(k, N-1) others gets its exact row instead.
+    short = short_rows(neighbors, n)
+    if short.size:
+        exact = exact_rows_graph(x, short, k)
+        neighbors[short], similarities[short] = exact.neighbors, exact.similarities
+    return KnnGraph(neighbors, similarities)
+
+
+def short_rows(neighbors: np.ndarray, n: int) -> np.ndarray:
+    """Rows of a join's result holding fewer than min(k, n-1) neighbours (n: frames in the whole graph)."""
+    need = min(neighbors.shape[1], n - 1)
+    return np.flatnonzero(neighbors[:, need - 1] < 0) if need > 0 else np.zeros(0, np.int64)
+
+
+def assign_clusters(x: np.ndarray, centroids: np.ndarray, n_assign: int, workers: int | None = None) -> np.ndarray:
+    """Each row's min(n_assign, C) most similar centroids, nearest first: (N, n_assign) int64, the
+    first column its primary cluster. Blocks of ASSIGN_BLOCK rows on `workers` threads (all cores)."""
+    c = torch.from_numpy(np.ascontiguousarray(centroids, dtype=np.float32))
+    n_assign = min(n_assign, len(c))
+    assign = np.empty((len(x), n_assign), dtype=np.int64)
 
     def assign_rows(start: int) -> None:
-        sims = torch.from_numpy(x[start : start + ASSIGN_BLOCK]) @ centroids.T
+        sims = torch.from_numpy(x[start : start + ASSIGN_BLOCK]) @ c.T
         assign[start : start + ASSIGN_BLOCK] = torch.topk(sims, n_assign, dim=1).indices.numpy()
+
+    with _one_blas_thread_per_worker(), ThreadPoolExecutor(workers or _workers()) as pool:
+        list(pool.map(assign_rows, range(0, len(x), ASSIGN_BLOCK)))
+    return assign
+
+
+def join_clusters(
+    x: np.ndarray, assign: np.ndarray, k: int, clusters: np.ndarray | None = None, workers: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The clustered join (module docstring) of the rows of x whose primary cluster (assign[:, 0]) is
+    one of `clusters` (None: every cluster), each against every row of x whose assign holds that
+    cluster. Returns neighbors (row ids of x) and similarities, (N, k), -1 / -inf in rows not joined
+    and where a cluster list holds fewer than k others. Clusters on `workers` threads, largest first."""
+    n, n_assign = assign.shape
+    neighbors = np.full((n, k), -1, dtype=np.int64)
+    similarities = np.full((n, k), -np.inf, dtype=np.float32)
+    if n == 0:
+        return neighbors, similarities
+    # Every (cluster, frame) pair, grouped by cluster; a stable sort keeps each cluster's primary
+    # members (assign[:, 0] == c) first, in row order, so the query block is the list's head.
+    pair_cluster = assign.T.ravel()
+    pair_row = np.tile(np.arange(n, dtype=np.int64), n_assign)
+    n_lists = int(pair_cluster.max()) + 1
+    members = pair_row[np.argsort(pair_cluster, kind="stable")]
+    list_size = np.bincount(pair_cluster, minlength=n_lists)
+    list_end = np.cumsum(list_size)
+    list_start = list_end - list_size
+    n_primary = np.bincount(assign[:, 0], minlength=n_lists)
+    busy = np.flatnonzero(n_primary)
+    if clusters is not None:
+        busy = np.intersect1d(busy, clusters)
 
     def join_cluster(c: int) -> None:
         nq = n_primary[c]
@@ -266,36 +335,17 @@ def clustered_knn_graph(
         sims[np.arange(nq), np.arange(nq)] = -np.inf
         similarities[cand[:nq]], neighbors[cand[:nq]] = topk_rows(sims, ids, k)
 
-    with _one_blas_thread_per_worker(), ThreadPoolExecutor(_workers()) as pool:
-        list(pool.map(assign_rows, range(0, n, ASSIGN_BLOCK)))
-        # Every (cluster, frame) pair, grouped by cluster; a stable sort keeps each cluster's primary
-        # members (assign[:, 0] == c) first, in row order, so the query block is the list's head.
-        pair_cluster = assign.T.ravel()
-        pair_row = np.tile(np.arange(n, dtype=np.int64), n_assign)
-        members = pair_row[np.argsort(pair_cluster, kind="stable")]
-        list_size = np.bincount(pair_cluster, minlength=n_clusters)
-        list_end = np.cumsum(list_size)
-        list_start = list_end - list_size
-        n_primary = np.bincount(assign[:, 0], minlength=n_clusters)
-        busy = np.flatnonzero(n_primary)
+    with _one_blas_thread_per_worker(), ThreadPoolExecutor(workers or _workers()) as pool:
         list(pool.map(join_cluster, busy[np.argsort(-(n_primary * list_size)[busy], kind="stable")]))
-
-    # A frame whose cluster lists hold fewer than min(k, N-1) others gets its exact row instead.
-    need = min(k, n - 1)
-    short = np.flatnonzero(neighbors[:, need - 1] < 0) if need > 0 else np.zeros(0, np.int64)
-    if short.size:
-        exact = exact_rows_graph(x, short, k)
-        neighbors[short], similarities[short] = exact.neighbors, exact.similarities
-    return KnnGraph(neighbors, similarities)
+    return neighbors, similarities
 
 
 def train_centroids(x: np.ndarray, n_clusters: int, train_sample: int, seed: int = 0) -> np.ndarray:
     """Spherical k-means centroids (unit rows) from a seeded random sample of the frames (at least
     MIN_POINTS_PER_CENTROID a centroid; k-means itself uses at most KMEANS_POINTS_PER_CENTROID)."""
     n, d = x.shape
-    rng = np.random.default_rng(seed)
-    size = min(n, max(train_sample, MIN_POINTS_PER_CENTROID * n_clusters))
-    sample = x if size == n else x[np.sort(rng.choice(n, size, replace=False))]
+    rows = train_rows(n, n_clusters, train_sample, seed)
+    sample = x if len(rows) == n else x[rows]
     if n_clusters == 1:
         return unit_rows(sample.mean(axis=0, keepdims=True) + 1e-12)
     kmeans = faiss.Kmeans(
@@ -303,6 +353,15 @@ def train_centroids(x: np.ndarray, n_clusters: int, train_sample: int, seed: int
     )
     kmeans.train(np.ascontiguousarray(sample))
     return np.ascontiguousarray(kmeans.centroids, dtype=np.float32)
+
+
+def train_rows(n: int, n_clusters: int, train_sample: int, seed: int = 0) -> np.ndarray:
+    """The seeded, sorted rows train_centroids trains on: all n, or a sample of max(train_sample,
+    MIN_POINTS_PER_CENTROID x n_clusters)."""
+    size = min(n, max(train_sample, MIN_POINTS_PER_CENTROID * n_clusters))
+    if size == n:
+        return np.arange(n, dtype=np.int64)
+    return np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
 
 
 @contextmanager
@@ -393,18 +452,29 @@ def graph_recall(embeddings: np.ndarray, graph: KnnGraph, sample: int = RECALL_S
     m = min(sample, n)
     if k == 0 or m == 0 or n < 2:
         return {"recall_at_k": 1.0, "k": int(k), "sample": int(m), "seed": seed, "nn_underestimate_max": 0.0, "nn_underestimate_mean": 0.0}
-    rows = np.sort(np.random.default_rng(seed).choice(n, m, replace=False))
-    exact = exact_rows_graph(x, rows, k)
+    rows = recall_rows(n, m, seed)
+    found = KnnGraph(graph.neighbors[rows], graph.similarities[rows])
+    return sampled_recall(exact_rows_graph(x, rows, k), found, seed)
+
+
+def recall_rows(n: int, sample: int, seed: int = 0) -> np.ndarray:
+    """The seeded, sorted sample of rows whose exact neighbours a graph's recall is measured against."""
+    return np.sort(np.random.default_rng(seed).choice(n, min(sample, n), replace=False))
+
+
+def sampled_recall(exact: KnnGraph, found: KnnGraph, seed: int = 0) -> dict:
+    """graph_recall's figures from the exact rows of the sampled frames and the graph's rows of them."""
+    k = found.k
     valid = exact.neighbors >= 0
     kth = np.where(valid, exact.similarities, np.inf).min(axis=1)
-    found = (graph.neighbors[rows] >= 0) & (graph.similarities[rows] >= kth[:, None] - 1e-6)
-    share = np.minimum(found.sum(axis=1), valid.sum(axis=1)) / np.maximum(valid.sum(axis=1), 1)
-    gap = (exact.similarities[:, 0] - graph.similarities[rows, 0]).astype(np.float64)
+    hit = (found.neighbors >= 0) & (found.similarities >= kth[:, None] - 1e-6)
+    share = np.minimum(hit.sum(axis=1), valid.sum(axis=1)) / np.maximum(valid.sum(axis=1), 1)
+    gap = (exact.similarities[:, 0] - found.similarities[:, 0]).astype(np.float64)
     gap = np.where(np.isfinite(gap), gap, 2.0)  # a row the graph left empty misses by the whole range
     return {
         "recall_at_k": round(float(share.mean()), 4),
         "k": int(k),
-        "sample": int(m),
+        "sample": int(len(found)),
         "seed": seed,
         "nn_underestimate_max": round(float(max(gap.max(), 0.0)), 4),
         "nn_underestimate_mean": round(float(max(gap.mean(), 0.0)), 4),

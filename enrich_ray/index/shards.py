@@ -1,10 +1,11 @@
 """The sharded similarity index: contiguous row ranges of the embeddings, one faiss index each.
 
 All IVF shards are clones of one trained, empty template, so they share one coarse quantiser
-(trained on a seeded sample) and their results can be merged by similarity. A shard holds rows
-[first, first + ntotal) and answers with local ids, shifted by `first` at merge time, so no id
-map is stored. `ShardedIndex.shards` is a plain list: the lead's runtime may place each shard in
-an actor, search them in parallel and merge with `merge_topk`.
+(trained on a seeded sample) and their results can be merged by similarity. A shard built here
+holds rows [first, first + ntotal) and answers with local ids, shifted by `first` at merge time,
+so no id map is stored. A shard built by a task from whole embedding files (index.partitioned,
+files in any row order) stores its frames' row ids instead (`stored_ids`: IVF keeps ids itself,
+flat and HNSW sit in an IndexIDMap); the parts are searched in parallel and merged with `merge_topk`.
 
 Index kinds (IndexConfig.kind):
 - 'flat': exact inner product (IndexFlatIP).
@@ -41,13 +42,16 @@ class ShardedIndex:
     nprobe: int
     template: faiss.Index  # trained and empty: every new shard is a clone of it
     shards: list[faiss.Index] = field(default_factory=list)
+    stored_ids: bool = False  # shards answer with the row ids they store, not with local ids from their first row
 
     @property
     def ntotal(self) -> int:
         return sum(shard.ntotal for shard in self.shards)
 
     def shard_offsets(self) -> list[int]:
-        """The first row id held by each shard."""
+        """The first row id held by each shard (what its local ids are shifted by; 0 with stored ids)."""
+        if self.stored_ids:
+            return [0] * len(self.shards)
         return np.concatenate([[0], np.cumsum([s.ntotal for s in self.shards])[:-1]]).astype(int).tolist()
 
     def add(self, embeddings: np.ndarray) -> np.ndarray:
@@ -58,9 +62,12 @@ class ShardedIndex:
         while start < len(x):
             if not self.shards or self.shards[-1].ntotal >= self.shard_size:
                 self.shards.append(faiss.clone_index(self.template))
-            room = self.shard_size - self.shards[-1].ntotal
-            self.shards[-1].add(x[start : start + room])
-            start += room
+            part = x[start : start + self.shard_size - self.shards[-1].ntotal]
+            if self.stored_ids:
+                self.shards[-1].add_with_ids(part, np.arange(first + start, first + start + len(part)))
+            else:
+                self.shards[-1].add(part)
+            start += len(part)
         return np.arange(first, first + len(x), dtype=np.int64)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -78,19 +85,23 @@ class ShardedIndex:
         """Write the template, every shard (faiss serialised bytes) and a JSON manifest under uri."""
         loc = resolve(uri, storage)
         loc.fs.makedirs(loc.path, exist_ok=True)
-        files = []
         for i, shard in enumerate(self.shards):
-            name = f"shard-{i:05d}.faiss"
-            _write_index(loc.fs, loc.join(name).path, shard)
-            files.append({"file": name, "ntotal": int(shard.ntotal)})
+            _write_index(loc.fs, loc.join(shard_file(i)).path, shard)
+        self.save_manifest(uri, storage, [int(shard.ntotal) for shard in self.shards])
+
+    def save_manifest(self, uri: str, storage: StorageConfig | None, shard_ntotal: list[int]) -> None:
+        """Write the template and the manifest of shards shard_file(0, 1, ...) holding shard_ntotal frames
+        each (written by save, or by a task each: index.partitioned)."""
+        loc = resolve(uri, storage)
         _write_index(loc.fs, loc.join("template.faiss").path, self.template)
         manifest = {
             "kind": self.kind,
             "dim": self.dim,
             "shard_size": self.shard_size,
             "nprobe": self.nprobe,
-            "ntotal": self.ntotal,
-            "shards": files,
+            "ntotal": int(sum(shard_ntotal)),
+            "stored_ids": self.stored_ids,
+            "shards": [{"file": shard_file(i), "ntotal": int(m)} for i, m in enumerate(shard_ntotal)],
         }
         with loc.fs.open(loc.join(MANIFEST).path, "w") as f:
             json.dump(manifest, f, indent=2)
@@ -104,7 +115,7 @@ class ShardedIndex:
             raise FileNotFoundError(f"no sharded index at {uri} ({MANIFEST} missing)")
         with loc.fs.open(manifest_path, "r") as f:
             manifest = json.load(f)
-        shards = [_read_index(loc.fs, loc.join(s["file"]).path) for s in manifest["shards"]]
+        shards = [read_index(loc.fs, loc.join(s["file"]).path) for s in manifest["shards"]]
         for entry, shard in zip(manifest["shards"], shards):
             if shard.ntotal != entry["ntotal"]:
                 raise ValueError(f"{uri}/{entry['file']}: holds {shard.ntotal} frames, the manifest says {entry['ntotal']}")
@@ -113,8 +124,9 @@ class ShardedIndex:
             dim=manifest["dim"],
             shard_size=manifest["shard_size"],
             nprobe=manifest["nprobe"],
-            template=_read_index(loc.fs, loc.join("template.faiss").path),
+            template=read_index(loc.fs, loc.join("template.faiss").path),
             shards=shards,
+            stored_ids=manifest.get("stored_ids", False),
         )
 
     def _check(self, embeddings: np.ndarray) -> np.ndarray:
@@ -131,23 +143,37 @@ def build_index(embeddings: np.ndarray, cfg: IndexConfig, seed: int = 0) -> Shar
     if cfg.shard_size < 1:
         raise ValueError(f"index.shard_size must be positive, got {cfg.shard_size}")
     kind = resolve_kind(cfg.kind, n)
-    if kind == "flat":
-        template = faiss.IndexFlatIP(d)
-    elif kind == "hnsw":
-        template = faiss.IndexHNSWFlat(d, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        template.hnsw.efSearch = HNSW_EF_SEARCH
-    else:
-        template = _trained_ivf(x, cfg, seed)
+    rows = ivf_train_rows(n, cfg, seed)
+    template = index_template(kind, x if len(rows) == n else x[rows], cfg, n, seed)
     index = ShardedIndex(kind=kind, dim=d, shard_size=cfg.shard_size, nprobe=cfg.nprobe, template=template)
     index.add(x)
     return index
 
 
-def _trained_ivf(x: np.ndarray, cfg: IndexConfig, seed: int) -> faiss.Index:
-    """An empty IVF-Flat whose coarse quantiser is trained on a seeded sample of the frames."""
-    n, d = x.shape
-    rng = np.random.default_rng(seed)
-    sample = x if n <= cfg.train_sample else x[np.sort(rng.choice(n, cfg.train_sample, replace=False))]
+def ivf_train_rows(n: int, cfg: IndexConfig, seed: int = 0) -> np.ndarray:
+    """The seeded, sorted rows an IVF quantiser trains on: all n, or cfg.train_sample of them."""
+    if n <= cfg.train_sample:
+        return np.arange(n, dtype=np.int64)
+    return np.sort(np.random.default_rng(seed).choice(n, cfg.train_sample, replace=False))
+
+
+def index_template(kind: str, sample: np.ndarray, cfg: IndexConfig, n: int, seed: int = 0, stored_ids: bool = False) -> faiss.Index:
+    """The trained, empty index every shard is cloned from, for n frames: IVF's coarse quantiser
+    trained on `sample` (ivf_train_rows of the frames); with stored_ids flat and HNSW in an IndexIDMap."""
+    d = sample.shape[1]
+    if kind == "ivf":
+        return _trained_ivf(sample, cfg, seed, n)
+    if kind == "flat":
+        template = faiss.IndexFlatIP(d)
+    else:
+        template = faiss.IndexHNSWFlat(d, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        template.hnsw.efSearch = HNSW_EF_SEARCH
+    return faiss.IndexIDMap(template) if stored_ids else template
+
+
+def _trained_ivf(sample: np.ndarray, cfg: IndexConfig, seed: int, n: int) -> faiss.Index:
+    """An empty IVF-Flat for n frames whose coarse quantiser is trained on the sample."""
+    d = sample.shape[1]
     if len(sample) == 0:
         raise ValueError("an IVF index needs at least one frame to train its coarse quantiser")
     nlist = cfg.nlist or round(4 * math.sqrt(n))
@@ -177,12 +203,18 @@ def merge_topk(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.n
     return np.take_along_axis(sims, order, axis=1), np.take_along_axis(ids, order, axis=1)
 
 
+def shard_file(i: int) -> str:
+    """The file name of shard i under an index's folder."""
+    return f"shard-{i:05d}.faiss"
+
+
 def _write_index(fs, path: str, index: faiss.Index) -> None:
     with fs.open(path, "wb") as f:
         f.write(faiss.serialize_index(index).tobytes())
 
 
-def _read_index(fs, path: str) -> faiss.Index:
+def read_index(fs, path: str) -> faiss.Index:
+    """A faiss index from the serialised bytes at path on fs."""
     with fs.open(path, "rb") as f:
         return faiss.deserialize_index(np.frombuffer(f.read(), dtype=np.uint8))
 
