@@ -88,6 +88,27 @@ def run_task(fn, *args, num_gpus: float = 0.0, **kwargs):
     return _get(ray.remote(num_cpus=1, num_gpus=num_gpus)(fn).remote(*args, **kwargs))
 
 
+def map_tasks(fn, calls: list[tuple]) -> list:
+    """fn(*call) for every call, one Ray task (one CPU) each, all in flight at once; results in call order.
+
+    The index and the kNN graph built in parts (index.partitioned) run their steps this way: each task
+    reads its own files from the store, so what travels is settings, URIs and small arrays. An argument
+    object shared by several calls (centroids, queries) is put in the object store once.
+    """
+    remote = ray.remote(num_cpus=1)(fn)
+    shared: dict[int, Any] = {}
+
+    def arg(value: Any) -> Any:
+        if getattr(value, "nbytes", 0) < 100_000:
+            return value
+        if id(value) not in shared:
+            shared[id(value)] = ray.put(value)
+        return shared[id(value)]
+
+    refs = [remote.remote(*[arg(a) for a in call]) for call in calls]
+    return [_get(ref) for ref in refs]
+
+
 def read_parquet(uris: list[str], storage: StorageConfig | None, columns: list[str] | None = None) -> Dataset:
     """A Ray dataset over Parquet files on local disk or an object store."""
     loc = resolve(uris[0], storage)

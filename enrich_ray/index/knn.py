@@ -286,7 +286,7 @@ def short_rows(neighbors: np.ndarray, n: int) -> np.ndarray:
 def assign_clusters(x: np.ndarray, centroids: np.ndarray, n_assign: int, workers: int | None = None) -> np.ndarray:
     """Each row's min(n_assign, C) most similar centroids, nearest first: (N, n_assign) int64, the
     first column its primary cluster. Blocks of ASSIGN_BLOCK rows on `workers` threads (all cores)."""
-    c = torch.from_numpy(np.ascontiguousarray(centroids, dtype=np.float32))
+    c = torch.from_numpy(np.array(centroids, dtype=np.float32))  # a copy: an object-store array is read-only
     n_assign = min(n_assign, len(c))
     assign = np.empty((len(x), n_assign), dtype=np.int64)
 
