@@ -38,6 +38,8 @@ SPLIT_NAMES = {
 KINDS = ("exact_duplicate", "near_duplicate", "same_patient", "same_study")
 PAIRS_PER_GROUP = 10  # pairs listed per crossing group (exact group, near star, patient, study)
 CANDIDATES = 200  # placements per side of a group among which its most similar pairs are sought
+KIND_WORDS = {"exact_duplicate": "an exact duplicate", "near_duplicate": "a near-duplicate",
+              "same_patient": "the same patient", "same_study": "the same study"}
 PAIR_COLUMNS = {"a": np.int64, "b": np.int64, "kind": object, "similarity": np.float32,
                 "same_patient": bool, "same_study": bool}
 
@@ -110,6 +112,39 @@ def crossing_pairs(row: np.ndarray, split: Sequence[str], duplicates: pd.DataFra
         "study_uid_known": int((study[row] >= 0).sum()),
     }
     return Leakage(pairs, counts)
+
+
+def verdict(counts: dict) -> str:
+    """crossing_pairs' counts in one plain sentence: whether the split leaks, and what that does to results on it."""
+    frames, leaking = counts["frames"], counts["frames_leaking"]
+    if not any(leaking.values()):
+        checked = ", ".join(f"{frames[s]:,} {s}" for s in SPLITS if frames[s])
+        return f"This split is clean: no exact or near duplicate, patient or study crosses it ({checked} frames checked)."
+    held = ", ".join(f"{leaking[s]:,} of {frames[s]:,} {s} frames" for s in ("test", "val") if leaking[s])
+    kinds = [KIND_WORDS[k] for k in KINDS if counts["by_kind"][k]["pairs"]]
+    either = kinds[0] if len(kinds) == 1 else ", ".join(kinds[:-1]) + " or " + kinds[-1]
+    return (f"This split leaks: {held or f'{leaking[SPLITS[0]]:,} train frames'} have {either} on another side of the "
+            "split. Results on it overstate how a model does on new patients.")
+
+
+def unchecked(counts: dict) -> list[str]:
+    """What the check could not see, in words: frames without a patient key, and (keys the curate run adds to the
+    counts) split rows naming no archive image, split images without an embedded frame."""
+    notes = []
+    total = sum(counts["frames"].values())
+    missing = total - counts["patient_key_known"]
+    if missing:
+        which = "No frame" if missing == total else f"{missing:,} of {total:,} frames"
+        notes.append(f"{which} of the split {'has' if missing == total else 'have'} no patient key (pack ran without "
+                     "ENRICH_RAY_PATIENT_KEY, or the files are PNG or JPEG, which name no patient): their frames of one "
+                     "patient in different studies could not be linked.")
+    rows, images = counts.get("split_rows_not_in_archive") or 0, counts.get("images_without_frames") or 0
+    if rows:
+        notes.append(f"{rows:,} {'row' if rows == 1 else 'rows'} of the split {'names' if rows == 1 else 'name'} no image "
+                     "of the archive: not checked.")
+    if images:
+        notes.append(f"{images:,} {'image' if images == 1 else 'images'} of the split gave no embedded frame: not checked.")
+    return notes
 
 
 def _codes(values: Sequence, n: int) -> np.ndarray:

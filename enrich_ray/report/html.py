@@ -38,6 +38,7 @@ import pandas as pd
 import yaml
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
+from enrich_ray.analysis.leakage import PAIRS_PER_GROUP, SPLITS, unchecked, verdict
 from enrich_ray.config import ReportConfig, SelectionConfig, StorageConfig
 from enrich_ray.decode.causes import cause_of
 from enrich_ray.io.fs import resolve
@@ -67,6 +68,8 @@ LABEL_COUNTS = (100, 1000)  # the "top N" rows of the labeling-time table, besid
 MAP_SIZE = (720, 480)  # the embedding map's SVG canvas, in CSS pixels
 MAP_PAD = 12  # CSS pixels between the canvas edge and the outermost point
 SERIES_SIZES = [(1, 1), (2, 10), (11, 100), (101, 1000), (1001, None)]  # frames per series, the archive table's bins
+LEAK_PAIRS_SHOWN = 100  # rows of the table of pairs across the split (leakage.parquet holds every listed pair)
+LEAK_PAIRS_PICTURED = 12  # of them, the pairs shown side by side as thumbnails
 
 ThumbnailSource = Callable[[list[int]], np.ndarray]
 
@@ -85,6 +88,7 @@ CONTENTS = [
     ("map", "Embedding map: every frame at a glance"),
     ("archive", "What is in the archive"),
     ("duplicates", "Duplicates"),
+    ("leakage", "Leakage across the split"),
     ("outliers", "Foreign and blank frames"),
     ("errors", "Files that gave no frame, by cause"),
     ("redundancy", "How redundant the archive is"),
@@ -150,6 +154,7 @@ def write_report(
     frames: pd.DataFrame | None = None,
     embeddings: np.ndarray | None = None,
     night: Mapping[str, Any] | None = None,
+    leakage: pd.DataFrame | None = None,
 ) -> None:
     """Render the run's results as one self-contained HTML page at `path` (a local path or URI;
     `storage` carries an object store's endpoint and credentials). `frames`, when given, is every
@@ -157,9 +162,11 @@ def write_report(
     section counts; without it the section counts the manifest's ranked frames. `embeddings`, when
     given, holds one code per embedded frame (the tables' `row` indexes it): the embedding map; without
     it the page says there is no map. `night`, given for a nightly run, is what the night added to the
-    catalog (NIGHT_LABELS' keys, each optional): its own section, linked from the first screen."""
+    catalog (NIGHT_LABELS' keys, each optional): its own section, linked from the first screen. `leakage`, given
+    with summary['leakage'] (a split checked for leaks: pipelines/leakage.py), is leakage.parquet: its first pairs
+    are shown; without a checked split the page says in one line that none was."""
     page = render_report(summary, manifest, duplicates, outliers, errors, nn_similarity, thumbnails, cfg, frames=frames,
-                         embeddings=embeddings, night=night)
+                         embeddings=embeddings, night=night, leakage=leakage)
     loc = resolve(path, storage)
     if loc.is_local:
         os.makedirs(os.path.dirname(loc.path) or ".", exist_ok=True)
@@ -180,6 +187,7 @@ def render_report(
     frames: pd.DataFrame | None = None,
     embeddings: np.ndarray | None = None,
     night: Mapping[str, Any] | None = None,
+    leakage: pd.DataFrame | None = None,
 ) -> str:
     """The report page as a string (write_report without the writing): templates/report.html.j2 over the
     figures this module computes."""
@@ -190,7 +198,11 @@ def render_report(
     top = manifest.head(cfg.gallery_size)
     groups = [g.head(GROUP_MEMBERS_SHOWN) for g in _largest_groups(duplicates, cfg.gallery_size)]
     odd = _outliers_shown(outliers, cfg.gallery_size)
-    rows = [*_rows(top), *(r for g in groups for r in _rows(g)), *_rows(odd)]
+    checked = summary.get("leakage")
+    crossing = leakage.head(LEAK_PAIRS_SHOWN) if checked and leakage is not None else None
+    pictured = crossing.head(LEAK_PAIRS_PICTURED) if crossing is not None else pd.DataFrame(columns=["row_a", "row_b"])
+    rows = [*_rows(top), *(r for g in groups for r in _rows(g)), *_rows(odd),
+            *(int(r) for pair in zip(pictured["row_a"], pictured["row_b"]) for r in pair)]
     paths = _Paths([manifest, duplicates, outliers, errors])
     thumbs = _Thumbs(thumbnails if cfg.thumbnails else None, rows, paths)
     selection = _selection_settings(summary)
@@ -206,15 +218,16 @@ def render_report(
         "collapse": warnings,
         "checks_failed": [name for name, ok in (summary.get("checks") or {}).items() if not ok],
         "night": None if night is None else _night(night),
-        "summary": ([_night_item(night)] if night is not None else [])
+        "summary": ([_night_item(night)] if night is not None else []) + ([_leakage_item(checked)] if checked else [])
         + _summary_items(manifest, budget, selection, duplicates, outliers, causes, embedding, warnings),
-        "contents": ([NIGHT_CONTENTS] if night is not None else []) + CONTENTS[1:],
+        "contents": ([NIGHT_CONTENTS] if night is not None else []) + [c for c in CONTENTS[1:] if checked or c[0] != "leakage"],
         "thumbnail_note": None if cfg.thumbnails and thumbnails is not None else ("off" if not cfg.thumbnails else "none"),
         "ranking": _ranking(manifest, top, selection, thumbs, paths, excluded, curve, budget),
         "map": None if embeddings is None else _embedding_map(np.asarray(embeddings), manifest, outliers, frames,
                                                               budget, cfg.gallery_size, thumbs, paths),
         "archive": _archive(manifest if frames is None else frames, frames is None, excluded),
         "duplicates": _duplicates(duplicates, groups, thumbs),
+        "leakage": _leakage(checked, crossing, len(pictured), thumbs, paths) if checked else None,
         "outliers": _outliers(outliers, odd, thumbs, paths),
         "errors": _errors(causes, paths),
         "redundancy": _redundancy(nn, frames),
@@ -594,6 +607,44 @@ def _duplicates(duplicates: pd.DataFrame, groups: list[pd.DataFrame], thumbs: _T
     return {"empty": False, "by_kind": by_kind, "groups": shown, "open": GROUPS_OPEN}
 
 
+def _leakage_item(counts: Mapping[str, Any]) -> dict:
+    """The first screen's line for a checked split: the verdict, linked to its section."""
+    said = verdict(counts)
+    head, _, rest = said.partition(": ")
+    return {"href": "leakage", "link": head, "rest": ": " + rest}
+
+
+def _leakage(counts: Mapping[str, Any], pairs: pd.DataFrame | None, pictured: int, thumbs: _Thumbs, paths: _Paths) -> dict:
+    """The split checked for leaks (summary['leakage']): the verdict, counts by side and relation, what was not seen,
+    and the first pairs of leakage.parquet (the first `pictured` of them side by side)."""
+    pairs = pairs if pairs is not None else pd.DataFrame()
+    shown, gallery = [], []
+    for i, r in enumerate(pairs.itertuples(index=False)):
+        kind = str(r.kind).replace("_", " ")
+        also = [w for w, flag in (("same patient", r.same_patient), ("same study", r.same_study)) if flag and w != kind]
+        label = kind + (f" ({', '.join(also)})" if also else "")
+        shown.append({"kind": label, "similarity": _num(r.similarity), "a": r.split_a, "a_name": paths.name(r.source_uri_a, r.frame_index_a),
+                      "b": r.split_b, "b_name": paths.name(r.source_uri_b, r.frame_index_b)})
+        if i < pictured and thumbs.enabled:
+            why = f"{label} across the split, similarity {_num(r.similarity)} (cosine)"
+            gallery.append({"id": i + 1, "kind": label, "similarity": _num(r.similarity), "figures": [
+                thumbs.figure(r.row_a, r.split_a, r.source_uri_a, r.frame_index_a, f"{r.split_a} side of a pair: {why}"),
+                thumbs.figure(r.row_b, r.split_b, r.source_uri_b, r.frame_index_b, f"{r.split_b} side of a pair: {why}")]})
+    frames, leaking = counts["frames"], counts["frames_leaking"]
+    return {
+        "leaks": any(leaking.values()),
+        "verdict": verdict(counts),
+        "split": str(counts.get("split", "")),
+        "sides": [[s, f"{frames[s]:,}", f"{leaking[s]:,}"] for s in SPLITS],
+        "by_kind": [[k.replace("_", " "), f"{v['pairs']:,}", f"{v['frames']:,}", f"{v['groups']:,}"] for k, v in counts["by_kind"].items()],
+        "notes": unchecked(counts),
+        "pairs": shown,
+        "listed": f"{int(counts.get('pairs_listed', len(shown))):,}",
+        "cap": PAIRS_PER_GROUP,
+        "gallery": gallery,
+    }
+
+
 def _outliers(outliers: pd.DataFrame, shown: pd.DataFrame, thumbs: _Thumbs, paths: _Paths) -> dict:
     """The frames least like the archive: how many are flagged, their gallery and table."""
     if outliers.empty:
@@ -737,6 +788,9 @@ GLOSSARY = [
     ("exact duplicate", "Frames with identical decoded pixels, or one file stored at several paths."),
     ("near-duplicate", "A frame whose code and small thumbnail both match a group's representative closely "
      "(analysis.near_duplicate_threshold and near_duplicate_content_threshold)."),
+    ("leakage", "Frames on different sides of a train/val/test split that are one picture (an exact or a near "
+     "duplicate) or come from one patient or one study: a model tested on them has seen them, or their patient, in "
+     "training (enrich_ray/analysis/leakage.py)."),
     ("foreign score", "How far a frame lies beyond the archive's median, in robust spreads (median absolute "
      "deviation scaled to a standard deviation; a robust z-score): of its distance to its 10th and 50th nearest "
      "frames, its image statistics, or a rare header value. Flagged beyond analysis.outlier_mad_k and among the "

@@ -800,3 +800,70 @@ def test_redundancy_is_shown_per_modality_when_the_archive_holds_several(tmp_pat
         assert f'<tr><td>{modality}</td><td class="num">{count}</td><td class="num">{median:.3f}</td>' in part, modality
     one = inputs.write(tmp_path / "one.html", ReportConfig(thumbnails=False), frames=frames.assign(modality="US"))
     assert "By modality" not in one.split('<section id="redundancy">')[1].split("</section>")[0]
+
+
+def leak_inputs(inputs: ReportInputs, split: list[str], patient: list) -> tuple[dict, pd.DataFrame]:
+    """summary['leakage'] and leakage.parquet, as pipelines/leakage.py writes them, for a split of the inputs' frames."""
+    from enrich_ray.analysis.leakage import crossing_pairs
+
+    frames = inputs.manifest.sort_values("row")
+    n = len(frames)
+    leak = crossing_pairs(np.arange(n), split, inputs.duplicates, patient, [None] * n, inputs.embeddings)
+    sides = {}
+    for end in ("a", "b"):
+        rows = leak.pairs[end].to_numpy()
+        sides[end] = pd.DataFrame({f"split_{end}": np.asarray(split, dtype=object)[rows],
+                                   f"image_id_{end}": frames["image_id"].to_numpy()[rows], f"frame_index_{end}": 0,
+                                   f"source_uri_{end}": frames["source_uri"].to_numpy()[rows], f"row_{end}": rows})
+    table = pd.concat([leak.pairs[["kind", "similarity", "same_patient", "same_study"]], sides["a"], sides["b"]], axis=1)
+    return {"split": "paper_split.csv", "leaks": bool(len(table)), **leak.counts, "split_rows_not_in_archive": 3}, table
+
+
+def test_a_split_that_leaks_says_so_plainly_with_its_pairs_side_by_side(tmp_path):
+    inputs = build_inputs(None)
+    n = N_FRAMES
+    split = ["train"] * 8 + ["test"] * (n - 8)
+    split[1] = "test"  # the exact copy of frame 0 on the other side
+    patient = [None] * n
+    patient[3], patient[12] = "p7", "p7"  # one patient on both sides
+    counts, pairs = leak_inputs(inputs, split, patient)
+    assert set(pairs["kind"]) >= {"exact_duplicate", "same_patient"}
+    page = inputs.write(tmp_path / "leaks.html", ReportConfig(), summary={**inputs.summary, "leakage": counts}, leakage=pairs)
+    test_frames = split.count("test")
+    leaking = counts["frames_leaking"]["test"]
+    said = f"This split leaks: {leaking} of {test_frames} test frames have an exact duplicate"
+    warning = page.split('id="leakage-warning">')[1].split("</div>")[0]
+    assert warning.startswith(said) and "overstate" in warning
+    first = re.findall(r"<li>(.*?)</li>", page.split('<section id="summary">')[1].split("</section>")[0])[0]
+    assert first.startswith('<a href="#leakage">This split leaks</a>: ')
+    section = page.split('<section id="leakage">')[1].split("</section>")[0]
+    assert "paper_split.csv" in section and "3 rows of the split name no image of the archive" in section
+    assert "No frame of the split has a patient key" not in section and "12 of 14 frames of the split have no patient key" in section
+    assert section.count('class="thumb"') == 2 * len(pairs) and len(pairs) <= 12
+    rows = re.findall(r"<tr><td>(exact duplicate|near duplicate|same patient|same study)[^<]*</td><td class=\"num\">([^<]*)</td>"
+                      r"<td>(train|test)</td><td>.*?</td><td>(train|test)</td>", section)
+    assert len(rows) == len(pairs) and all(a == "train" and b == "test" for _, _, a, b in rows)
+    assert ("same patient", f"{pairs.loc[pairs['kind'] == 'same_patient', 'similarity'].iloc[0]:.3f}", "train", "test") in rows
+    assert '<a href="#leakage">Leakage across the split</a>' in page and 'id="leakage-unchecked"' not in page
+    # thumbnails off: the pairs are listed, no pixel of them shown
+    page = inputs.write(tmp_path / "off.html", ReportConfig(thumbnails=False), summary={**inputs.summary, "leakage": counts},
+                        leakage=pairs)
+    section = page.split('<section id="leakage">')[1].split("</section>")[0]
+    assert 'class="thumb"' not in page and len(re.findall(r"<tr><td>(?:exact duplicate|same patient)[^<]*</td><td class=\"num\">[^<]*</td><td>train", section)) == len(pairs)
+
+
+def test_a_clean_split_says_it_was_checked_and_no_split_says_so_in_one_line(tmp_path):
+    inputs = build_inputs(None)
+    n = N_FRAMES
+    grouped = set(inputs.duplicates["row"])  # every duplicate on one side, every frame its own patient
+    split = ["train" if r in grouped else "test" for r in range(n)]
+    counts, pairs = leak_inputs(inputs, split, [f"p{i}" for i in range(n)])
+    assert pairs.empty and not any(counts["frames_leaking"].values())
+    page = inputs.write(tmp_path / "clean.html", ReportConfig(), summary={**inputs.summary, "leakage": counts}, leakage=pairs)
+    assert 'id="leakage-warning"' not in page
+    verdict = page.split('id="leakage-verdict">')[1].split("</p>")[0]
+    assert verdict == (f"This split is clean: no exact or near duplicate, patient or study crosses it ({len(grouped)} train, "
+                       f"{n - len(grouped)} test frames checked).")
+    page = inputs.write(tmp_path / "none.html", ReportConfig())
+    assert 'id="leakage"' not in page and 'href="#leakage"' not in page
+    assert page.count('id="leakage-unchecked"') == 1 and "No train/test split was checked for leaks" in page
