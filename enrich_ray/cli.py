@@ -1,7 +1,7 @@
-"""The `enrich-ray` command line: pack, train-vae, curate, select, nightly, export, labels, evaluate, demo.
+"""The `enrich-ray` command line: pack, train-vae, curate, select, nightly, export, labels, leakage, evaluate, demo.
 
 Bad input ends with one line naming the cause (exit 2), never a traceback; a curate run in
-which no frame could be embedded finishes its outputs and exits 3.
+which no frame could be embedded finishes its outputs and exits 3; a split that leaks, 4.
 """
 from __future__ import annotations
 
@@ -59,6 +59,10 @@ EXAMPLES = {
   enrich-ray labels --catalog s3://curation/catalog --from ./label-studio-export.json
   enrich-ray labels --catalog ./catalog --from ./annotations.xml   # CVAT for images 1.1
   enrich-ray labels --catalog ./catalog --from ./to_label.csv      # image_id,label""",
+    "leakage": """examples:
+  enrich-ray leakage --run ./runs/first --split ./paper_split.csv   # split and image_id (or source_uri) columns
+  enrich-ray leakage --run ./runs/first --split split              # a column of the run's archive
+  exit code 0: the split is clean; 4: it leaks (pairs in RUN/leakage.parquet and the report)""",
     "evaluate": """examples:
   enrich-ray evaluate --dataset ../shared/data/pneumoniamnist_28/pneumoniamnist.npz --out ./eval/pneumonia
   enrich-ray evaluate --dataset ../shared/data/busi_256/Dataset_BUSI_with_GT --out ./eval  # benign/ malignant/ normal/""",
@@ -149,6 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--catalog", required=True, help="catalog folder written by `enrich-ray nightly` (local or s3://)")
     p.add_argument("--from", dest="source", required=True, metavar="FILE",
                    help="Label Studio JSON export (.json), CVAT for images 1.1 XML (.xml) or a CSV of image_id,label (.csv)")
+
+    p = add("leakage", "check a train/val/test split of a finished curate run for frames on two sides: exact or near "
+                       "duplicates, the same patient, the same study", curate_yaml)
+    p.add_argument("--run", required=True, help="a finished curate run folder (local or s3://)")
+    p.add_argument("--split", required=True, metavar="SPLIT",
+                   help="a .csv or .parquet file with a split column (train, val, test) and an image_id or a source_uri "
+                        "column, or the name of a column of the run's archive")
 
     p = add("evaluate", "show on a labeled dataset whether ranking pays off (paper Fig. 1 and 3)", "evaluate.yaml")
     p.add_argument("--dataset", required=True, help="MedMNIST .npz, an archive with label and split columns, "
@@ -441,6 +452,14 @@ def _labels(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def _leakage(args: argparse.Namespace, cfg: Config) -> int:
+    from enrich_ray.pipelines.leakage import check_run
+
+    result = check_run(args.run, args.split, cfg)
+    print("\n".join(result.lines))
+    return result.exit_code
+
+
 def _evaluate(args: argparse.Namespace, cfg: Config) -> int:
     from enrich_ray.pipelines.evaluate import run_evaluation
 
@@ -475,6 +494,7 @@ COMMANDS = {
     "reembed": _reembed,
     "export": _export,
     "labels": _labels,
+    "leakage": _leakage,
     "evaluate": _evaluate,
     "demo": _demo,
 }

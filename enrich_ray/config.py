@@ -136,6 +136,7 @@ class AnalysisConfig:
     outlier_scales: list[int] = field(default_factory=lambda: [10, 50])  # k-th neighbours read (see analysis/outliers.py)
     outlier_rare_share: float = 0.05  # a header value held by fewer frames than this share is rare
     outlier_colour_min: float = 0.1  # decode's colorfulness (mean max-min channel, 0-1) above which a frame is in colour
+    leakage_split: str | None = None  # a train/val/test split to check for leaks: a .csv/.parquet file or an archive column (pipelines/leakage.py)
 
 
 @dataclass

@@ -358,6 +358,15 @@ def archive_shards(archive: str, storage: StorageConfig | None = None) -> list[s
     return [Location(loc.fs, p, loc.protocol).uri() for p in names]
 
 
+def archive_columns(archive: str, storage: StorageConfig | None = None) -> list[str]:
+    """The column names of an archive (schema.ARCHIVE and any a dataset added, such as a split column)."""
+    shards = archive_shards(archive, storage)
+    if not shards:
+        return list(schema.ARCHIVE.names)
+    loc = resolve(shards[0], storage)
+    return list(pads.dataset([resolve(uri, storage).path for uri in shards], filesystem=loc.arrow_fs(), format="parquet").schema.names)
+
+
 def archive_table(archive: str, columns: list[str], storage: StorageConfig | None = None, filter=None) -> pa.Table:
     """Some columns of every row of an archive (never `data` unless asked for), or of the rows a pyarrow
     filter expression keeps, read on this process."""

@@ -40,7 +40,7 @@ OUTPUTS = {
     "index": ["index", "knn"],
     "analyze": ["duplicates.parquet", "outliers.parquet", "redundancy.json", "redundancy.png"],
     "rank": ["manifest.parquet", "manifest.csv", "excluded.parquet"],
-    "report": ["errors.parquet", "summary.json", "report.html", "config.yaml"],
+    "report": ["errors.parquet", "summary.json", "report.html", "config.yaml", "leakage.parquet"],
 }
 TRAIN_SCRATCH = "_decoded"  # train-vae's decoded frames, under the model folder while it trains
 EXIT_NOTHING_EMBEDDED = 3  # the job finished, but no frame could be embedded (every file unreadable)
@@ -65,6 +65,10 @@ def curate(archive: str, out: str, cfg: Config, model: str | None = None, force:
     shards = archive_shards(archive, cfg.storage)
     if not shards:
         raise StorageError(f"archive {archive} holds no Parquet shards (part-*.parquet): pack it first")
+    if cfg.analysis.leakage_split:  # a bad split stops the run before any work
+        from enrich_ray.pipelines.leakage import split_placements
+
+        split_placements(cfg.analysis.leakage_split, archive, cfg, "analysis.leakage_split")
     run = RunFolder(out, cfg.storage)
     run.open_run(cfg, force)
     train_here = cfg.embed.embedder == "vae" and not cfg.embed.model
@@ -340,14 +344,23 @@ def labeled_mask(uri: str | None, frames: pd.DataFrame, cfg: Config, setting: st
     """Which frames a file of image ids names (a CSV or Parquet with an image_id column): the labeled set."""
     if not uri:
         return None
-    loc = resolve(uri, cfg.storage)
-    if not loc.fs.exists(loc.path):
-        raise StorageError(f"{setting} not found: {uri}")
-    with loc.fs.open(loc.path, "rb") as fh:
-        named = pd.read_parquet(fh) if loc.path.endswith(".parquet") else pd.read_csv(fh)
+    named = id_file(uri, cfg, setting)
     if "image_id" not in named.columns:
         raise StorageError(f"{setting} {uri} has no image_id column")
     return frames["image_id"].isin(set(named["image_id"].astype(str))).to_numpy()
+
+
+def id_file(uri: str, cfg: Config, setting: str) -> pd.DataFrame:
+    """The CSV or Parquet file a setting names (image ids and what goes with them; a CSV's columns as text)."""
+    loc = resolve(uri, cfg.storage)
+    if not loc.fs.exists(loc.path):
+        raise StorageError(f"{setting} not found: {uri}")
+    parquet = loc.path.lower().endswith(".parquet")
+    try:
+        with loc.fs.open(loc.path, "rb") as fh:
+            return pd.read_parquet(fh) if parquet else pd.read_csv(fh, dtype=str, keep_default_na=False)
+    except ValueError as exc:  # not CSV or not Parquet (pandas' and Arrow's parse errors are ValueErrors)
+        raise StorageError(f"{setting} {uri} cannot be read as {'Parquet' if parquet else 'CSV'}: {exc}") from None
 
 
 def _errors(run: RunFolder, archive: str, cfg: Config) -> pd.DataFrame:
@@ -397,10 +410,8 @@ def embedding_summary(work: RunFolder, frames: pd.DataFrame, emb: np.ndarray, cf
 
 def _report(run: RunFolder, archive: str, cfg: Config, timings: dict) -> dict:
     from enrich_ray.decode.causes import error_counts
-    from enrich_ray.report.html import write_report
 
     frames, emb = load_embeddings(run)
-    graph = load_graph(run)
     errors = _errors(run, archive, cfg)
     run.write_table("errors.parquet", errors)
     archive_rows = archive_table(archive, ["image_id"], cfg.storage).num_rows
@@ -446,8 +457,24 @@ def _report(run: RunFolder, archive: str, cfg: Config, timings: dict) -> dict:
         "versions": _versions(),
         "config": config_dict(cfg),
     }
+    if cfg.analysis.leakage_split:
+        from enrich_ray.pipelines.leakage import split_placements, write_leakage
+
+        placements = split_placements(cfg.analysis.leakage_split, archive, cfg, "analysis.leakage_split")
+        summary["leakage"] = write_leakage(run, cfg.analysis.leakage_split, frames, emb, placements)
     run.write_json("summary.json", summary)
     run.write_bytes("config.yaml", config_yaml(cfg).encode())
+    write_run_report(run, summary, cfg, frames, emb)
+    return {"counts": counts, "checks": checks}
+
+
+def write_run_report(run: RunFolder, summary: dict, cfg: Config, frames: pd.DataFrame, emb: np.ndarray) -> None:
+    """report.html of a curate run from its summary and tables: the report stage, and `enrich-ray leakage` after it."""
+    from enrich_ray.report.html import write_report
+
+    graph = load_graph(run)
+    manifest = run.read_table("manifest.parquet").to_pandas()
+    errors = run.read_table("errors.parquet").to_pandas()
     dups = run.read_table("duplicates.parquet").to_pandas()
     outl = run.read_table("outliers.parquet").to_pandas()
     if len(manifest) and "row" not in manifest.columns:
@@ -455,9 +482,9 @@ def _report(run: RunFolder, archive: str, cfg: Config, timings: dict) -> dict:
         manifest = manifest.assign(row=[row_of[k] for k in zip(manifest["image_id"], manifest["frame_index"])])
     thumbs = (lambda rows: _pixels_of(run, frames.iloc[list(rows)])) if cfg.report.thumbnails and len(frames) else None
     nn = graph.nn_similarity if graph.k else np.zeros(0, np.float32)
+    leakage = run.read_table("leakage.parquet").to_pandas() if "leakage" in summary else None
     write_report(run.path("report.html").uri(), summary, manifest, dups, outl, errors, nn, thumbs, cfg.report, cfg.storage,
-                 frames=frames, embeddings=emb)
-    return {"counts": counts, "checks": checks}
+                 frames=frames, embeddings=emb, leakage=leakage)
 
 
 def train_model(archive: str, out: str, cfg: Config):

@@ -52,6 +52,8 @@ def nightly(catalog: str, archive: str, night: str, cfg: Config, model: str | No
         dt.date.fromisoformat(night)
     except ValueError:
         raise ConfigError(f"--night {night!r}: expected YYYY-MM-DD") from None
+    if cfg.analysis.leakage_split:
+        raise ConfigError("analysis.leakage_split checks a split of a curate run (or `enrich-ray leakage --run RUN`), not a night")
     shards = archive_shards(archive, cfg.storage)
     cat = Catalog(catalog, cfg)
     cat.acquire()

@@ -120,7 +120,7 @@ def test_version(capsys):
 
 
 def _tiny_archive(cwd: Path) -> None:
-    """A real packed archive of two PNG frames at cwd/archive (no Ray), for the commands that read one."""
+    """A real packed archive of four PNG frames at cwd/archive (no Ray), for the commands that read one."""
     import cv2
 
     from enrich_ray.io.pack import pack
@@ -129,6 +129,9 @@ def _tiny_archive(cwd: Path) -> None:
     src.mkdir()
     for i in range(2):
         cv2.imwrite(str(src / f"f{i}.png"), np.full((16, 16), 40 * (i + 1), np.uint8))
+    for i, folder in enumerate(("a", "b")):  # two frames of one name in two folders
+        (src / folder).mkdir()
+        cv2.imwrite(str(src / folder / "g.png"), np.full((16, 16), 150 + 40 * i, np.uint8))
     pack([str(src)], str(cwd / "archive"), progress=False)
 
 
@@ -154,10 +157,16 @@ BAD_INVOCATIONS = [
     (["curate", "--archive", "archive", "--out", "run", "--config", "missing.yaml"], ["missing.yaml"]),
     (["curate", "--archive", "archive", "--out", "run", "--set", "selection.ranker=kmeans"], ["selection.ranker", "kmeans"]),
     (["curate", "--archive", "missing_archive", "--out", "run"], ["missing_archive"]),
+    (["curate", "--archive", "archive", "--out", "run", "--set", "analysis.leakage_split=missing_split.csv"], ["missing_split.csv", "not found"]),
+    (["curate", "--archive", "archive", "--out", "run", "--set", "analysis.leakage_split=fold"], ["no column 'fold'"]),
+    (["curate", "--archive", "archive", "--out", "run", "--set", "analysis.leakage_split=bad_split.csv"], ["'fold1'", "train, val, test"]),
+    (["curate", "--archive", "archive", "--out", "run", "--set", "analysis.leakage_split=ambiguous_split.csv"], ["'g.png'", "ends 2 archive paths"]),
     (["select", "--embeddings", "missing.parquet", "--out", "ranked"], ["missing.parquet"]),
     (["select", "--embeddings", "emb.parquet", "--out", "ranked", "--k", "-1"], ["-1"]),
     (["nightly", "--catalog", "catalog", "--archive", "archive", "--night", "2026-13-45"], ["2026-13-45"]),
     (["nightly", "--catalog", "catalog", "--archive", "missing_archive", "--night", "2026-11-20"], ["missing_archive"]),
+    (["nightly", "--catalog", "catalog", "--archive", "archive", "--night", "2026-11-20", "--set", "analysis.leakage_split=x.csv"],
+     ["analysis.leakage_split", "not a night"]),
     (["reembed", "--catalog", "missing_catalog", "--model", "model"], ["missing_catalog"]),
     (["export", "--run", "missing_run", "--to", "labelstudio", "--out", "out"], ["missing_run", "summary.json"]),
     (["export", "--run", "archive", "--to", "csv", "--out", "out", "--top", "0"], ["--top 0"]),
@@ -171,6 +180,7 @@ BAD_INVOCATIONS = [
     (["labels", "--catalog", "labels_catalog", "--from", "broken_export.json"], ["broken_export.json", "not valid JSON"]),
     (["labels", "--catalog", "labels_catalog", "--from", "cvat.xml"], ["cvat.xml", "root element is <dataset>"]),
     (["labels", "--catalog", "labels_catalog", "--from", "labels.csv"], ["labels.csv", "columns image_id and label"]),
+    (["leakage", "--run", "missing_run", "--split", "bad_split.csv"], ["missing_run", "not a finished curate run"]),
     (["evaluate", "--dataset", "missing.npz", "--out", "eval"], ["missing.npz"]),
     (["evaluate", "--dataset", "scans", "--out", "eval", "--set", "evaluate.fractions=[0.5,0.1]"], ["evaluate.fractions"]),
     (["evaluate", "--dataset", "scans", "--out", "eval", "--set", "evaluate.rankers=[enrich]"], ["evaluate.rankers", "random"]),
@@ -191,6 +201,8 @@ def bad_input_folder(tmp_path_factory) -> Path:
     (cwd / "broken_export.json").write_text('[{"data": {"image_id": "a"}, ')
     (cwd / "cvat.xml").write_text("<dataset><image name='a.png'/></dataset>")
     (cwd / "labels.csv").write_text("image,class\na.png,benign\n")
+    (cwd / "bad_split.csv").write_text("source_uri,split\nf0.png,train\nf1.png,fold1\n")
+    (cwd / "ambiguous_split.csv").write_text("source_uri,split\ng.png,train\nf1.png,test\n")  # g.png: a/g.png or b/g.png?
     return cwd
 
 
