@@ -264,7 +264,7 @@ def stage_result(stage: str, marker: dict) -> str:
         "index": lambda: f"{m['k']}-NN graph of {m['frames']} frames" + (
             f", recall@{m['recall']['k']} {m['recall']['recall_at_k']:.3f}" if m.get("recall") else ""),
         "analyze": lambda: f"{m['duplicate_groups']} duplicate groups, {m['outliers_flagged']} outliers flagged",
-        "rank": lambda: f"{m['ranked']} frames ranked, {sum(m.get('excluded', {}).values())} left out as junk",
+        "rank": lambda: f"{m['ranked']} frames ranked, {sum(m.get('excluded', {}).values())} left out as junk" + _quota(m),
         "report": lambda: "written",
     }
     try:
@@ -272,6 +272,15 @@ def stage_result(stage: str, marker: dict) -> str:
     except (KeyError, TypeError, ValueError):  # a stage or marker this console does not know: the time alone
         said = "done"
     return f"{stage}: {said} ({m.get('seconds', 0.0):.1f} s)"
+
+
+def _quota(m: dict) -> str:
+    """', quota reached (...)' for a rank marker under selection.quota, else nothing."""
+    if not m.get("quota"):
+        return ""
+    from enrich_ray.selection.quota import quota_line
+
+    return f", {quota_line(m['quota'])}"
 
 
 def _training(m: dict) -> str:
@@ -416,8 +425,8 @@ def _print_result(result) -> None:
 def _select(args: argparse.Namespace, cfg: Config) -> int:
     from enrich_ray.pipelines.select import select
 
-    n = select(args.embeddings, args.out, cfg, ranker=args.ranker, seed_set=args.seed_set, k=args.k)
-    print(f"ranked {n} frames into {args.out}/manifest.parquet and manifest.csv")
+    n, quota = select(args.embeddings, args.out, cfg, ranker=args.ranker, seed_set=args.seed_set, k=args.k)
+    print(f"ranked {n} frames into {args.out}/manifest.parquet and manifest.csv" + (f" ({quota})" if quota else ""))
     return 0
 
 

@@ -161,6 +161,9 @@ class SelectionConfig:
     seconds_per_image: float = 3.0  # classification label time; the paper used 3 s
     seconds_per_segmentation: float = 300.0
     exclude_junk: bool = True  # flagged foreign frames, blank frames and exact copies leave the ranking
+    # balanced selection (selection/quota.py): at most n ranked frames per group of a key column, e.g.
+    # {patient_key: 2, modality: 100}; the seeds count; enrich only
+    quota: dict[Literal["patient_key", "study_uid", "series_uid", "modality"], int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.smi_eta < 0:
@@ -171,6 +174,12 @@ class SelectionConfig:
             raise ConfigError(f"selection.smi_lambda: {self.smi_lambda} must be > 0")
         if self.smi_pool < 1:
             raise ConfigError(f"selection.smi_pool: {self.smi_pool} must be at least 1")
+        for column, n in self.quota.items():
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ConfigError(f"selection.quota.{column}: {n!r} must be a whole number of frames, at least 1")
+        if self.quota and self.ranker != "enrich":
+            raise ConfigError(f"selection.quota holds for the enrich ranker only (the quota greedy is ENRICH's), "
+                              f"not {self.ranker}: drop the quota or rank with enrich")
 
 
 @dataclass
@@ -252,6 +261,11 @@ def _check_value(path: str, value: Any, hint: Any) -> Any:
         if value not in allowed:
             raise ConfigError(f"{path}: {value!r} is not one of {', '.join(map(repr, allowed))}")
         return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        key_hint, value_hint = typing.get_args(hint)
+        return {_check_value(path, k, key_hint): _check_value(f"{path}.{k}", v, value_hint) for k, v in value.items()}
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{path}: expected a list, got {value!r}")

@@ -275,6 +275,7 @@ def _rank(run: RunFolder, archive: str, cfg: Config) -> dict:
     from enrich_ray.selection import rank
     from enrich_ray.selection.junk import excluded_rows
     from enrich_ray.selection.manifest import build_manifest, empty_manifest, frame_judgments
+    from enrich_ray.selection.quota import quotas_for
     from enrich_ray.selection.rankers import rank_toward_exemplars
     from enrich_ray.selection.seeds import seed_rows
 
@@ -301,11 +302,12 @@ def _rank(run: RunFolder, archive: str, cfg: Config) -> dict:
         ranking = rank_toward_exemplars(emb, seed, exemplar_embeddings(sel.smi_query, run, cfg), sel.k, sel)
     else:
         query = query_rows(sel.smi_query, frames, cfg) if sel.ranker == "smi" else None
-        ranking = rank(sel.ranker, emb, seed, sel.k, sel, query=query, progress=True)
+        ranking = rank(sel.ranker, emb, seed, sel.k, sel, query=query, progress=True, quotas=quotas_for(frames, sel.quota))
     manifest = build_manifest(ranking, frames, cfg.selection, emb, duplicate_group=group, outlier_flag=flag)
     run.write_table("manifest.parquet", manifest)
     run.write_csv("manifest.csv", manifest)
-    return {"ranked": len(manifest), "seed": len(seed), "excluded": excluded["why"].value_counts().to_dict()}
+    quota = {"quota": ranking.info["quota"]} if "quota" in ranking.info else {}
+    return {"ranked": len(manifest), "seed": len(seed), "excluded": excluded["why"].value_counts().to_dict(), **quota}
 
 
 EXCLUDED_COLUMNS = ["row", "why", "reason", "image_id", "frame_index", "source_uri"]
@@ -452,6 +454,7 @@ def _report(run: RunFolder, archive: str, cfg: Config, timings: dict) -> dict:
         "redundancy": run.read_json("redundancy.json"),
         "embedding": embedding,
         "excluded_from_ranking": {str(k): int(v) for k, v in excluded["why"].value_counts().items()},
+        "quota": run.marker("rank").get("quota"),  # selection.quota: its caps, whether it ended the ranking
         "index": run.marker("index").get("recall") or {},
         "timings_s": dict(timings),
         "versions": _versions(),

@@ -385,6 +385,8 @@ def run_evaluation(dataset: str, cfg: Config, out: str) -> dict:
     and return the summary. A rerun into the same out resumes where aucs.csv stops."""
     ev = cfg.evaluate
     check_evaluate_config(ev)
+    if cfg.selection.quota:
+        raise ConfigError("selection.quota: the evaluate job compares the rankers without quotas; drop it")
     set_threads(ev.threads)
     t_start = time.perf_counter()
     root = Path(out)

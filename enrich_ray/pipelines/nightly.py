@@ -208,6 +208,7 @@ class _Night:
         picks; the labeled seed frames are not asked again."""
         from enrich_ray.selection import rank
         from enrich_ray.selection.manifest import build_manifest, empty_manifest, frame_judgments
+        from enrich_ray.selection.quota import quotas_for
         from enrich_ray.selection.seeds import seed_rows
 
         new_frames, new_emb = self.frames
@@ -225,16 +226,17 @@ class _Night:
             emb = np.concatenate([self.hist_emb[lab_mask], new_emb]) if lab_mask.any() else new_emb
             seed = np.arange(int(lab_mask.sum()), dtype=np.int64) if lab_mask.any() else seed_rows(len(new_frames), self.cfg.selection, None)
             sel = dataclasses.replace(self.cfg.selection, k=None)
-            ranking = rank(sel.ranker, emb, seed, None, sel, progress=True)
+            ranking = rank(sel.ranker, emb, seed, None, sel, progress=True, quotas=quotas_for(ranked, sel.quota))
             manifest = build_manifest(ranking, ranked, sel, emb, duplicate_group=family[rows], outlier_flag=flag[rows])
         else:
-            manifest = empty_manifest()
+            ranking, manifest = None, empty_manifest()
         self.out.write_table("manifest.parquet", manifest)
         self.out.write_csv("manifest.csv", manifest)
         asked = ~manifest["image_id"].isin(labeled)
         drawn = int((manifest["is_seed"] & asked).sum())
         self.out.write_csv("top.csv", manifest[asked].head(drawn + (self.cfg.selection.k or len(manifest))))
-        return {"ranked": int((~manifest["is_seed"]).sum()), "seed": int(lab_mask.sum()), "excluded": {}}
+        quota = {"quota": ranking.info["quota"]} if ranking is not None and "quota" in ranking.info else {}
+        return {"ranked": int((~manifest["is_seed"]).sum()), "seed": int(lab_mask.sum()), "excluded": {}, **quota}
 
     def report(self, archive_ids: list[str], timings: dict) -> dict:
         """errors.parquet, summary.json and report.html of the night (with what it added to the catalog)."""

@@ -45,10 +45,13 @@ def read_embeddings(uri: str, cfg: Config) -> tuple[pd.DataFrame, np.ndarray]:
     return frames, emb / np.where(norms > 0, norms, 1)
 
 
-def select(embeddings: str, out: str, cfg: Config, ranker: str | None, seed_set: str | None, k: int | None) -> int:
-    """Rank the embeddings and write manifest.parquet and manifest.csv under `out`; returns the count ranked."""
+def select(embeddings: str, out: str, cfg: Config, ranker: str | None, seed_set: str | None,
+           k: int | None) -> tuple[int, str | None]:
+    """Rank the embeddings and write manifest.parquet and manifest.csv under `out`; returns the count ranked
+    and, under selection.quota, the quota's line (quota.quota_line)."""
     from enrich_ray.selection import rank
     from enrich_ray.selection.manifest import build_manifest
+    from enrich_ray.selection.quota import quota_line, quotas_for
     from enrich_ray.selection.seeds import seed_rows
 
     sel = cfg.selection
@@ -83,10 +86,11 @@ def select(embeddings: str, out: str, cfg: Config, ranker: str | None, seed_set:
         raise StorageError(f"{embeddings} holds no embeddings")
     labeled = labeled_mask(sel.seed_manifest, frames, cfg)
     query = query_rows(sel.smi_query, frames, cfg) if sel.ranker == "smi" else None
-    ranking = rank(sel.ranker, emb, seed_rows(len(frames), sel, labeled), sel.k, sel, query=query, progress=True)
+    ranking = rank(sel.ranker, emb, seed_rows(len(frames), sel, labeled), sel.k, sel, query=query, progress=True,
+                   quotas=quotas_for(frames, sel.quota))
     manifest = build_manifest(ranking, frames, sel, emb)
     run = RunFolder(out, cfg.storage)
     run.loc.fs.makedirs(run.loc.path, exist_ok=True)
     run.write_table("manifest.parquet", manifest)
     run.write_csv("manifest.csv", manifest)
-    return len(manifest)
+    return len(manifest), quota_line(ranking.info["quota"]) if "quota" in ranking.info else None

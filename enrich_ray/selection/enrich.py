@@ -84,7 +84,8 @@ def enrich_greedy(
     info = {}
     if quotas is not None:
         info["quota"] = {"columns": dict(quotas.columns), "frames_without_key": dict(quotas.without_key),
-                         "reached": bool(order.size < k), "ranked": int(n_seed + order.size), "asked": int(n_seed + k)}
+                         "reached": bool(order.size < k), "ranked": int(n_seed + order.size), "asked": int(n_seed + k),
+                         "frames": int(x.shape[0])}
     return Ranking(
         ranker="enrich",
         order=np.concatenate([seed, order]).astype(np.int64),

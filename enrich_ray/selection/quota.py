@@ -33,10 +33,6 @@ class Quotas:
     caps: np.ndarray  # (groups + 1,) int64
     without_key: dict[str, int]  # column -> frames with no key there (not limited by it)
 
-    def describe(self) -> str:
-        """The quota as a person wrote it: 'patient_key=2, modality=100'."""
-        return ", ".join(f"{c}={n}" for c, n in self.columns.items())
-
 
 def quotas_for(frames: pd.DataFrame, quota: dict[str, int]) -> Quotas | None:
     """The Quotas of `quota` (column -> at most this many frames per group) over the frames; None when empty."""
@@ -65,6 +61,15 @@ def quotas_for(frames: pd.DataFrame, quota: dict[str, int]) -> Quotas | None:
     groups[groups < 0] = offset  # the unlimited group
     caps.append(np.array([_UNLIMITED], dtype=np.int64))
     return Quotas(columns=dict(quota), groups=groups, caps=np.concatenate(caps), without_key=without_key)
+
+
+def quota_line(info: dict) -> str:
+    """Ranking.info['quota'] in words, for the console and the summary: whether the quota ended the ranking."""
+    caps = ", ".join(f"{c}={n}" for c, n in info["columns"].items())
+    said = (f"quota reached ({caps}): {info['ranked']} frames ranked of the {info['asked']} asked for" if info["reached"]
+            else f"within quota {caps}")
+    unkeyed = [c for c, n in info["frames_without_key"].items() if n == info["frames"]]
+    return said + "".join(f"; no frame has a {c}, so its quota limits nothing" for c in unkeyed)
 
 
 class QuotaState:

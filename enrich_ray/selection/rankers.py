@@ -6,6 +6,7 @@ import numpy as np
 from enrich_ray.config import SelectionConfig
 from enrich_ray.selection.baseline import random_ranking
 from enrich_ray.selection.enrich import enrich_greedy
+from enrich_ray.selection.quota import Quotas
 from enrich_ray.selection.examine import examine_ranking
 from enrich_ray.selection.ranking import Ranking
 from enrich_ray.selection.smi import smi_ranking
@@ -22,14 +23,18 @@ def rank(
     cfg: SelectionConfig,
     query: np.ndarray | list[int] | None = None,
     progress: bool = False,
+    quotas: Quotas | None = None,
 ) -> Ranking:
     """Rank frames with the ranker `name`: the seed rows first, then k picks (None: all it ranks).
 
     `query` (row indices of exemplar frames) is required by `smi` and ignored by the others;
-    `progress` shows a bar of ENRICH's picks (the others take one pass).
+    `progress` shows a bar of ENRICH's picks (the others take one pass); `quotas`
+    (selection.quota, quota.quotas_for) are ENRICH's alone.
     """
+    if quotas is not None and name != "enrich":
+        raise ValueError(f"selection.quota holds for the enrich ranker only, not {name}")
     if name == "enrich":
-        return enrich_greedy(embeddings, seed, k, progress=progress)
+        return enrich_greedy(embeddings, seed, k, progress=progress, quotas=quotas)
     if name == "random":
         return random_ranking(np.asarray(embeddings).shape[0], seed, k, cfg.random_seed)
     if name == "examine":

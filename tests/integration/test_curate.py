@@ -230,3 +230,23 @@ def test_targeted_ranking_toward_a_folder_of_exemplars(ray_cluster, sample_archi
     assert len(picks) == 5 and set(manifest["ranker"]) == {"smi"}
     assert not picks["source_uri"].str.contains("malignant").any()  # exemplars are the query, never ranked
     assert picks["source_uri"].str.contains("benign").iloc[:3].all()  # the ultrasound frames most like the exemplars
+
+
+def test_a_quota_reranks_the_run_within_every_cap(pixel_run, sample_archive, tmp_path):
+    """selection.quota.modality=1, the rank stage alone on a copy of the run: one frame of each modality
+    (the seed's modality none more), every frame without a modality (the PNGs) still ranked, and the
+    marker and the console line say the quota ended the ranking."""
+    import shutil
+
+    from enrich_ray.cli import stage_result
+    from enrich_ray.pipelines.curate import _rank
+
+    _, out = pixel_run
+    shutil.copytree(out, tmp_path / "quota")
+    marker = _rank(RunFolder(str(tmp_path / "quota")), str(sample_archive), load_config(None, [*PIXELS, "selection.quota.modality=1"]))
+    manifest, full = pd.read_parquet(tmp_path / "quota" / "manifest.parquet"), pd.read_parquet(out / "manifest.parquet")
+    keyed = manifest["modality"].notna()
+    assert manifest.loc[keyed, "modality"].is_unique and set(manifest.loc[keyed, "modality"]) == set(full["modality"].dropna())
+    assert (~keyed).sum() == full["modality"].isna().sum() and marker["ranked"] == len(manifest) < len(full)
+    assert marker["quota"]["reached"] and f"quota reached (modality=1): {len(manifest)} frames ranked of the {len(full)}" in \
+        stage_result("rank", {**marker, "seconds": 0.1})

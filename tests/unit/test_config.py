@@ -43,6 +43,10 @@ def test_unknown_section_is_named(tmp_path):
         ("report.thumbnails=3", r"report\.thumbnails: expected true or false"),
         ("selection.ranker=best", r"selection\.ranker: 'best' is not one of"),
         ("decode=3", r"decode: expected a mapping"),
+        ("selection.quota=3", r"selection\.quota: expected a mapping"),
+        ("selection.quota.station=2", r"selection\.quota: 'station' is not one of 'patient_key'"),
+        ("selection.quota.patient_key=two", r"selection\.quota\.patient_key: expected an integer"),
+        ("selection.quota.patient_key=0", r"selection\.quota\.patient_key: 0 must be a whole number of frames, at least 1"),
     ],
 )
 def test_wrong_type_is_named(override, message):
@@ -57,15 +61,26 @@ def test_overrides_parse_yaml_scalars():
     assert cfg.report.thumbnails is False and cfg.vae.lr == pytest.approx(3e-4)
 
 
+def test_a_quota_is_a_mapping_from_yaml_or_set_and_enrich_s_alone(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("selection:\n  quota: {patient_key: 2, modality: 100}\n")
+    assert load_config(p, ["selection.quota.study_uid=5"]).selection.quota == {"patient_key": 2, "modality": 100, "study_uid": 5}
+    assert load_config(None, ["selection.quota={series_uid: 1}"]).selection.quota == {"series_uid": 1}
+    with pytest.raises(ConfigError, match="selection.quota holds for the enrich ranker only .* not typiclust"):
+        load_config(None, ["selection.quota.patient_key=2", "selection.ranker=typiclust"])
+
+
 def test_saved_config_redacts_secrets_and_reloads(tmp_path):
-    cfg = load_config(None, ["storage.secret_access_key=abc123", "storage.access_key_id=AKIA0000", "storage.endpoint_url=http://127.0.0.1:5000"])
+    cfg = load_config(None, ["storage.secret_access_key=abc123", "storage.access_key_id=AKIA0000", "storage.endpoint_url=http://127.0.0.1:5000",
+                             "selection.quota.patient_key=2"])
     text = config_yaml(cfg)
     assert "abc123" not in text and "AKIA0000" not in text and "***" in text
     assert "http://127.0.0.1:5000" in text
     assert yaml.safe_load(text)["storage"]["secret_access_key"] == "***"
     assert config_dict(cfg, redact=False)["storage"]["secret_access_key"] == "abc123"
     (tmp_path / "config.yaml").write_text(text)
-    assert load_config(tmp_path / "config.yaml").storage.endpoint_url == "http://127.0.0.1:5000"  # a run's config.yaml reloads
+    again = load_config(tmp_path / "config.yaml")  # a run's config.yaml reloads
+    assert again.storage.endpoint_url == "http://127.0.0.1:5000" and again.selection.quota == {"patient_key": 2}
 
 
 def test_cli_reports_config_errors_in_one_line(tmp_path, capsys):
@@ -112,7 +127,8 @@ def test_every_numeric_setting_has_a_range_and_each_range_refuses():
     from enrich_ray.config import RANGES, Config
 
     checked_elsewhere = {"vae.seed", "selection.random_seed", "selection.smi_eta", "selection.logdet_eta",
-                         "selection.smi_lambda", "selection.smi_pool"}  # seeds take any integer; SMI: __post_init__
+                         "selection.smi_lambda", "selection.smi_pool",  # seeds take any integer; SMI: __post_init__
+                         "selection.quota"}  # a mapping of counts: __post_init__
     numeric = []
     for section in dataclasses.fields(Config):
         if section.name in ("analysis", "evaluate"):  # check_analysis; pipelines/evaluate.check_evaluate_config

@@ -7,6 +7,7 @@ import pytest
 
 from enrich_ray.config import SelectionConfig
 from enrich_ray.selection import build_manifest, enrich_greedy, rank
+from enrich_ray.selection.quota import quotas_for
 
 
 @pytest.fixture(scope="module", params=["synthetic", "pneumoniamnist"])
@@ -88,6 +89,21 @@ def test_other_rankers_get_coverage_from_a_running_max(archive):
     # the same budget covers the archive better with ENRICH than at random
     enrich = build_manifest(enrich_greedy(x, [0], 30), frames, cfg, x)
     assert enrich["coverage_similarity"].iloc[-1] > m["coverage_similarity"].iloc[-1]
+
+
+def test_a_quota_shows_in_the_coverage_and_patients_covered(archive):
+    """selection.quota: patient_key=1 makes every keyed pick a new patient, so patients_covered climbs
+    by one at each until all 10 are in; the frames without a key are not limited; coverage_similarity
+    stays the smallest max-similarity of any frame, the ones the quota closed included."""
+    x, frames = archive
+    cfg = SelectionConfig(quota={"patient_key": 1})
+    ranking = rank("enrich", x, [5], None, cfg, quotas=quotas_for(frames, cfg.quota))
+    m = build_manifest(ranking, frames, cfg, x)
+    keyed = m["patient_key"].notna()
+    assert len(m) == 10 + 12 and keyed.sum() == 10 and m.loc[keyed, "patient_key"].is_unique
+    assert (m["patients_covered"].diff().fillna(1) == keyed.astype(int)).all() and m["patients_covered"].iloc[-1] == 10
+    np.testing.assert_allclose(m["coverage_similarity"], plain_coverage(x, ranking.order, 1), atol=1e-6)
+    assert m["coverage_similarity"].iloc[-1] < 1  # 278 frames are left out: the coverage says how far
 
 
 def test_bad_frames_are_a_clear_error(archive):

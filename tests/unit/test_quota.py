@@ -9,9 +9,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from enrich_ray.selection import enrich
+from enrich_ray.selection import enrich, rank
 from enrich_ray.selection.enrich import CoverageIndex, enrich_greedy, max_similarity
-from enrich_ray.selection.quota import QuotaState, quotas_for
+from enrich_ray.config import SelectionConfig
+from enrich_ray.selection.quota import QUOTA_COLUMNS, QuotaState, quota_line, quotas_for
 
 TOL = 1e-6
 
@@ -147,7 +148,7 @@ def test_continuous_data_ranks_exactly_the_reference_order():
         np.testing.assert_allclose(r.coverage[3:], coverage_after(x, ref, 3), atol=TOL)
         assert r.info["quota"] == {"columns": quota, "frames_without_key": {"patient_key": 0, "study_uid": 0,
                                    "modality": int(frames["modality"].isna().sum())},
-                                   "reached": True, "ranked": len(ref), "asked": n}
+                                   "reached": True, "ranked": len(ref), "asked": n, "frames": n}
     index = CoverageIndex(x, max_similarity(x, seed), ranked=seed, n_clusters=9)
     order, _, _ = enrich._greedy_clustered(index, n - 3, batch=16, state=QuotaState(quotas, seed))
     np.testing.assert_array_equal(order, ref[3:])
@@ -167,6 +168,7 @@ def test_one_frame_per_patient_and_seeds_over_the_cap():
     assert picked.isna().sum() == 6 and r.order.size == 3 + 3 + 6
     assert r.info["quota"]["reached"] and r.info["quota"]["frames_without_key"] == {"patient_key": 6}
     assert r.coverage[-1] < 1.0  # the frames the quota left out are not covered by themselves
+    assert quota_line(r.info["quota"]) == "quota reached (patient_key=1): 12 frames ranked of the 60 asked for"
 
 
 def test_k_below_the_quota_is_not_reached():
@@ -175,7 +177,20 @@ def test_k_below_the_quota_is_not_reached():
     frames = pd.DataFrame({"patient_key": [f"p{r % 10}" for r in range(50)]})
     r = enrich_greedy(x, [0], 5, quotas=quotas_for(frames, {"patient_key": 3}))
     assert r.order.size == 6 and not r.info["quota"]["reached"]
+    assert quota_line(r.info["quota"]) == "within quota patient_key=3"
     assert enrich_greedy(x, [0], 5).info == {}  # no quota, no quota facts
+    unkeyed = rank("enrich", x, [0], None, SelectionConfig(), quotas=quotas_for(frames.assign(study_uid=None), {"study_uid": 1}))
+    assert unkeyed.order.size == 50 and quota_line(unkeyed.info["quota"]).endswith(
+        "within quota study_uid=1; no frame has a study_uid, so its quota limits nothing")
+    with pytest.raises(ValueError, match="enrich ranker only, not random"):
+        rank("random", x, [0], None, SelectionConfig(), quotas=quotas_for(frames, {"patient_key": 3}))
+
+
+def test_the_settings_name_the_quota_columns():
+    import typing
+
+    hint = typing.get_type_hints(SelectionConfig)["quota"]
+    assert typing.get_args(typing.get_args(hint)[0]) == QUOTA_COLUMNS
 
 
 @pytest.mark.parametrize("quota, message", [({"station": 2}, "not a key column"), ({"patient_key": 0}, "at least 1")])

@@ -69,3 +69,26 @@ def test_select_smi_ranks_toward_the_query_file(tmp_path):
     ref = rank("smi", x, np.array(seeds), 10, SelectionConfig(), query=np.arange(5, 8))
     assert len(manifest) == 12 and set(manifest["ranker"]) == {"smi:flvmi"}
     assert list(manifest["image_id"]) == [ids[i] for i in ref.order]
+
+
+def test_select_under_a_quota_keeps_every_cap(tmp_path, capsys):
+    """selection.quota.patient_key=2 over 12 patients of 10 frames (4 frames with no patient key): two of
+    each patient, the seed's included, then every unkeyed frame; the ranking ends there and says so."""
+    rng = np.random.default_rng(4)
+    n = 120
+    x = rng.normal(size=(n, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    ids = [f"img{i:03d}" for i in range(n)]
+    patients = [None if i % 30 == 0 else f"p{i % 12}" for i in range(n)]
+    pq.write_table(pa.table({"image_id": ids, "embedding": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), 8),
+                             "patient_key": pa.array(patients, pa.string())}), tmp_path / "emb.parquet")
+    args = ["select", "--embeddings", str(tmp_path / "emb.parquet"), "--out", str(tmp_path / "out"), "--seed-set", "1",
+            "--set", "selection.quota.patient_key=2"]
+    assert main(args) == 0
+    manifest = pd.read_parquet(tmp_path / "out" / "manifest.parquet")
+    assert len(manifest) == 12 * 2 + 4 and manifest["patient_key"].value_counts().max() == 2
+    assert manifest["patient_key"].isna().sum() == 4
+    assert manifest["patients_covered"].iloc[-1] == 12 and manifest["coverage_similarity"].iloc[-1] < 1
+    assert "(quota reached (patient_key=2): 28 frames ranked of the 120 asked for)" in capsys.readouterr().out
+    assert main([*args, "--ranker", "random"]) == 2
+    assert "selection.quota holds for the enrich ranker only" in capsys.readouterr().err
