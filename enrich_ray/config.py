@@ -121,6 +121,9 @@ class IndexConfig:
     nprobe: int = 16
     hnsw_m: int = 32
     train_sample: int = 100_000
+    # from this many frames curate builds the index and the graph in Ray tasks that read the embeddings
+    # files themselves (index/partitioned.py); below it, on the driver. 0: always in tasks
+    distributed_min_frames: int = 1_000_000
 
 
 @dataclass
@@ -420,6 +423,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "index.nprobe": (1, None, False),
     "index.hnsw_m": (2, None, False),
     "index.train_sample": (1, None, False),
+    "index.distributed_min_frames": (0, None, False),
     "selection.k": (0, None, False),
     "selection.seed_count": (1, None, False),
     "selection.seed_fraction": (0, 1, True),

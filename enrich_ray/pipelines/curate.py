@@ -2,10 +2,11 @@
 
 Each stage reads what the stage before wrote under the run folder and ends by writing its
 marker, so a rerun resumes at the first incomplete stage (docs/architecture.md §5). Ray runs the
-distributed stages (decode, embed); the graph, the analyses and the ranking run on the driver
-over numpy arrays. Every embedding row is addressed by its position in the embeddings sorted
-by (image_id, frame_index): the `row` of the graph, the duplicates, the outliers and the
-manifest, so results never depend on the order a distributed stage wrote them in.
+distributed stages (decode, embed, and from index.distributed_min_frames frames the index and the
+graph: index/partitioned.py); the analyses and the ranking run on the driver over numpy arrays.
+Every embedding row is addressed by its position in the embeddings sorted by (image_id,
+frame_index): the `row` of the graph, the duplicates, the outliers and the manifest, so results
+never depend on the order a distributed stage wrote them in.
 """
 from __future__ import annotations
 
@@ -80,7 +81,7 @@ def curate(archive: str, out: str, cfg: Config, model: str | None = None, force:
         "decode": lambda: _decode(run, shards, cfg, runtime),
         "train": lambda: _train(run, cfg, runtime),
         "embed": lambda: _embed(run, cfg, runtime),
-        "index": lambda: _index(run, cfg),
+        "index": lambda: _index(run, cfg, runtime),
         "analyze": lambda: _analyze(run, archive, cfg),
         "rank": lambda: _rank(run, archive, cfg),
         "report": lambda: _report(run, archive, cfg, timings),
@@ -182,10 +183,15 @@ def load_embeddings(run: RunFolder) -> tuple[pd.DataFrame, np.ndarray]:
     return schema.frames_and_vectors(run.read_table("embeddings"))
 
 
-def _index(run: RunFolder, cfg: Config) -> dict:
+def _index(run: RunFolder, cfg: Config, runtime) -> dict:
+    """The similarity index and the kNN graph: on the driver over the embedding matrix, or from
+    index.distributed_min_frames frames on in Ray tasks that read the embeddings files (_index_by_tasks)."""
     from enrich_ray.index.knn import KnnGraph, knn_graph
     from enrich_ray.index.shards import build_index
 
+    n = schema.result_rows(run.read_table("embeddings", columns=["stage"])).num_rows
+    if n >= max(2, cfg.index.distributed_min_frames):
+        return _index_by_tasks(run, cfg, runtime)
     frames, emb = load_embeddings(run)
     run.loc.fs.makedirs(run.path("knn").path, exist_ok=True)
     if len(frames) == 0:
@@ -202,11 +208,46 @@ def _index(run: RunFolder, cfg: Config) -> dict:
     return {"frames": len(frames), "k": k, "recall": graph.recall}
 
 
+def embedding_files(run: RunFolder) -> list:
+    """The embeddings' Parquet files (index.partitioned.VectorFile) with the frame row of each of their rows
+    in load_embeddings' order (-1: an error row), from their key columns alone."""
+    from enrich_ray.index.partitioned import VectorFile
+
+    uris = run.files("embeddings")
+    keys = []
+    for uri in uris:
+        loc = resolve(uri, run.storage)
+        with loc.fs.open(loc.path, "rb") as fh:
+            keys.append(pq.read_table(fh, columns=["image_id", "frame_index", "stage"]))
+    table = pa.concat_tables(keys)
+    frame = np.flatnonzero(pc.is_null(table.column("stage")).to_numpy(zero_copy_only=False))
+    order = np.lexsort((table.column("frame_index").to_numpy(zero_copy_only=False)[frame],
+                        table.column("image_id").to_numpy(zero_copy_only=False)[frame]))
+    rows = np.full(table.num_rows, -1, np.int64)
+    rows[frame[order]] = np.arange(len(frame))
+    ends = np.cumsum([t.num_rows for t in keys])
+    return [VectorFile(uri, part) for uri, part in zip(uris, np.split(rows, ends[:-1]))]
+
+
+def _index_by_tasks(run: RunFolder, cfg: Config, runtime) -> dict:
+    """The index and the graph built by Ray tasks from the embeddings files (index.partitioned): the
+    driver reads the frame keys and samples only; the graph is written as Parquet parts under knn/."""
+    from enrich_ray.index.partitioned import build_graph, build_index_parts
+
+    files = embedding_files(run)
+    n = sum(f.frames for f in files)
+    build_index_parts(files, cfg.index, run.path("index").uri(), cfg.storage, runtime.map_tasks)
+    k = min(cfg.index.k, n - 1)
+    recall = build_graph(files, k, run.path("knn").uri(), cfg.index, cfg.storage, runtime.map_tasks)
+    return {"frames": n, "k": k, "recall": recall, "built_by": "tasks"}
+
+
 def load_graph(run: RunFolder):
-    """The kNN graph written by the index stage."""
+    """The kNN graph written by the index stage: every Parquet file under knn/ (graph.parquet from the
+    driver, or the part-*.parquet of the tasks; a `_`-prefixed scratch folder is not read), in any row order."""
     from enrich_ray.index.knn import KnnGraph
 
-    table = run.read_table("knn/graph.parquet")
+    table = run.read_table("knn")
     if table.num_rows == 0:
         return KnnGraph(np.zeros((0, 0), np.int64), np.zeros((0, 0), np.float32))
     return KnnGraph.from_arrow(table.select(["row", "neighbors", "similarities"]))

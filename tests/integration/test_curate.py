@@ -122,11 +122,17 @@ def test_partial_stage_output_is_recomputed(pixel_run, sample_archive):
     _assert_same(before, _outputs(out))
 
 
-def test_same_outputs_with_two_embedding_actors(pixel_run, sample_archive, tmp_path):
+def test_same_outputs_with_two_embedding_actors_and_the_graph_by_tasks(pixel_run, sample_archive, tmp_path):
+    """Two actors write the embeddings in another order; the index and graph built by Ray tasks from
+    the embeddings files (index.distributed_min_frames=0) give the driver's outputs."""
     _, out = pixel_run
     two = tmp_path / "two"
-    curate(str(sample_archive), str(two), load_config(None, [*PIXELS, "embed.num_actors=2"]))
+    curate(str(sample_archive), str(two), load_config(None, [*PIXELS, "embed.num_actors=2", "index.distributed_min_frames=0"]))
     _assert_same(_outputs(out), _outputs(two))
+    marker = RunFolder(str(two)).marker("index")
+    assert marker["built_by"] == "tasks" and marker["recall"]["method"] == "exact"
+    assert list((two / "knn").glob("part-*.parquet")) and not (two / "knn" / "graph.parquet").exists()
+    assert json.loads((two / "index" / "index.json").read_text())["stored_ids"]
 
 
 def test_killed_embedding_actor_still_gives_identical_outputs(pixel_run, sample_archive, tmp_path):
