@@ -165,8 +165,8 @@ class SelectionConfig:
     seconds_per_segmentation: float = 300.0
     exclude_junk: bool = True  # flagged foreign frames, blank frames and exact copies leave the ranking
     # balanced selection (selection/quota.py): at most n ranked frames per group of a key column, e.g.
-    # {patient_key: 2, modality: 100}; the seeds count; enrich only
-    quota: dict[Literal["patient_key", "study_uid", "series_uid", "modality"], int] = field(default_factory=dict)
+    # {patient_key: 2, modality: 100, station: 50}; the seeds count; enrich only
+    quota: dict[Literal["patient_key", "study_uid", "series_uid", "modality", "station"], int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.smi_eta < 0:

@@ -27,13 +27,16 @@ HEADER_FIELDS: list[tuple[str, pa.DataType]] = [
     ("photometric", pa.string()),
     ("transfer_syntax", pa.string()),
     ("body_part", pa.string()),  # BodyPartExamined
+    # the site and scanner: 'InstitutionName / StationName', or the one of them the header has
+    # (decode.dicom.station); a device's and a site's name, no patient's
+    ("station", pa.string()),
 ]
 HEADER_NAMES = [name for name, _ in HEADER_FIELDS]
 
 # The keys every frame-level table carries.
 FRAME_KEYS = ["image_id", "frame_index"]
-# Grouping keys a person reads (patient/study/series), carried from archive to manifest.
-GROUP_KEYS = ["patient_key", "study_uid", "series_uid", "modality"]
+# Grouping keys a person reads (patient/study/series, modality, station), carried from archive to manifest.
+GROUP_KEYS = ["patient_key", "study_uid", "series_uid", "modality", "station"]
 # Header facts every frame also carries (what makes a frame foreign to an archive); PNG and JPEG
 # fill them from the file: rows, cols, and 'RGB' or 'MONOCHROME2' by channels.
 FRAME_FACTS = ["rows", "cols", "photometric", "body_part"]
@@ -168,6 +171,9 @@ def frames_and_vectors(table: pa.Table) -> tuple[pd.DataFrame, np.ndarray]:
     key: the row order every analysis and the manifest address."""
     table = result_rows(table)
     frames = table.select([c for c in FRAME_COLUMNS if c in table.column_names]).to_pandas()
+    for column in GROUP_KEYS:  # a table written before a key column existed (station): unknown there
+        if column not in frames:
+            frames[column] = pd.Series([None] * len(frames), dtype=object)
     if table.num_rows == 0:
         return frames, np.zeros((0, 0), np.float32)
     col = table.column("embedding").combine_chunks()

@@ -200,7 +200,16 @@ def read_header(data: bytes, patient_hmac_key: bytes | None) -> dict:
         "photometric": _text(ds, "PhotometricInterpretation"),
         "transfer_syntax": str(ts) if ts is not None else None,
         "body_part": _text(ds, "BodyPartExamined"),
+        "station": station(ds),
     }
+
+
+def station(ds: Dataset) -> str | None:
+    """The site and scanner a frame comes from, 'InstitutionName / StationName' (or the one the header
+    has, None without either): a group key for selection.quota.station. StationName alone repeats
+    across sites (every hospital has a 'CT01'); the institution makes it one scanner."""
+    parts = [_text(ds, keyword) for keyword in ("InstitutionName", "StationName")]
+    return " / ".join(p for p in parts if p) or None
 
 
 # -- the grayscale display pipeline ----------------------------------------------------------

@@ -9,9 +9,10 @@ from enrich_ray.schema import FRAME_COLUMNS
 from enrich_ray.selection.enrich import coverage_curve
 from enrich_ray.selection.ranking import Ranking
 
-KEY_COLUMNS = ["sop_uid", "patient_key", "study_uid", "series_uid", "modality"]  # strings, null when unknown
+KEY_COLUMNS = ["sop_uid", "patient_key", "study_uid", "series_uid", "modality", "station"]  # strings, null when unknown
 # running counts of distinct groups covered so far: manifest column <- frames column
-COVERED = {"patients_covered": "patient_key", "studies_covered": "study_uid", "series_covered": "series_uid"}
+COVERED = {"patients_covered": "patient_key", "studies_covered": "study_uid", "series_covered": "series_uid",
+           "stations_covered": "station"}
 
 
 def build_manifest(

@@ -44,7 +44,7 @@ def test_unknown_section_is_named(tmp_path):
         ("selection.ranker=best", r"selection\.ranker: 'best' is not one of"),
         ("decode=3", r"decode: expected a mapping"),
         ("selection.quota=3", r"selection\.quota: expected a mapping"),
-        ("selection.quota.station=2", r"selection\.quota: 'station' is not one of 'patient_key'"),
+        ("selection.quota.site=2", r"selection\.quota: 'site' is not one of 'patient_key'"),
         ("selection.quota.patient_key=two", r"selection\.quota\.patient_key: expected an integer"),
         ("selection.quota.patient_key=0", r"selection\.quota\.patient_key: 0 must be a whole number of frames, at least 1"),
     ],
@@ -66,6 +66,7 @@ def test_a_quota_is_a_mapping_from_yaml_or_set_and_enrich_s_alone(tmp_path):
     p.write_text("selection:\n  quota: {patient_key: 2, modality: 100}\n")
     assert load_config(p, ["selection.quota.study_uid=5"]).selection.quota == {"patient_key": 2, "modality": 100, "study_uid": 5}
     assert load_config(None, ["selection.quota={series_uid: 1}"]).selection.quota == {"series_uid": 1}
+    assert load_config(None, ["selection.quota.station=4"]).selection.quota == {"station": 4}
     with pytest.raises(ConfigError, match="selection.quota holds for the enrich ranker only .* not typiclust"):
         load_config(None, ["selection.quota.patient_key=2", "selection.ranker=typiclust"])
 

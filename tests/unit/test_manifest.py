@@ -32,6 +32,7 @@ def archive(request):
             "study_uid": [f"1.2.{r % 20}" for r in rows],
             "series_uid": [f"1.2.{r % 20}.{r % 40}" for r in rows],
             "modality": "CR",
+            "station": [None if r % 30 == 0 else f"SITE / CR{r % 4}" for r in rows],
         }
     )
     return x, frames
@@ -60,6 +61,7 @@ def test_enrich_manifest(archive):
     picked = frames.iloc[ranking.order].reset_index(drop=True)
     for column in ["image_id", "frame_index", "source_uri", "sop_uid", "study_uid", "series_uid", "modality"]:
         assert m[column].astype(object).tolist() == picked[column].tolist()
+    assert m["station"].tolist() == [None if pd.isna(s) else s for s in picked["station"]]
     # An unknown patient key is null, whether the archive held None or an empty string.
     want = [None if pd.isna(k) or not k else k for k in picked["patient_key"]]
     assert m["patient_key"].tolist() == want
@@ -68,7 +70,8 @@ def test_enrich_manifest(archive):
     assert m["outlier_flag"].tolist() == flag[ranking.order].tolist()
     np.testing.assert_allclose(m["coverage_similarity"], plain_coverage(x, ranking.order, 2), atol=1e-6)
     np.testing.assert_array_equal(m["score"].to_numpy()[3:], m["coverage_similarity"].to_numpy()[2:-1])
-    for column, key in [("patients_covered", "patient_key"), ("studies_covered", "study_uid"), ("series_covered", "series_uid")]:
+    for column, key in [("patients_covered", "patient_key"), ("studies_covered", "study_uid"), ("series_covered", "series_uid"),
+                        ("stations_covered", "station")]:
         expected = [len({k for k in picked[key].iloc[: i + 1] if not pd.isna(k) and k}) for i in range(42)]
         assert m[column].tolist() == expected
     assert m["patients_covered"].max() <= 10
@@ -104,6 +107,48 @@ def test_a_quota_shows_in_the_coverage_and_patients_covered(archive):
     assert (m["patients_covered"].diff().fillna(1) == keyed.astype(int)).all() and m["patients_covered"].iloc[-1] == 10
     np.testing.assert_allclose(m["coverage_similarity"], plain_coverage(x, ranking.order, 1), atol=1e-6)
     assert m["coverage_similarity"].iloc[-1] < 1  # 278 frames are left out: the coverage says how far
+
+
+def test_the_station_from_the_dicom_header_to_the_manifest(tmp_path, monkeypatch):
+    """Real DICOM files packed, decoded and embedded (stand-in vectors) carry their station into the
+    frames, the embeddings and the manifest; a quota station=1 takes one frame per scanner, and the
+    PNG (no station) is not limited; an embeddings table written before the column existed reads as null."""
+    import shutil
+
+    import cv2
+    import pyarrow.dataset as pads
+
+    from enrich_ray.config import DecodeConfig
+    from enrich_ray.decode.stage import decode_batch
+    from enrich_ray.embed.encoder import embeddings_table
+    from enrich_ray.io.pack import pack
+    from enrich_ray.schema import frames_and_vectors
+    from tests.conftest import testdata_path
+
+    monkeypatch.delenv("ENRICH_RAY_PATIENT_KEY", raising=False)
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("CT_small.dcm", "MR_small.dcm", "MR_small_RLE.dcm", "US1_UNCR.dcm"):  # MR_small_RLE: TOSHIBA's again
+        shutil.copy(testdata_path(name), src / name)
+    cv2.imwrite(str(src / "photo.png"), np.random.default_rng(0).integers(0, 255, (32, 32), dtype=np.uint8))
+    pack([str(src)], str(tmp_path / "archive"), progress=False)
+    archive = pads.dataset(str(tmp_path / "archive"), format="parquet", exclude_invalid_files=True).to_table()
+    decoded, errors = decode_batch(archive, DecodeConfig())
+    assert errors.num_rows == 0 and decoded.schema.field("station").type == "string"
+    n = decoded.num_rows
+    emb = np.random.default_rng(1).standard_normal((n, 8)).astype(np.float32)
+    table = embeddings_table(decoded, np.arange(n), emb / np.linalg.norm(emb, axis=1, keepdims=True), "test")
+    frames, x = frames_and_vectors(table)
+    cfg = SelectionConfig(quota={"station": 1})
+    m = build_manifest(rank("enrich", x, [0], None, cfg, quotas=quotas_for(frames, cfg.quota)), frames, cfg, x)
+    stations = {u.rsplit("/", 1)[-1]: s for u, s in zip(m["source_uri"], m["station"])}
+    toshiba = "TOSHIBA / 000000000"
+    assert sorted(stations.values(), key=str) == sorted(["JFK IMAGING CENTER / CT01_OC0", toshiba,
+                                                         "BAPTIST MED CTR / mvme22", None], key=str)
+    assert stations["photo.png"] is None and stations.get("CT_small.dcm") == "JFK IMAGING CENTER / CT01_OC0"
+    assert len(m) == 4 and m["stations_covered"].iloc[-1] == 3  # one of the two TOSHIBA files: the quota left the other out
+    old, _ = frames_and_vectors(table.drop_columns(["station"]))
+    assert old["station"].isna().all() and len(old) == n
 
 
 def test_bad_frames_are_a_clear_error(archive):

@@ -82,3 +82,32 @@ def test_busi_pngs_with_spaces_and_parentheses(busi_dir, tmp_path):
 def test_missing_source_is_a_clear_error(tmp_path):
     with pytest.raises(StorageError, match="source not found"):
         pack([str(tmp_path / "nowhere")], str(tmp_path / "archive"), progress=False)
+
+
+def test_pack_keeps_the_station(tmp_path):
+    """station is 'InstitutionName / StationName' from the header, or the one of them it has; null for a
+    header with neither and for a PNG. Real files: CT_small (JFK IMAGING CENTER, CT01_OC0), US1_UNCR
+    (BAPTIST MED CTR, mvme22), MR2_UNCR (an institution, no station name); a copy of CT_small with its
+    institution deleted and one with both deleted."""
+    import cv2
+    import numpy as np
+    import pydicom
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("CT_small.dcm", "US1_UNCR.dcm", "MR2_UNCR.dcm"):
+        shutil.copy(testdata_path(name), src / name)
+    ds = pydicom.dcmread(testdata_path("CT_small.dcm"))
+    del ds.InstitutionName
+    ds.SOPInstanceUID = "1.2.826.0.1.3680043.8.498.1"
+    ds.save_as(src / "station_only.dcm")
+    del ds.StationName
+    ds.SOPInstanceUID = "1.2.826.0.1.3680043.8.498.2"
+    ds.save_as(src / "neither.dcm")
+    cv2.imwrite(str(src / "photo.png"), np.full((8, 8), 100, np.uint8))
+    pack([str(src)], str(tmp_path / "archive"), progress=False)
+    table = pads.dataset(str(tmp_path / "archive"), format="parquet", exclude_invalid_files=True).to_table(["source_uri", "station"])
+    got = {row["source_uri"].rsplit("/", 1)[-1]: row["station"] for row in table.to_pylist()}
+    assert got == {"CT_small.dcm": "JFK IMAGING CENTER / CT01_OC0", "US1_UNCR.dcm": "BAPTIST MED CTR / mvme22",
+                   "MR2_UNCR.dcm": "MM07R R4.3", "station_only.dcm": "CT01_OC0", "neither.dcm": None, "photo.png": None}
+    assert table.schema.field("station").type == "string"

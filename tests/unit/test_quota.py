@@ -104,8 +104,9 @@ def problems(draw):
         return [None if v == 0 else f"g{v}" for v in rng.integers(0, alphabet + 1, size=n)]
 
     frames = pd.DataFrame({"patient_key": keys(draw(st.integers(1, 8))), "study_uid": keys(draw(st.integers(1, 4))),
-                           "modality": keys(2)})
-    columns = draw(st.sampled_from([["patient_key"], ["patient_key", "modality"], ["patient_key", "study_uid", "modality"]]))
+                           "modality": keys(2), "station": keys(3)})
+    columns = draw(st.sampled_from([["patient_key"], ["patient_key", "modality"], ["patient_key", "study_uid", "modality"],
+                                    ["station"], ["patient_key", "station"]]))
     quota = {c: draw(st.integers(1, 3)) for c in columns}
     seed = rng.choice(n, size=draw(st.integers(1, max(1, n // 3))), replace=False).astype(np.int64)
     k = draw(st.one_of(st.none(), st.integers(0, n)))
@@ -186,6 +187,28 @@ def test_k_below_the_quota_is_not_reached():
         rank("random", x, [0], None, SelectionConfig(), quotas=quotas_for(frames, {"patient_key": 3}))
 
 
+def test_a_quota_per_station_balances_the_scanners():
+    """station=N: a scanner that made most of the frames gives N of them, the others fill the rest; the
+    frames without a station (PNGs, headers without one) are not limited; every path is the reference."""
+    rng = np.random.default_rng(3)
+    x = unit_rows(rng.standard_normal((120, 5)))
+    stations = ["JFK IMAGING CENTER / CT01_OC0"] * 80 + ["BAPTIST MED CTR / mvme22"] * 20 + ["TOSHIBA"] * 10 + [None] * 10
+    frames = pd.DataFrame({"station": [stations[i] for i in rng.permutation(120)]})
+    quota = {"station": 4}
+    seed = np.flatnonzero(frames["station"].eq("BAPTIST MED CTR / mvme22").to_numpy())[:5]  # a seeded station over its cap
+    ref, gaps = reference(x, list(seed), None, frames, quota)
+    assert min(gaps[:-1]) > TOL
+    quotas = quotas_for(frames, quota)
+    for method in ("plain", "clustered", "torch"):
+        r = enrich_greedy(x, seed, method=method, device="cpu" if method == "torch" else None, quotas=quotas)
+        np.testing.assert_array_equal(r.order, ref)
+        picked = frames["station"].iloc[r.order[seed.size:]]
+        assert picked.value_counts().to_dict() == {"JFK IMAGING CENTER / CT01_OC0": 4, "TOSHIBA": 4}
+        assert picked.isna().sum() == 10
+        assert r.info["quota"]["frames_without_key"] == {"station": 10} and r.info["quota"]["reached"]
+    assert quota_line(r.info["quota"]) == "quota reached (station=4): 23 frames ranked of the 120 asked for"
+
+
 def test_the_settings_name_the_quota_columns():
     import typing
 
@@ -193,7 +216,7 @@ def test_the_settings_name_the_quota_columns():
     assert typing.get_args(typing.get_args(hint)[0]) == QUOTA_COLUMNS
 
 
-@pytest.mark.parametrize("quota, message", [({"station": 2}, "not a key column"), ({"patient_key": 0}, "at least 1")])
+@pytest.mark.parametrize("quota, message", [({"body_part": 2}, "not a key column"), ({"patient_key": 0}, "at least 1")])
 def test_bad_quota_is_a_clear_error(quota, message):
     with pytest.raises(ValueError, match=message):
         quotas_for(pd.DataFrame({"patient_key": ["a"]}), quota)
