@@ -3,7 +3,8 @@
 Display space follows the DICOM grayscale pipeline: modality LUT (rescale slope/intercept or a
 Modality LUT Sequence), then the VOI window or VOI LUT, else robust percentile scaling; then
 MONOCHROME1 is inverted. Colour (RGB, YBR, palette) becomes BT.601 luma, and how colourful it
-was is kept (preprocess.colorfulness; for JPEG-coded YBR from a 1/8-size colour decode). Multi-frame objects
+was is kept (preprocess.colorfulness; for JPEG-coded YBR from a 1/8-size colour decode); with
+keep_colour (the export's renderings) a colour frame's RGB is kept too. Multi-frame objects
 split into frames; a frame that fails to decode fails alone.
 """
 from __future__ import annotations
@@ -47,7 +48,7 @@ from enrich_ray.decode.causes import (
     Cause,
     DecodeError,
 )
-from enrich_ray.decode.preprocess import DisplayImage, colorfulness, reduction_levels, rgb_to_grey, robust_scale
+from enrich_ray.decode.preprocess import DisplayImage, colorfulness, reduction_levels, rgb_to_grey, robust_scale, unit_rgb
 from enrich_ray.decode.raster import jpeg_colorfulness, jpeg_grey_flags
 
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
@@ -303,16 +304,18 @@ def _grayscale_display(raw: np.ndarray, ds: Dataset, index: int, cfg: DecodeConf
     return image
 
 
-def _display(raw: np.ndarray, ds: Dataset, index: int, cfg: DecodeConfig) -> DisplayImage:
-    """One decoded frame (stored values) to a 2-D float32 display image in [0, 1], with its colourfulness."""
+def _display(raw: np.ndarray, ds: Dataset, index: int, cfg: DecodeConfig, keep_colour: bool = False) -> DisplayImage:
+    """One decoded frame (stored values) to a 2-D float32 display image in [0, 1], with its colourfulness;
+    with keep_colour a colour frame's RGB in [0, 1] too (stored values / their peak: no window for colour)."""
     photometric = (_text(ds, "PhotometricInterpretation") or "").upper()
     if photometric == "PALETTE COLOR":
         rgb = apply_color_lut(raw, ds)
         peak = np.iinfo(rgb.dtype).max
-        return DisplayImage(rgb_to_grey(rgb) / np.float32(peak), colorfulness(rgb, peak))
+        return DisplayImage(rgb_to_grey(rgb) / np.float32(peak), colorfulness(rgb, peak), unit_rgb(rgb, peak) if keep_colour else None)
     if raw.ndim == 3:  # RGB: pydicom converts YBR_FULL(_422), JPEG 2000 decoders undo ICT/RCT
         peak = 2 ** (_int(ds, "BitsStored") or 8 * raw.dtype.itemsize) - 1
-        return DisplayImage(np.clip(rgb_to_grey(raw) / np.float32(peak), 0.0, 1.0), colorfulness(raw, peak))
+        return DisplayImage(np.clip(rgb_to_grey(raw) / np.float32(peak), 0.0, 1.0), colorfulness(raw, peak),
+                            unit_rgb(raw, peak) if keep_colour else None)
     return DisplayImage(_grayscale_display(raw, ds, index, cfg))
 
 
@@ -514,9 +517,11 @@ def _prepare(ds: Dataset, cfg: DecodeConfig) -> tuple[UID, int]:
     return ts, frame_count(ds) or 1
 
 
-def _frames_from(ds: Dataset, ts: UID, n: int, cfg: DecodeConfig) -> Iterator[tuple[int, DisplayImage | Exception]]:
+def _frames_from(ds: Dataset, ts: UID, n: int, cfg: DecodeConfig,
+                 keep_colour: bool = False) -> Iterator[tuple[int, DisplayImage | Exception]]:
     """Decode compressed frames one by one, yielding (index, display image) or (index, the frame's error)."""
-    fast = _fast_decoder(ds, ts, cfg)
+    colour = (_text(ds, "PhotometricInterpretation") or "").upper() not in ("MONOCHROME1", "MONOCHROME2")
+    fast = None if keep_colour and colour else _fast_decoder(ds, ts, cfg)  # the shortcuts decode grey only
     codestreams = generate_frames(ds.PixelData, number_of_frames=n) if fast else None
     for index in range(n):
         try:
@@ -527,16 +532,17 @@ def _frames_from(ds: Dataset, ts: UID, n: int, cfg: DecodeConfig) -> Iterator[tu
                 except Exception:  # the shortcut cannot read this file: pydicom decodes it (or reports why not)
                     fast = None
             if image is None:
-                image = _display(pixel_array(ds, index=index), ds, index, cfg)
+                image = _display(pixel_array(ds, index=index), ds, index, cfg, keep_colour)
             yield index, image
         except Exception as exc:  # one bad frame becomes one error row; the others still decode
             yield index, _failure(exc, f"frame {index} of {n}: ")
 
 
-def _native_frames(frames: np.ndarray, ds: Dataset, n: int, cfg: DecodeConfig) -> Iterator[tuple[int, DisplayImage | Exception]]:
+def _native_frames(frames: np.ndarray, ds: Dataset, n: int, cfg: DecodeConfig,
+                   keep_colour: bool = False) -> Iterator[tuple[int, DisplayImage | Exception]]:
     for index in range(n):
         try:
-            yield index, _display(frames[index], ds, index, cfg)
+            yield index, _display(frames[index], ds, index, cfg, keep_colour)
         except Exception as exc:
             yield index, _failure(exc, f"frame {index} of {n}: ")
 
@@ -573,8 +579,9 @@ def native_frames(ds: Dataset, ts: UID, n: int) -> np.ndarray | None:
     return values.reshape(n, rows, cols)
 
 
-def iter_dicom_frames(data: bytes, cfg: DecodeConfig) -> Iterator[tuple[int, DisplayImage | Exception]]:
-    """Frames of a DICOM file as (frame_index, DisplayImage (grey in [0, 1], colourfulness) or that frame's error).
+def iter_dicom_frames(data: bytes, cfg: DecodeConfig, keep_colour: bool = False) -> Iterator[tuple[int, DisplayImage | Exception]]:
+    """Frames of a DICOM file as (frame_index, DisplayImage (grey in [0, 1], colourfulness; with keep_colour
+    a colour frame's RGB) or that frame's error).
 
     File-level failures (unparseable, no pixels, too large, truncated uncompressed data) raise
     here, before any frame is yielded; per-frame failures are yielded in the frame's place.
@@ -582,7 +589,7 @@ def iter_dicom_frames(data: bytes, cfg: DecodeConfig) -> Iterator[tuple[int, Dis
     ds = _read(data, stop_before_pixels=False)
     ts, n = _prepare(ds, cfg)
     if ts.is_encapsulated:
-        return _frames_from(ds, ts, n, cfg)
+        return _frames_from(ds, ts, n, cfg, keep_colour)
     samples = _int(ds, "SamplesPerPixel") or 1
     try:
         frames = native_frames(ds, ts, n)
@@ -591,4 +598,4 @@ def iter_dicom_frames(data: bytes, cfg: DecodeConfig) -> Iterator[tuple[int, Dis
             frames = frames.reshape((n, *frames.shape[-3 if samples > 1 else -2 :]))
     except Exception as exc:
         raise _failure(exc) from exc
-    return _native_frames(frames, ds, n, cfg)
+    return _native_frames(frames, ds, n, cfg, keep_colour)

@@ -21,10 +21,17 @@ _CONSTANT_SPREAD = 1e-6
 
 
 class DisplayImage(NamedTuple):
-    """A decoded frame: its 2-D float32 display image in [0, 1] and how colourful its source was."""
+    """A decoded frame: its 2-D float32 display image in [0, 1] and how colourful its source was; for a
+    colour source decoded with keep_colour (the export's renderings), its (H, W, 3) RGB in [0, 1] too."""
 
     image: np.ndarray
     colorfulness: float = 0.0
+    colour: np.ndarray | None = None
+
+
+def unit_rgb(rgb: np.ndarray, peak: float) -> np.ndarray:
+    """The first three channels of an (H, W, >=3) RGB array as float32 in [0, 1] (stored values / peak)."""
+    return np.clip(rgb[..., :3].astype(np.float32) * np.float32(1.0 / peak), 0.0, 1.0)
 
 
 def rgb_to_grey(rgb: np.ndarray) -> np.ndarray:

@@ -15,7 +15,7 @@ import numpy as np
 
 from enrich_ray.config import DecodeConfig
 from enrich_ray.decode.causes import BAD_HEADER, CORRUPT, NOT_AN_IMAGE_FILE, TOO_LARGE, TRUNCATED, DecodeError
-from enrich_ray.decode.preprocess import DisplayImage, colorfulness, reduction_levels, rgb_to_grey
+from enrich_ray.decode.preprocess import DisplayImage, colorfulness, reduction_levels, rgb_to_grey, unit_rgb
 from enrich_ray.decode.sniff import JPEG_SIGNATURE, PNG_SIGNATURE
 
 # Start-of-frame markers (SOF0-SOF15 less DHT, JPG and DAC) carry a JPEG's size.
@@ -95,17 +95,21 @@ def raster_facts(data: bytes) -> dict:
     return {"rows": height, "cols": width, "photometric": "RGB" if colour else "MONOCHROME2"}
 
 
-def _to_unit_grey(arr: np.ndarray) -> DisplayImage:
-    """An OpenCV-decoded array (grey, BGR or BGRA; 8 or 16 bit) to float32 grey in [0, 1], with its colourfulness."""
+def _to_unit_grey(arr: np.ndarray, keep_colour: bool = False) -> DisplayImage:
+    """An OpenCV-decoded array (grey, BGR or BGRA; 8 or 16 bit) to float32 grey in [0, 1], with its colourfulness
+    (and with keep_colour its RGB in [0, 1], alpha composited over black as for the grey)."""
     peak = np.iinfo(arr.dtype).max
     scale = np.float32(1.0 / peak)
     if arr.ndim == 2:
         return DisplayImage(arr.astype(np.float32) * scale)
     grey = rgb_to_grey(arr[..., 2::-1]) * scale  # BGR(A) -> RGB luma
     alpha = arr[..., 3] if arr.shape[2] == 4 else None
+    rgb = unit_rgb(arr[..., 2::-1], peak) if keep_colour else None
     if alpha is not None:
         grey *= alpha.astype(np.float32) * scale
-    return DisplayImage(grey, colorfulness(arr, peak, alpha))
+        if rgb is not None:
+            rgb *= (alpha.astype(np.float32) * scale)[..., None]
+    return DisplayImage(grey, colorfulness(arr, peak, alpha), rgb)
 
 
 def jpeg_colorfulness(codestream: bytes) -> float:
@@ -114,8 +118,9 @@ def jpeg_colorfulness(codestream: bytes) -> float:
     return colorfulness(bgr, 255) if bgr is not None and bgr.ndim == 3 else 0.0
 
 
-def decode_raster(data: bytes, cfg: DecodeConfig) -> DisplayImage:
-    """A PNG or JPEG file as a 2-D float32 display image in [0, 1] (before crop and resize), with its colourfulness.
+def decode_raster(data: bytes, cfg: DecodeConfig, keep_colour: bool = False) -> DisplayImage:
+    """A PNG or JPEG file as a 2-D float32 display image in [0, 1] (before crop and resize), with its colourfulness
+    (with keep_colour, a colour file's RGB in [0, 1] too: a colour JPEG is then decoded a second time, in colour).
 
     With cfg.reduced_resolution a large JPEG is decoded by DCT scaling at 1/2, 1/4 or 1/8 of its
     size, never below cfg.size. Raises RasterError for bombs, truncated or corrupt files.
@@ -139,6 +144,10 @@ def decode_raster(data: bytes, cfg: DecodeConfig) -> DisplayImage:
             raise RasterError(f"truncated PNG of {width} x {height}: the file ends before its IEND chunk", TRUNCATED)
         raise RasterError(f"{kind.upper()} of {width} x {height} could not be decoded (corrupt data)", CORRUPT)
     if kind == "jpeg":
-        colour = jpeg_colorfulness(data) if _jpeg_frame_header(data)[2] >= 3 else 0.0
-        return _to_unit_grey(arr)._replace(colorfulness=colour)
-    return _to_unit_grey(arr)
+        in_colour = _jpeg_frame_header(data)[2] >= 3
+        image = _to_unit_grey(arr)._replace(colorfulness=jpeg_colorfulness(data) if in_colour else 0.0)
+        if keep_colour and in_colour:
+            bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags | cv2.IMREAD_COLOR)  # the same scale, in colour
+            image = image._replace(colour=unit_rgb(bgr[..., ::-1], 255) if bgr is not None and bgr.ndim == 3 else None)
+        return image
+    return _to_unit_grey(arr, keep_colour)

@@ -44,13 +44,15 @@ def _cause_name(exc: BaseException) -> str | None:
     return exc.cause.name if isinstance(exc, DecodeError) else None
 
 
-def display_frames(data: bytes, fmt: str, cfg: DecodeConfig) -> Iterable[tuple[int, DisplayImage | Exception]]:
+def display_frames(data: bytes, fmt: str, cfg: DecodeConfig,
+                   keep_colour: bool = False) -> Iterable[tuple[int, DisplayImage | Exception]]:
     """(frame_index, display image (before crop and resize) or that frame's error) for one archive row's
-    bytes; file-level failures raise. The decode stage and the export's renderings read frames through it."""
+    bytes; file-level failures raise. The decode stage and the export's renderings (keep_colour: a colour
+    frame's RGB too) read frames through it."""
     if fmt == "dicom":
-        return iter_dicom_frames(data, cfg)
+        return iter_dicom_frames(data, cfg, keep_colour)
     if fmt in RASTER_FORMATS:
-        return [(0, decode_raster(data, cfg))]
+        return [(0, decode_raster(data, cfg, keep_colour))]
     raise DecodeError(f"unsupported format {fmt!r} (expected dicom, png or jpeg)", NOT_AN_IMAGE_FILE)
 
 

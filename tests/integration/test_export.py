@@ -11,11 +11,14 @@ import json
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from collections import Counter
 from pathlib import Path
 from urllib.parse import unquote
 
 import boto3
+import cv2
 import jsonschema
+import numpy as np
 import pandas as pd
 import pydicom
 import pytest
@@ -66,6 +69,20 @@ def _keys(df: pd.DataFrame) -> list[tuple[str, int]]:
     return list(zip(df["image_id"], df["frame_index"].astype(int)))
 
 
+def _in_colour(archive: Path) -> dict[str, bool]:
+    """Per image id, whether its source holds colour: a DICOM file's photometric interpretation is not
+    MONOCHROME1/2; a PNG's channels differ somewhere (read by OpenCV, apart from the export's decoder)."""
+    out = {}
+    for row in archive_table(str(archive), ["image_id", "format", "photometric", "data"]).to_pylist():
+        if row["format"] == "dicom":
+            out[row["image_id"]] = (row["photometric"] or "MONOCHROME2") not in ("MONOCHROME1", "MONOCHROME2")
+        else:
+            bgr = cv2.imdecode(np.frombuffer(row["data"], np.uint8), cv2.IMREAD_COLOR)
+            grey = bgr is None or ((bgr[..., 0] == bgr[..., 1]).all() and (bgr[..., 1] == bgr[..., 2]).all())
+            out[row["image_id"]] = not grey
+    return out
+
+
 def _local_file(uri: str, root: Path) -> Path:
     assert uri.startswith(tools.LOCAL_FILES), uri
     return root / unquote(uri[len(tools.LOCAL_FILES):])
@@ -88,13 +105,16 @@ def test_label_studio_tasks_of_a_curate_run_show_every_frame_ranked(run, sample_
         assert data["study_uid"] == (row["study_uid"] if pd.notna(row["study_uid"]) else None)
         assert data["duplicate_group"] == (int(row["duplicate_group"]) if pd.notna(row["duplicate_group"]) else None)
         assert data["outlier_flag"] == bool(row["outlier_flag"])
-    sides = []
+    sides, modes = [], Counter()
+    colour = _in_colour(sample_archive)
     for task in tasks:
         png = _local_file(task["data"]["image"], tmp_path)
         assert png.parent == tmp_path / "ls" / job.IMAGES and tools.image_id_in(png.name) == task["data"]["image_id"]
         with Image.open(png) as image:
-            assert image.format == "PNG" and image.mode == "L"
+            assert image.format == "PNG" and image.mode == ("RGB" if colour[task["data"]["image_id"]] else "L")
             sides.append(max(image.size))
+            modes[image.mode] += 1
+    assert modes["RGB"] and modes["L"]  # US1_UNCR's Doppler and OBXXXX1A's palette among the colour ones
     assert max(sides) == RENDER_SIDE and min(sides) < RENDER_SIDE  # large scans shrunk, small ones kept (never the 64x64)
     default = job.export_selection(str(run), "labelstudio", str(tmp_path / "default"), cfg, document_root=str(tmp_path))
     assert len(json.loads((tmp_path / "default" / job.TASKS).read_text())) == budget_frames(manifest)

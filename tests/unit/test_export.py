@@ -18,6 +18,7 @@ from PIL import Image
 
 from enrich_ray import schema
 from enrich_ray.config import ConfigError, DecodeConfig
+from enrich_ray.decode.preprocess import rgb_to_grey
 from enrich_ray.decode.stage import decode_batch
 from enrich_ray.export import kos, labels, render, tools
 from enrich_ray.io.fs import resolve
@@ -67,15 +68,69 @@ def _rows() -> pd.DataFrame:
 
 def test_a_rendering_is_the_frame_the_run_ranked_at_a_labeling_size():
     cfg = DecodeConfig(crop="none")
-    for name, shape in [("CT_small.dcm", (128, 128)), ("US1_UNCR.dcm", (384, 512)), ("RG1_UNCR.dcm", (512, 482))]:
+    for name, shape in [("CT_small.dcm", (128, 128)), ("US1_UNCR.dcm", (384, 512, 3)), ("RG1_UNCR.dcm", (512, 482))]:
         data = testdata_path(name).read_bytes()
         (image,) = render.render_frames(data, "dicom", {0}, cfg).values()
         assert image.dtype == np.uint8 and image.shape == shape, name  # never enlarged; the long side at most 512
         frames, _ = decode_batch(pa.Table.from_pylist([{"image_id": "x", "source_uri": name, "format": "dicom",
                                                         "data": data}], schema=schema.ARCHIVE), cfg)
         ranked = np.asarray(frames.column("pixels")[0].as_py(), np.float32).reshape(cfg.size, cfg.size)
-        seen = render.resize_area(image.astype(np.float32) / 255.0, cfg.size)
-        assert np.abs(seen - ranked).mean() < 0.01, name  # the same picture: window, MONOCHROME1, grey
+        grey = rgb_to_grey(image) if image.ndim == 3 else image.astype(np.float32)  # what the embedder saw of colour
+        seen = render.resize_area(grey / 255.0, cfg.size)
+        assert np.abs(seen - ranked).mean() < 0.01, name  # the same picture: window, MONOCHROME1, luma
+
+
+@pytest.mark.parametrize("name, photometric, spread", [
+    ("US1_UNCR.dcm", "RGB", 64), ("SC_ybr_full_uncompressed.dcm", "YBR_FULL", 64), ("SC_rgb_jpeg_dcmtk.dcm", "YBR_FULL", 64),
+    ("US1_J2KR.dcm", "YBR_RCT", 64), ("examples_palette.dcm", "PALETTE COLOR", 64),
+    ("examples_ybr_color.dcm", "YBR_FULL_422", 8),  # a faint tint: its channels differ by 5 to 15 levels
+])
+def test_a_colour_frame_renders_in_its_colours(name, photometric, spread):
+    """A colour frame (the power Doppler of US1_UNCR, YBR uncompressed and in JPEG, JPEG 2000, a palette)
+    is an RGB PNG whose pixels are the frame pydicom decodes to RGB (its palette applied), over the
+    stored peak, shrunk as a grey frame is; a monochrome frame stays a grey PNG."""
+    data = testdata_path(name).read_bytes()
+    ds = pydicom.dcmread(io.BytesIO(data))
+    assert ds.PhotometricInterpretation == photometric
+    rgb = ds.pixel_array[0] if int(ds.get("NumberOfFrames", 1) or 1) > 1 else ds.pixel_array  # pydicom converts YBR to RGB
+    peak = 255
+    if photometric == "PALETTE COLOR":
+        rgb, peak = pydicom.pixels.apply_color_lut(rgb, ds), 65535
+    want = render.to_8bit(render.fit(rgb.astype(np.float32) / peak, render.RENDER_SIDE))
+    (image,) = render.render_frames(data, "dicom", {0}, DecodeConfig()).values()
+    back = Image.open(io.BytesIO(render.png_bytes(image)))
+    assert back.mode == "RGB" and np.array_equal(np.asarray(back), image)
+    assert np.abs(image.astype(int) - want).max() <= 1, name  # the decoded pixels, to a rounding
+    if rgb.shape[:2] == image.shape[:2]:
+        assert np.array_equal(image, want.astype(np.uint8))
+    channels = image.max(axis=2).astype(int) - image.min(axis=2)
+    assert (channels > spread).sum() >= 100, name  # colour, not grey in three channels
+    import hashlib
+
+    assert render.pixel_md5(image) == hashlib.md5(back.tobytes()).hexdigest()  # CVAT's checksum of an RGB image
+    (grey,) = render.render_frames(testdata_path("CT_small.dcm").read_bytes(), "dicom", {0}, DecodeConfig()).values()
+    assert Image.open(io.BytesIO(render.png_bytes(grey))).mode == "L"
+
+
+def test_colour_png_and_jpeg_files_render_in_colour():
+    rng = np.random.default_rng(0)
+    rgb = np.repeat(np.repeat(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8), 8, axis=0), 8, axis=1)
+    for fmt, kwargs in (("png", {}), ("jpeg", {"quality": 95})):
+        buf = io.BytesIO()
+        Image.fromarray(rgb).save(buf, format=fmt.upper(), **kwargs)
+        (image,) = render.render_frames(buf.getvalue(), fmt, {0}, DecodeConfig()).values()
+        decoded = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+        assert image.shape == rgb.shape and np.abs(image.astype(int) - decoded).max() <= 2, fmt
+    rgba = np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])
+    rgba[:8, :8, 3] = 0  # transparent: black, as for the grey
+    buf = io.BytesIO()
+    Image.fromarray(rgba).save(buf, format="PNG")
+    (image,) = render.render_frames(buf.getvalue(), "png", {0}, DecodeConfig()).values()
+    assert (image[:8, :8] == 0).all() and np.array_equal(image[8:, 8:], rgb[8:, 8:])
+    buf = io.BytesIO()
+    Image.fromarray(rgb[..., [1, 1, 1]]).save(buf, format="PNG")  # grey in an RGB file: a grey PNG
+    (image,) = render.render_frames(buf.getvalue(), "png", {0}, DecodeConfig()).values()
+    assert image.ndim == 2 and np.array_equal(image, rgb[..., 1])
 
 
 def test_the_frames_of_a_multiframe_file_are_each_rendered():
