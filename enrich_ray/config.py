@@ -59,6 +59,9 @@ class PackConfig:
     row_group_bytes: int = 32 * 1024 * 1024
     patient_key_env: str = "ENRICH_RAY_PATIENT_KEY"  # the HMAC key's environment variable
     require_patient_key: bool = False  # true (production: the nightly CronJob): refuse to pack without the key
+    # the environment variable holding a DICOMweb bearer token (Authorization: Bearer) for dicomweb:// sources and
+    # export --to kos; the token itself never goes in a config. Unset or empty: HTTP basic, or no credentials
+    dicomweb_bearer_env: str = "ENRICH_RAY_DICOMWEB_TOKEN"
 
 
 @dataclass

@@ -53,7 +53,7 @@ def export_selection(run: str, to: str, out: str, cfg: Config, *, top: int | Non
     code = kos.document_title(title or kos.DEFAULT_TITLE) if to == "kos" else None
     root = document_root or os.environ.get(DOCUMENT_ROOT_ENV) or os.sep
     if is_dicomweb(out):
-        pacs = _pacs(out, to)
+        pacs = _pacs(out, to, cfg.pack.dicomweb_bearer_env)
         return _kos(read_selection(run, top, cfg.storage), pacs, code, out, cfg)
     dest = resolve(out, cfg.storage)
     if to == "labelstudio":
@@ -72,14 +72,14 @@ def _said(sel: Selection) -> str:
     return f"{len(sel.rows)} frames (the run's list, {sel.list_name}, holds {sel.listed})"
 
 
-def _pacs(out: str, to: str) -> Pacs:
+def _pacs(out: str, to: str, bearer_env: str) -> Pacs:
     """The PACS a `dicomweb://` --out names, for its KOS documents (STOW-RS), checked before any work."""
     if to != "kos":
         raise ConfigError(f"--out {out}: a PACS takes --to kos only (the KOS documents, stored over STOW-RS)")
     query = parse_query(out)
     if query.filters:
         raise ConfigError(f"--out {out}: a PACS to store into takes no query ({', '.join(k for k, _ in query.filters)})")
-    return Pacs(query)
+    return Pacs(query, bearer_env)
 
 
 def _images(sel: Selection, to: str, dest: Location, root: str, cfg: Config) -> ExportResult:

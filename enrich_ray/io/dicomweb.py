@@ -4,7 +4,8 @@ bytes (WADO-RS), and the store (STOW-RS) of the KOS documents `export --to kos` 
 `dicomweb://HOST[:PORT]/PATH?Keyword=value&...` speaks plain HTTP, `dicomwebs://` HTTPS; PATH is the
 service root (Orthanc: /dicom-web) and every query key is a DICOM attribute keyword, matched by an
 instance-level search (dates as YYYYMMDD, YYYY-MM-DD or a range A-B). Credentials come from the
-environment (USER_ENV, PASSWORD_ENV), never from the URL, and are written nowhere.
+environment, never from the URL, and are written nowhere: HTTP basic (USER_ENV, PASSWORD_ENV) or a
+bearer token (`Authorization: Bearer`, from the variable pack.dicomweb_bearer_env names; TOKEN_ENV by default).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from enrich_ray.io.fs import StorageError
 SCHEMES = {"dicomweb": "http", "dicomwebs": "https"}
 USER_ENV = "ENRICH_RAY_DICOMWEB_USER"
 PASSWORD_ENV = "ENRICH_RAY_DICOMWEB_PASSWORD"
+TOKEN_ENV = "ENRICH_RAY_DICOMWEB_TOKEN"  # pack.dicomweb_bearer_env's default
 RETRY_ATTEMPTS = 3  # tries of each request (dicomweb-client backs off exponentially: 2 s, then 4 s)
 _UIDS = {"study_uid": "0020000D", "series_uid": "0020000E", "sop_uid": "00080018"}
 _ISO_DATE = re.compile(r"(\d{4})-(\d{2})-(\d{2})")
@@ -102,17 +104,26 @@ class RetrieveFailed(RuntimeError):
 
 
 class Pacs:
-    """A DICOMweb service reached through dicomweb-client, with the environment's credentials."""
+    """A DICOMweb service reached through dicomweb-client, with the environment's credentials: HTTP basic
+    (USER_ENV, PASSWORD_ENV) or the bearer token in the variable `bearer_env` names (one of the two)."""
 
-    def __init__(self, query: Query):
+    def __init__(self, query: Query, bearer_env: str = TOKEN_ENV):
         from dicomweb_client.api import DICOMwebClient
 
-        self.query = query
+        self.query, self.bearer_env = query, bearer_env
         if not logging.getLogger().isEnabledFor(logging.DEBUG):  # its line per request shows with --verbose only
             logging.getLogger("dicomweb_client").setLevel(logging.WARNING)
         session = requests.Session()
         user, password = os.environ.get(USER_ENV), os.environ.get(PASSWORD_ENV)
-        if user or password:
+        token = os.environ.get(bearer_env, "").strip() if bearer_env else ""
+        if token and (user or password):
+            raise ConfigError(f"both a DICOMweb bearer token ({bearer_env}) and a user and password ({USER_ENV}, "
+                              f"{PASSWORD_ENV}) are set: set the one the server at {query.service} takes")
+        if not token.isprintable():
+            raise ConfigError(f"{bearer_env} holds characters no HTTP header may carry (a line break?): set it to the token alone")
+        if token:
+            session.headers["Authorization"] = f"Bearer {token}"  # on the session only: never logged, never written
+        elif user or password:
             session.auth = (user or "", password or "")
         # permissive_uid: archives hold UIDs that break the standard's syntax; the server still names them.
         self.client = DICOMwebClient(query.service, session=session, permissive_uid=True)
@@ -190,8 +201,11 @@ class Pacs:
         response, where = exc.response, self.query.service
         status = f"HTTP {response.status_code} {response.reason}"
         if response.status_code in (401, 403):
+            if self.bearer_env and os.environ.get(self.bearer_env, "").strip():
+                return f"the DICOMweb server at {where} refused access ({status}): the bearer token in {self.bearer_env} was refused"
             given = "were refused" if os.environ.get(USER_ENV) else "are not set"
-            return f"the DICOMweb server at {where} refused access ({status}): its credentials {given} ({USER_ENV}, {PASSWORD_ENV})"
+            return (f"the DICOMweb server at {where} refused access ({status}): its credentials {given} ({USER_ENV}, "
+                    f"{PASSWORD_ENV}, or a bearer token in {self.bearer_env})")
         if response.status_code == 404:
             return f"no DICOMweb service at {where} ({status} on the search): PATH must be its root, e.g. /dicom-web"
         body = " ".join(response.text.split())[:300]

@@ -206,7 +206,7 @@ def _pack_dicomweb(
     key = patient_hmac_key(cfg)
     found: dict[str, tuple[Pacs, Instance]] = {}
     for query in queries:
-        pacs = Pacs(query)
+        pacs = Pacs(query, cfg.dicomweb_bearer_env)
         for instance in pacs.search():
             found.setdefault(instance.uri, (pacs, instance))
     if not found:

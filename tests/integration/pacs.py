@@ -143,3 +143,56 @@ def start_pacs(root: Path, datasets) -> tuple[Orthanc, list]:
     except BaseException:
         pacs.stop()
         raise
+
+
+class BearerGate:
+    """A tiny HTTP proxy in front of an Orthanc that takes a bearer token (Orthanc itself takes HTTP basic
+    only): it records every request's Authorization header, answers 401 to any but `Bearer TOKEN`, and
+    forwards the rest to Orthanc with the test user's basic credentials. `source` is pack's source through it."""
+
+    def __init__(self, orthanc: Orthanc, token: str):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.seen: list[tuple[str, str, str | None]] = []  # (method, path, Authorization)
+        gate = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _forward(self) -> None:
+                auth = self.headers.get("Authorization")
+                gate.seen.append((self.command, self.path, auth))
+                if auth != f"Bearer {token}":
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'Bearer realm="enrich-ray-test"')
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                headers = {k: v for k, v in self.headers.items() if k.lower() in ("accept", "content-type")}
+                answer = requests.request(self.command, f"http://127.0.0.1:{orthanc.port}{self.path}", data=body or None,
+                                          headers=headers, auth=(USER, PASSWORD), timeout=60)
+                self.send_response(answer.status_code)
+                for key in ("Content-Type",):
+                    if key in answer.headers:
+                        self.send_header(key, answer.headers[key])
+                self.send_header("Content-Length", str(len(answer.content)))
+                self.end_headers()
+                self.wfile.write(answer.content)
+
+            do_GET = do_POST = _forward
+
+            def log_message(self, *args) -> None:  # quiet
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def source(self) -> str:
+        return f"dicomweb://127.0.0.1:{self.port}/dicom-web"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import hmac
+import io
 import json
 import os
 import subprocess
@@ -21,7 +22,8 @@ from enrich_ray.decode.stage import decode_batch
 from enrich_ray.io import dicomweb
 from enrich_ray.io.fs import StorageError
 from enrich_ray.io.pack import ERRORS_NAME, archive_shards, pack
-from tests.integration.pacs import PASSWORD, USER, broken_instance, pydicom_data_files, start_pacs
+from tests.conftest import testdata_path
+from tests.integration.pacs import PASSWORD, USER, BearerGate, broken_instance, pydicom_data_files, start_pacs
 
 KEY = "dicomweb-test-key"
 
@@ -81,7 +83,7 @@ def test_pack_holds_every_instance_once_as_a_folder_pack_of_the_pacs_files(pacs,
     files = _archive(tmp_path / "folder")
     assert folder.images == len(files) == len(web) and set(files["image_id"]) == set(web["image_id"])
     fields = ["image_id", "sop_uid", "study_uid", "series_uid", "patient_key", "modality", "n_frames", "rows",
-              "transfer_syntax"]
+              "transfer_syntax", "station"]
     pd.testing.assert_frame_equal(web[fields].sort_values("image_id").reset_index(drop=True),
                                   files[fields].sort_values("image_id").reset_index(drop=True))
 
@@ -225,6 +227,78 @@ def test_bad_sources_stop_before_work_in_one_line(pacs, tmp_path):
         assert words in lines[0], lines[0]
         assert PASSWORD not in proc.stderr and "wrong" not in proc.stderr
         assert not (tmp_path / "out").exists()
+
+
+TOKEN = "test-bearer-token-7f3a91"
+
+
+@pytest.fixture()
+def gate(pacs, monkeypatch):
+    """The PACS behind a proxy that takes only `Bearer TOKEN`, and no basic credentials in the environment."""
+    server, held, _ = pacs
+    monkeypatch.delenv(dicomweb.USER_ENV)
+    monkeypatch.delenv(dicomweb.PASSWORD_ENV)
+    proxy = BearerGate(server, TOKEN)
+    yield proxy, held
+    proxy.stop()
+
+
+def test_a_bearer_token_reaches_the_pacs_on_every_request(gate, tmp_path, monkeypatch):
+    """pack with the token in the variable pack.dicomweb_bearer_env names (the default, then another):
+    the search and every retrieve carry `Authorization: Bearer TOKEN`, and the archive is the one basic
+    credentials give; the KOS store (STOW-RS) carries it too."""
+    proxy, held = gate
+    monkeypatch.setenv(dicomweb.TOKEN_ENV, TOKEN)
+    summary = pack([f"{proxy.source}?Modality=CT"], str(tmp_path / "ct"), progress=False)
+    expected = _held_uids(held, lambda t: t["Modality"] == "CT")
+    assert expected and _uids(_archive(tmp_path / "ct")) == expected and summary.images == len(expected)
+    searches = [p for m, p, _ in proxy.seen if "/instances?" in p or p.endswith("/instances")]
+    retrieves = [p for m, p, _ in proxy.seen if m == "GET" and "/studies/" in p]
+    assert searches and len(retrieves) == len(expected)
+    assert {auth for _, _, auth in proxy.seen} == {f"Bearer {TOKEN}"}
+
+    proxy.seen.clear()
+    monkeypatch.delenv(dicomweb.TOKEN_ENV)
+    monkeypatch.setenv("HOSPITAL_PACS_TOKEN", TOKEN)
+    cfg = load_config(None, ["pack.dicomweb_bearer_env=HOSPITAL_PACS_TOKEN"])
+    pack([f"{proxy.source}?Modality=CT"], str(tmp_path / "named"), cfg.pack, progress=False)
+    assert _uids(_archive(tmp_path / "named")) == expected and {a for _, _, a in proxy.seen} == {f"Bearer {TOKEN}"}
+    assert TOKEN not in cfg.pack.dicomweb_bearer_env  # the setting names the variable; the token stays in the environment
+
+    proxy.seen.clear()
+    ds = pydicom.dcmread(testdata_path("CT_small.dcm"))
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    dicomweb.Pacs(dicomweb.parse_query(proxy.source), "HOSPITAL_PACS_TOKEN").store(buffer.getvalue())
+    assert [(m, a) for m, _, a in proxy.seen] == [("POST", f"Bearer {TOKEN}")]
+
+
+def test_a_refused_or_doubled_token_stops_pack_in_one_line_that_never_shows_it(gate, tmp_path):
+    """A wrong token, no credentials at all, or a token and a user both set: exit 2, one line naming the
+    variable, never the token; with --verbose (every request logged) a good token shows nowhere either,
+    in the console or in the archive's files."""
+    proxy, _ = gate
+    cases = [
+        ({dicomweb.TOKEN_ENV: "wrong-token"}, "the bearer token in ENRICH_RAY_DICOMWEB_TOKEN was refused"),
+        ({}, "refused access (HTTP 401"),
+        ({dicomweb.TOKEN_ENV: TOKEN, dicomweb.USER_ENV: USER}, "both a DICOMweb bearer token (ENRICH_RAY_DICOMWEB_TOKEN)"),
+        ({dicomweb.TOKEN_ENV: TOKEN + "\nX-Other: 1"}, "holds characters no HTTP header may carry"),
+    ]
+    for env, words in cases:
+        proc = _cli("pack", proxy.source, "--out", str(tmp_path / "out"), env=env)
+        lines = [line for line in proc.stderr.strip().splitlines() if "error" in line.lower()]
+        assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        assert words in lines[0], lines[0]
+        assert TOKEN not in proc.stderr + proc.stdout and "wrong-token" not in proc.stderr + proc.stdout
+        assert not (tmp_path / "out").exists()
+    proc = _cli("pack", f"{proxy.source}?Modality=CT", "--out", str(tmp_path / "ok"), "-v", env={dicomweb.TOKEN_ENV: TOKEN})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert '"GET /dicom-web/studies/' in proc.stderr  # every request logged (urllib3, DEBUG), without its headers
+    assert TOKEN not in proc.stdout + proc.stderr
+    assert not [f for f in (tmp_path / "ok").iterdir() if f.suffix != ".parquet" and TOKEN in f.read_text(errors="replace")]
+    for f in (tmp_path / "ok").glob("*.parquet"):
+        assert TOKEN.encode() not in f.read_bytes()
 
 
 @pytest.mark.ray
