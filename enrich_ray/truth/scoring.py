@@ -15,7 +15,10 @@ counts nothing as flagged; without `rank` its row order is the rank.
   member-to-representative pair is exact (identical pixels), planted (one family), unplanted (two
   base images: the base set may hold real near-duplicates; on the synthetic base they are false)
   or false; the worst case counts as false too every unplanted pair whose thumbnails correlate
-  below 0.99 (two pictures a person could call different).
+  below 0.99 (two pictures a person could call different). With `judge_scene`, each unplanted
+  pair's two base files are compared at full resolution after registration
+  (enrich_ray.truth.scene, an independent pixel criterion): `false_pair_rate_scene` counts as false
+  too the unplanted pairs it calls two scenes, with a 95% Wilson interval.
 - score_foreign: foreign and blank frames in the outlier list's top share, flagged, groups flagged
   whole/partly/not at all, and their ENRICH ranks (a frame absent from the manifest is excluded).
 """
@@ -33,7 +36,8 @@ FOREIGN_ROLES = ("foreign", "blank")
 BASE_DERIVED = ("base", "byte_copy", "pixel_copy", "near_dup", "cine")
 
 
-def score_run(truth: pd.DataFrame, archive_root: str, run_dir: str, top_share: float = 0.05, first: int = 24) -> dict:
+def score_run(truth: pd.DataFrame, archive_root: str, run_dir: str, top_share: float = 0.05, first: int = 24,
+              judge_scene: bool = True) -> dict:
     """Every score of a curate run folder against the truth of the planted archive at archive_root."""
     run = Path(run_dir)
     dups = _read(run / "duplicates.parquet")
@@ -41,7 +45,7 @@ def score_run(truth: pd.DataFrame, archive_root: str, run_dir: str, top_share: f
     manifest = _read(run / "manifest.parquet")
     return {
         "exact": score_exact(truth, dups, archive_root),
-        "near": score_near(truth, dups, archive_root),
+        "near": score_near(truth, dups, archive_root, judge_scene=judge_scene),
         "foreign": score_foreign(truth, outl, manifest, top_share, first),
     }
 
@@ -161,15 +165,19 @@ def _unplanted_identical(truth: pd.DataFrame) -> int:
     return count
 
 
-def score_near(truth: pd.DataFrame, dups: pd.DataFrame, archive_root: str | None = None, same_picture: float = 0.99) -> dict:
+def score_near(truth: pd.DataFrame, dups: pd.DataFrame, archive_root: str | None = None, same_picture: float = 0.99,
+               judge_scene: bool = False) -> dict:
     """Near-duplicates: recall of planted near-dups (grouped with their original), per transform, cine
     frames grouped, and the grouped pairs by kind of relation. Unplanted pairs (two base images) whose
-    thumbnails correlate below `same_picture` are counted as false too in `false_pair_rate_worst`."""
+    thumbnails correlate below `same_picture` are counted as false too in `false_pair_rate_worst`;
+    with judge_scene (and archive_root), those whose base files are two scenes by
+    enrich_ray.truth.scene in `false_pair_rate_scene` (`scene_other_pairs` lists them)."""
     units = _units(truth)
     unit_of = dict(zip(zip(truth["path"], truth["frame_index"].astype(int)), units))
     groups_of: dict = defaultdict(set)
     pairs = {"exact": 0, "planted": 0, "unplanted": 0, "false": 0, "unknown": 0}
     unplanted_unlike = 0  # unplanted pairs whose thumbnails correlate below same_picture (or unknown)
+    unplanted_families: list[tuple[str, str]] = []  # (representative's, member's) base file of each unplanted pair
     if len(dups) and "group_id" in dups.columns and "image_id" in dups.columns:
         d = dups.assign(frame_index=dups["frame_index"].astype(int) if "frame_index" in dups else 0)
         d = d.assign(unit=list(zip(d["image_id"], d["frame_index"])))
@@ -185,6 +193,8 @@ def score_near(truth: pd.DataFrame, dups: pd.DataFrame, archive_root: str | None
                     relation = _relation(info.get(u), info.get(rep))
                     pairs[relation] += 1
                     unplanted_unlike += relation == "unplanted" and not content[u] >= same_picture
+                    if relation == "unplanted":
+                        unplanted_families.append((info[rep][0], info[u][0]))
     total = sum(pairs.values())
 
     def grouped(u, v) -> bool:
@@ -209,7 +219,35 @@ def score_near(truth: pd.DataFrame, dups: pd.DataFrame, archive_root: str | None
         "unplanted_pair_rate": pairs["unplanted"] / total if total else None,
         "unplanted_below_same_picture": unplanted_unlike,
         "false_pair_rate_worst": (pairs["false"] + unplanted_unlike) / total if total else None,
+        **(_scene_scores(unplanted_families, archive_root, pairs["false"], total) if judge_scene and archive_root else {}),
     }
+
+
+def _scene_scores(families: list[tuple[str, str]], archive_root: str, false: int, total: int) -> dict:
+    """The unplanted pairs judged by enrich_ray.truth.scene on their base files (one judgment per file pair)."""
+    from enrich_ray.truth.scene import SAME_SCENE, same_scene_score
+
+    root = Path(str(archive_root).removeprefix("file://"))
+    ssim = {pair: same_scene_score(root / pair[0], root / pair[1])["ssim"] for pair in dict.fromkeys(families)}
+    other = [pair for pair in families if ssim[pair] < SAME_SCENE]
+    bad = false + len(other)
+    return {
+        "scene_threshold": SAME_SCENE,
+        "unplanted_other_scene": len(other),
+        "false_pair_rate_scene": bad / total if total else None,
+        "false_pair_rate_scene_interval": wilson_interval(bad, total) if total else None,
+        "unplanted_ssim": [round(ssim[pair], 4) for pair in families],  # one per unplanted pair
+        "scene_other_pairs": [{"representative": a, "member": b, "ssim": round(ssim[(a, b)], 4)}
+                              for a, b in dict.fromkeys(other)],
+    }
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval (95% for z = 1.96) of a share k of n."""
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def _unit_info(truth: pd.DataFrame, units: pd.Series) -> dict:

@@ -46,6 +46,10 @@ def table(scores: dict[str, dict]) -> str:
     row("near: unplanted base pairs", lambda s: _pct(s["near"]["unplanted_pair_rate"]))
     row("near: false pairs, worst case (unplanted pairs whose thumbnails correlate < 0.99 counted false)",
         lambda s: _pct(s["near"]["false_pair_rate_worst"]))
+    row("near: false pairs, unplanted pairs judged by full-resolution registration (truth/scene.py; 95% interval)",
+        lambda s: "n/a" if s["near"].get("false_pair_rate_scene") is None else
+        f"{_pct(s['near']['false_pair_rate_scene'])} ({_pct(s['near']['false_pair_rate_scene_interval'][0])}-"
+        f"{_pct(s['near']['false_pair_rate_scene_interval'][1])}), {s['near']['unplanted_other_scene']} two scenes")
     f = lambda s: s["foreign"]  # noqa: E731
     row("foreign: in top 5% of outliers", lambda s: f"{_pct(f(s)['in_top_share'])} of {f(s)['foreign_frames']}")
     row("foreign: flagged", lambda s: _pct(f(s)["flagged_share"]))

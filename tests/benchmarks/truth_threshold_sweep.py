@@ -1,39 +1,55 @@
-"""What a higher near-duplicate content threshold would do to a planted-truth run, without rerunning it:
-near members whose content similarity to their representative falls below each threshold are dropped
-from the run's duplicates.parquet, and the near-duplicate scores are recomputed (an approximation: a
-real run would also regroup them).
+"""What other near-duplicate settings would do to a planted-truth run, without re-embedding it: the
+duplicates step is run again (curate's own, on the run's embeddings, kNN graph and decoded frames)
+under each setting, and the near-duplicate scores recomputed, the unplanted pairs judged by
+enrich_ray.truth.scene (full-resolution registration; see tests/benchmarks/truth_same_scene.py).
 
-    .venv/bin/python tests/benchmarks/truth_threshold_sweep.py runs/bench_truth/busi --embedder vae
+    .venv/bin/python tests/benchmarks/truth_threshold_sweep.py runs/bench_truth/busi --embedder vae \\
+        --set analysis.near_duplicate_threshold=0.85,0.95,0.97
+
+Each --set names one setting and the values to try (the others stay as the run's config.yaml has
+them); several --set give every combination.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 from pathlib import Path
 
-import pandas as pd
-
+from enrich_ray.config import load_config
+from enrich_ray.pipelines.curate import _duplicates, frame_evidence, load_embeddings, load_graph
+from enrich_ray.pipelines.run_folder import RunFolder
 from enrich_ray.truth.planted import read_truth
 from enrich_ray.truth.scoring import score_near
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("bench", help="a bench_truth.py output folder for one base (holds planted/ and run_<embedder>/)")
+    ap.add_argument("bench", help="a bench_truth.py output folder for one base (holds planted/, archive/ and run_<embedder>/)")
     ap.add_argument("--embedder", default="vae")
-    ap.add_argument("--thresholds", default="0.95,0.955,0.96,0.965,0.97")
+    ap.add_argument("--set", dest="sweeps", action="append", default=[], help="section.key=v1,v2,...")
     args = ap.parse_args()
     bench = Path(args.bench)
-    truth = read_truth(bench / "planted" / "truth.csv")
-    dups = pd.read_parquet(bench / f"run_{args.embedder}" / "duplicates.parquet")
-    print("| content threshold | near-dups grouped | false pairs | unplanted pairs | worst case false |")
-    print("|---|---|---|---|---|")
-    for t in (float(x) for x in args.thresholds.split(",")):
-        kept = dups[(dups["kind"] != "near") | dups["is_representative"] | (dups["content_similarity"] >= t)]
-        size = kept.groupby("group_id")["row"].transform("size")
-        kept = kept[(kept["kind"] != "near") | (size > 1)]
-        s = score_near(truth, kept, str(bench / "planted"))
-        print(f"| {t} | {100 * s['recall']:.1f}% | {100 * s['false_pair_rate']:.1f}% | {s['pairs_by_relation']['unplanted']} | "
-              f"{100 * s['false_pair_rate_worst']:.1f}% |")
+    truth = read_truth(bench / "planted")
+    run_dir = bench / f"run_{args.embedder}"
+    run = RunFolder(str(run_dir))
+    frames, emb = load_embeddings(run)
+    graph = load_graph(run)
+    evidence = frame_evidence(run, frames)
+    keys = [s.partition("=")[0] for s in args.sweeps]
+    values = [s.partition("=")[2].split(",") for s in args.sweeps]
+    print("| " + " | ".join(keys + ["near-dups grouped", "false pairs (planted)", "unplanted pairs",
+                                    "two scenes", "false pairs (scene)", "95% interval"]) + " |")
+    print("|---" * (len(keys) + 6) + "|")
+    for combo in itertools.product(*values) if keys else [()]:
+        cfg = load_config(run_dir / "config.yaml", [f"{k}={v}" for k, v in zip(keys, combo)])
+        dups = _duplicates(str(bench / "archive"), cfg, frames, emb, graph, evidence)
+        s = score_near(truth, dups, str(bench / "planted"), judge_scene=True)
+        lo, hi = s.get("false_pair_rate_scene_interval") or (0.0, 0.0)
+        scene = s.get("false_pair_rate_scene")
+        print("| " + " | ".join(list(combo) + [
+            f"{100 * s['recall']:.1f}% of {s['planted']}", f"{s['pairs_by_relation']['false']} of {s['pairs']}",
+            str(s["pairs_by_relation"]["unplanted"]), str(s.get("unplanted_other_scene", 0)),
+            "n/a" if scene is None else f"{100 * scene:.1f}%", f"{100 * lo:.1f}-{100 * hi:.1f}%"]) + " |")
 
 
 if __name__ == "__main__":
