@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections import Counter
 from typing import Any
 
 import pyarrow as pa
@@ -92,14 +93,17 @@ def map_tasks(fn, calls: list[tuple]) -> list:
     """fn(*call) for every call, one Ray task (one CPU) each, all in flight at once; results in call order.
 
     The index and the kNN graph built in parts (index.partitioned) run their steps this way: each task
-    reads its own files from the store, so what travels is settings, URIs and small arrays. An argument
-    object shared by several calls (centroids, queries) is put in the object store once.
+    reads its own files from the store, so what travels is settings, URIs and small arrays. An array of
+    100 kB or more (centroids, queries), or a list, tuple or dict that several calls share (every file's
+    row ids, handed to each file's exact scan), is put in the object store once, not once per call.
     """
     remote = ray.remote(num_cpus=1)(fn)
     shared: dict[int, Any] = {}
+    uses = Counter(id(a) for call in calls for a in call)
 
     def arg(value: Any) -> Any:
-        if getattr(value, "nbytes", 0) < 100_000:
+        large = getattr(value, "nbytes", 0) >= 100_000
+        if not large and not (isinstance(value, (list, tuple, dict)) and uses[id(value)] > 1):
             return value
         if id(value) not in shared:
             shared[id(value)] = ray.put(value)
