@@ -161,10 +161,11 @@ def assign_file(src: VectorFile, centroids: np.ndarray, group_of: np.ndarray, n_
 
 
 def join_group(parts: Sequence[tuple[str, int]], clusters: np.ndarray, k: int, n: int, out: str, watch: np.ndarray,
-               storage: StorageConfig | None) -> tuple[np.ndarray, KnnGraph, np.ndarray]:
+               storage: StorageConfig | None) -> tuple[np.ndarray, KnnGraph, np.ndarray, int]:
     """Step 3 for one group: its row groups (file URI, row group) joined cluster by cluster; the
-    complete rows written to `out` as a graph part. Returns the short rows, and the graph rows
-    of the frames in `watch` (sorted) that it wrote, with their frame rows."""
+    complete rows written to `out` as a graph part. Returns the short rows, the graph rows of the
+    frames in `watch` (sorted) that it wrote with their frame rows, and how many frames it read
+    (the frames of its clusters and every frame in their lists: what its memory grows with)."""
     tables = []
     for uri, row_group in parts:
         loc = resolve(uri, storage)
@@ -190,7 +191,7 @@ def join_group(parts: Sequence[tuple[str, int]], clusters: np.ndarray, k: int, n
     pq.write_table(graph.to_arrow(done_rows), sink)
     resolve(out, storage).write_bytes(sink.getvalue().to_pybytes())
     seen = np.flatnonzero(np.isin(done_rows, watch))
-    return rows[query][short], KnnGraph(graph.neighbors[seen], graph.similarities[seen]), done_rows[seen]
+    return rows[query][short], KnnGraph(graph.neighbors[seen], graph.similarities[seen]), done_rows[seen], len(rows)
 
 
 def scan_file(src: VectorFile, queries: np.ndarray, query_ids: np.ndarray, k: int, storage: StorageConfig | None) -> tuple[np.ndarray, np.ndarray]:
@@ -221,7 +222,9 @@ def build_graph(files: Sequence[VectorFile], k: int, out: str, cfg: IndexConfig,
                 exact_max_rows: int = EXACT_GRAPH_MAX_ROWS, seed: int = 0) -> dict:
     """The kNN graph of the files' frames as Parquet parts under `out` (part-*.parquet, columns of
     KnnGraph.to_arrow, any row order; read back with KnnGraph.from_arrow), by the steps of the module
-    docstring. Returns the recall figures (knn.knn_graph's graph.recall), and the steps' times."""
+    docstring. Returns the recall figures (knn.knn_graph's graph.recall); for a join also the rows
+    completed by the exact scan (short_rows) and the frames a join task read, at most and on average
+    (group_frames_max, group_frames_mean)."""
     n = _frames(files)
     loc = resolve(out, storage)
     loc.fs.makedirs(loc.path, exist_ok=True)
@@ -280,10 +283,12 @@ def _join(files, centroids, group_of, n_assign, k, n, out, watch, storage, map, 
     at = np.searchsorted(asked, watch)
     truth = KnnGraph(exact.neighbors[at], exact.similarities[at])
     neighbors, sims = truth.neighbors.copy(), truth.similarities.copy()
-    for _, joined, joined_rows in done:
+    for _, joined, joined_rows, _ in done:
         pos = np.searchsorted(watch, joined_rows)
         neighbors[pos], sims[pos] = joined.neighbors, joined.similarities
-    return sampled_recall(truth, KnnGraph(neighbors, sims), seed)
+    read = [d[3] for d in done]
+    return {**sampled_recall(truth, KnnGraph(neighbors, sims), seed), "short_rows": int(short.size),
+            "group_frames_max": int(max(read)), "group_frames_mean": round(float(np.mean(read)))}
 
 
 def _exact_graph(files, k, out, watch, storage, map, seed) -> dict:
