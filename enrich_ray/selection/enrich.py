@@ -6,10 +6,13 @@ everything ranked so far is the smallest (ties: lowest row). Three exact paths:
 - `plain`: the reference. A running vector m[x] = max similarity of x to the ranked set,
   one matrix-vector product per pick, O(N d) a pick.
 - `clustered` (CPU, large N): the same m, kept exact, but a pick only touches the clusters
-  it can change. The rows are grouped by spherical k-means; a cluster with centre c and angular
-  radius r holds no row closer to the pick p than angle(p, c) - r, so when
-  cos(max(0, angle(p, c) - r)) is at most the cluster's smallest m, no m in it can grow. m only
-  grows and the covering radius shrinks, so later picks touch a few clusters.
+  it can change. The rows are grouped into clusters of small angular radius (farthest-first seeds,
+  a few spherical k-means rounds, far rows given centres of their own: cover_clusters); a cluster
+  with centre c and angular radius r holds no row closer to the pick p than angle(p, c) - r, so
+  when cos(max(0, angle(p, c) - r)) is at most the cluster's smallest m, no m in it can grow (one
+  comparison per cluster of p's similarity to c with a threshold, for all clusters at once), and
+  inside a touched cluster no row whose m is at least that bound can. m only grows and the covering
+  radius shrinks, so later picks touch a few clusters. Picks are simulated and added in batches.
 - `torch`: the plain loop in torch, on any device (on a GPU it is memory-bound and fast).
 
 Under quotas (selection.quota, selection/quota.py) every path stays the exact greedy among the
@@ -37,9 +40,16 @@ Method = Literal["auto", "plain", "clustered", "torch"]
 PLAIN_MAX_ROWS = 20_000
 # Float32 dot products of unit 128-d vectors are within ~1e-6 of exact; the bounds allow 1e-5.
 _DOT_SLACK = 1e-5
-# When a pick touches more than this share of the clusters, update every row in one product.
-_FULL_UPDATE_SHARE = 0.25
-_BLOCK_ELEMENTS = 1 << 24  # float32 elements per similarity block (64 MB)
+# When the pairs a batch of picks may change are more than this share of all, update every row in one product.
+_FULL_UPDATE_SHARE = 0.5
+# Frames per CoverageIndex cluster (coverage_clusters).
+ROWS_PER_CLUSTER = 64
+_FINE_ITERS = 4  # Lloyd rounds after the farthest-first seeds
+_FAR_RATIO = 1.5  # rows farther than this times the median angle from their centre get centres of their own
+_SEED_SAMPLE = 8  # sample rows per centre of the farthest-first traversal that seeds the clusters
+# A float64 threshold compared in float32 moves by at most one float32 rounding (6e-8 near 1).
+_ROUND_SLACK = 1e-6
+_BLOCK_ELEMENTS = 1 << 22  # float32 elements per similarity block (16 MB)
 _CURVE_BATCH = 1024  # rows a coverage curve adds to the index at a time
 _TORCH_CHECK = 256  # under quotas the torch loop asks the device this often whether frames are left
 
@@ -261,11 +271,15 @@ def _nearest_centre(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
     return np.concatenate([np.argmax(x[a : a + step] @ centres.T, axis=1) for a in range(0, x.shape[0], step)])
 
 
-def spherical_kmeans(x: np.ndarray, n_clusters: int, rng: np.random.Generator, iters: int = 8) -> np.ndarray:
-    """Unit centres from a few Lloyd rounds on a sample (at most 40 rows per centre)."""
+def spherical_kmeans(
+    x: np.ndarray, n_clusters: int, rng: np.random.Generator, iters: int = 8, centres: np.ndarray | None = None
+) -> np.ndarray:
+    """Unit centres from a few Lloyd rounds on a sample (at most 40 rows per centre), started from
+    random sample rows or from `centres`."""
     n = x.shape[0]
     sample = x[np.sort(rng.choice(n, size=min(n, 40 * n_clusters), replace=False))]
-    centres = sample[rng.choice(sample.shape[0], size=n_clusters, replace=False)].copy()
+    if centres is None:
+        centres = sample[rng.choice(sample.shape[0], size=n_clusters, replace=False)].copy()
     for _ in range(iters):
         labels = _nearest_centre(sample, centres)
         by_label = np.argsort(labels, kind="stable")
@@ -279,11 +293,71 @@ def spherical_kmeans(x: np.ndarray, n_clusters: int, rng: np.random.Generator, i
     return centres
 
 
+def coverage_clusters(n: int) -> int:
+    """Clusters of the CoverageIndex of n frames: n / ROWS_PER_CLUSTER within [2 sqrt(n), 4 sqrt(n)].
+
+    A pick pays a product with every centre and one with the rows of each cluster it may change:
+    small clusters bound tighter, many cost more per pick (and to build: N x C products).
+    """
+    root = np.sqrt(n)
+    return max(1, min(n, int(max(2 * root, min(n / ROWS_PER_CLUSTER, 4 * root)))))
+
+
+def farthest_first(x: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A farthest-first traversal of k rows of x (the greedy k-centre, from a random row): the rows,
+    and after each the covering similarity, the least similarity of any row to those so far."""
+    pick = np.empty(k, dtype=np.int64)
+    cover = np.empty(k, dtype=np.float32)
+    pick[0] = rng.integers(x.shape[0])
+    near = x @ x[pick[0]]
+    for i in range(1, k + 1):
+        j = int(np.argmin(near))
+        cover[i - 1] = near[j]
+        if i == k:
+            break
+        pick[i] = j
+        np.maximum(near, x @ x[j], out=near)
+    return pick, cover
+
+
+def cover_clusters(x: np.ndarray, n_clusters: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """About n_clusters clusters of small angular radius (the CoverageIndex's bounds).
+
+    Centres from a farthest-first traversal of a sample (_SEED_SAMPLE rows a centre), which gives a
+    group of rows far from the others a centre of its own however few its rows, then _FINE_ITERS
+    Lloyd rounds on the sample; each row in its nearest centre's cluster. Then the rows farther from
+    their centre than _FAR_RATIO times the median row's angle (a group the sample missed, which would
+    widen the radius of the cluster it joined) get centres of their own: a farthest-first traversal
+    of them until each is within that angle of one (at most n_clusters / 4 more). Returns the rows'
+    clusters and the unit centres; a cluster may be empty.
+    """
+    n = x.shape[0]
+    sample = x[np.sort(rng.choice(n, size=min(n, _SEED_SAMPLE * n_clusters), replace=False))]
+    pick, _ = farthest_first(sample, n_clusters, rng)
+    centres = spherical_kmeans(sample, n_clusters, rng, iters=_FINE_ITERS, centres=sample[pick].copy())
+    labels = _nearest_centre(x, centres)
+    angle = np.empty(n, dtype=np.float32)
+    step = max(1, _BLOCK_ELEMENTS // x.shape[1])
+    for a in range(0, n, step):
+        angle[a : a + step] = np.einsum("ij,ij->i", x[a : a + step], centres[labels[a : a + step]])
+    np.arccos(np.clip(angle, -1.0, 1.0), out=angle)
+    far_angle = _FAR_RATIO * float(np.median(angle))
+    far = np.flatnonzero(angle > far_angle)
+    if far.size == 0 or far_angle >= np.pi:
+        return labels, centres
+    rows = x[far]
+    pick, cover = farthest_first(rows, min(far.size, max(1, n_clusters // 4)), rng)
+    k = 1 + int(np.count_nonzero(cover[:-1] < np.cos(far_angle)))
+    labels[far] = centres.shape[0] + _nearest_centre(rows, rows[pick[:k]])
+    return labels, np.concatenate([centres, rows[pick[:k]]])
+
+
 class CoverageIndex:
     """Exact running max-similarity m of every frame to a growing ranked set, pruned by clusters.
 
     `add(rows)` ranks frames and raises every m they can raise: a cluster is skipped when its
-    bound shows no row in it is closer to a new frame than its current m. Ranked rows hold +inf.
+    bound shows no row in it is closer to a new frame than its current m, and inside a cluster
+    the rows whose m is at least the bound are skipped. Ranked rows hold +inf.
     Memory: one reordered copy of the embeddings plus O(N) vectors.
     """
 
@@ -296,19 +370,19 @@ class CoverageIndex:
         random_seed: int = 0,
     ) -> None:
         n = x.shape[0]
-        n_clusters = n_clusters or max(1, min(n, int(2 * np.sqrt(n))))
-        centres = spherical_kmeans(x, n_clusters, np.random.default_rng(random_seed))
-        labels = _nearest_centre(x, centres)
+        n_clusters = max(1, min(n, n_clusters or coverage_clusters(n)))
+        labels, centres = cover_clusters(x, n_clusters, np.random.default_rng(random_seed))
         self.perm = np.argsort(labels, kind="stable")  # clusters contiguous, rows ascending inside
         self.pos = np.empty(n, dtype=np.int64)
         self.pos[self.perm] = np.arange(n)
-        counts = np.bincount(labels, minlength=n_clusters)
+        counts = np.bincount(labels, minlength=centres.shape[0])
         self.centres = np.ascontiguousarray(centres[counts > 0])
         self.offsets = np.concatenate([[0], np.cumsum(counts[counts > 0])]).astype(np.int64)
         self.cluster_of = np.repeat(np.arange(self.centres.shape[0]), np.diff(self.offsets))
+        del labels
         self.x = x[self.perm]
         own = np.empty(n, dtype=np.float64)
-        step = max(1, _BLOCK_ELEMENTS // (4 * x.shape[1]))  # two float64 blocks of 64 MB
+        step = max(1, (1 << 18) // x.shape[1])  # float64 blocks of 2 MB
         for a in range(0, n, step):
             rows = self.x[a : a + step].astype(np.float64)
             centre = self.centres[self.cluster_of[a : a + step]].astype(np.float64)
@@ -321,6 +395,27 @@ class CoverageIndex:
             self.m[self.pos[ranked]] = np.inf
         self.cmin = np.minimum.reduceat(self.m, self.offsets[:-1])
 
+    def _thresholds(self) -> np.ndarray:
+        """Per cluster, the similarity to its centre above which a frame may raise an m in it.
+
+        A frame at angle a from the centre is at least a - radius from every row, so it can raise
+        none when cos(max(0, a - radius)) <= the cluster's smallest m; solved for cos(a), with the
+        float32 slack of the products (and of this float32 threshold) on the side of touching.
+        """
+        low = self.cmin.astype(np.float64) - _DOT_SLACK
+        reach = self.radius + np.arccos(np.clip(low, -1.0, 1.0))
+        thr = np.cos(np.minimum(reach, np.pi)) - _DOT_SLACK - _ROUND_SLACK
+        thr[reach >= np.pi] = -np.inf
+        thr[low >= 1.0] = np.inf  # every row ranked, or m already at 1
+        return thr.astype(np.float32)
+
+    def _hits(self, q: np.ndarray, picked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Which clusters each new frame may change (B, C), and the frames' similarities to the centres."""
+        near = picked @ self.centres.T
+        hit = near > self._thresholds()
+        hit[np.arange(q.size), self.cluster_of[q]] = True  # a row's own cluster: it leaves the unranked there
+        return hit, near
+
     def add(self, rows: np.ndarray, curve: bool = False) -> np.ndarray | None:
         """Rank `rows` (original row indices, in this order) and raise every m they can raise.
 
@@ -330,36 +425,68 @@ class CoverageIndex:
         """
         q = self.pos[np.asarray(rows, dtype=np.int64)]
         picked = self.x[q]
-        near = (picked @ self.centres.T).astype(np.float64)
-        angle = np.arccos(np.minimum(near + _DOT_SLACK, 1.0))  # a lower bound of the true angle
-        bound = np.cos(np.maximum(angle - self.radius, 0.0)) + _DOT_SLACK
-        hit = bound > self.cmin
-        hit[np.arange(q.size), self.cluster_of[q]] = True  # a row's own cluster: it leaves the unranked there
-        touched = np.flatnonzero(hit.any(axis=0))
-        out = None
-        if curve:
-            untouched = np.ones(self.cmin.size, dtype=bool)
-            untouched[touched] = False
-            out = np.full(q.size, self.cmin[untouched].min() if untouched.any() else np.inf, dtype=np.float32)
-        else:
+        hit, near = self._hits(q, picked)
+        if not curve:
             self.m[q] = np.inf
+            self._raise(q, picked, hit, near)
+            return None
+        touched = np.flatnonzero(hit.any(axis=0))
+        untouched = np.ones(self.cmin.size, dtype=bool)
+        untouched[touched] = False
+        out = np.full(q.size, self.cmin[untouched].min() if untouched.any() else np.inf, dtype=np.float32)
         for c in touched:
             a, b = self.offsets[c], self.offsets[c + 1]
             seg = self.m[a:b]
             steps = np.flatnonzero(hit[:, c])
             sims = self.x[a:b] @ picked[steps].T
-            if out is None:
-                np.maximum(seg, sims.max(axis=1), out=seg)
-            else:
-                running = np.maximum.accumulate(np.column_stack([seg, sims]), axis=1)  # column t: after steps[t-1]
-                mine = np.flatnonzero(self.cluster_of[q[steps]] == c)  # the rows ranked here, at steps[mine]
-                for t in mine:
-                    running[q[steps[t]] - a, t + 1 :] = np.inf
-                lows = running.min(axis=0)
-                np.minimum(out, lows[np.searchsorted(steps, np.arange(q.size), side="right")], out=out)
-                seg[:] = running[:, -1]
+            running = np.maximum.accumulate(np.column_stack([seg, sims]), axis=1)  # column t: after steps[t-1]
+            mine = np.flatnonzero(self.cluster_of[q[steps]] == c)  # the rows ranked here, at steps[mine]
+            for t in mine:
+                running[q[steps[t]] - a, t + 1 :] = np.inf
+            lows = running.min(axis=0)
+            np.minimum(out, lows[np.searchsorted(steps, np.arange(q.size), side="right")], out=out)
+            seg[:] = running[:, -1]
             self.cmin[c] = seg.min()
         return out
+
+    def _raise(self, q: np.ndarray, picked: np.ndarray, hit: np.ndarray, near: np.ndarray) -> None:
+        """Raise m by the new frames `picked` (positions q, already at +inf) in the clusters they hit.
+
+        Per hit pair, the bound cos(max(0, a - radius)) on the frame's similarity to any row of the
+        cluster: rows whose m is at least the largest bound over the frames hitting the cluster are
+        left out (all rows of a frame's own cluster are updated). Above _FULL_UPDATE_SHARE of all
+        pairs, one blocked product over every row instead.
+        """
+        cs, ss = np.nonzero(hit.T)  # pairs by cluster, then frame
+        sizes = np.diff(self.offsets)
+        if sizes[cs].sum() > _FULL_UPDATE_SHARE * self.m.size * q.size:
+            step = max(1, _BLOCK_ELEMENTS // max(1, q.size))
+            for a in range(0, self.m.size, step):
+                seg = self.m[a : a + step]
+                np.maximum(seg, (self.x[a : a + step] @ picked.T).max(axis=1), out=seg)
+            self.cmin = np.minimum.reduceat(self.m, self.offsets[:-1])
+            return
+        angle = np.arccos(np.minimum(near[ss, cs].astype(np.float64) + _DOT_SLACK, 1.0))
+        bound = np.cos(np.maximum(angle - self.radius[cs], 0.0)) + _DOT_SLACK
+        bound[self.cluster_of[q[ss]] == cs] = np.inf
+        first = np.flatnonzero(np.r_[True, cs[1:] != cs[:-1]]) if cs.size else np.zeros(0, np.int64)
+        reach = np.maximum.reduceat(bound, first) if cs.size else bound
+        ends = np.r_[first[1:], cs.size]
+        for c, i, j, top in zip(cs[first].tolist(), first.tolist(), ends.tolist(), reach.tolist()):
+            a, b = self.offsets[c], self.offsets[c + 1]
+            seg = self.m[a:b]
+            steps = picked[ss[i:j]]
+            if top == np.inf:
+                np.maximum(seg, (self.x[a:b] @ steps.T).max(axis=1), out=seg)
+            else:
+                low = np.flatnonzero(seg < top)
+                if low.size == 0:
+                    continue
+                if 2 * low.size > b - a:
+                    np.maximum(seg, (self.x[a:b] @ steps.T).max(axis=1), out=seg)
+                else:
+                    seg[low] = np.maximum(seg[low], (self.x[a + low] @ steps.T).max(axis=1))
+            self.cmin[c] = seg.min()
 
     def least_covered(self) -> tuple[int, np.float32]:
         """The unranked row with the smallest m (ties: lowest row) and m; (-1, inf) when all are ranked."""

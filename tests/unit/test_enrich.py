@@ -173,3 +173,36 @@ def test_auto_chooses_by_device_and_size(monkeypatch):
 def test_bad_input_is_a_clear_error(embeddings, seed, message):
     with pytest.raises(ValueError, match=message):
         enrich_greedy(embeddings, seed)
+
+
+@pytest.mark.parametrize("full_share", [0.0, 0.5, 2.0])
+def test_clustered_updates_match_the_plain_loop(monkeypatch, full_share):
+    """Grouped Gaussian rows: the pruned update (clusters skipped, rows whose m is above the bound
+    skipped), the one-product update of every row, and the mix of the two each give the plain loop's
+    ranking up to its first near-tie and a valid greedy after it; under a quota, the plain loop's
+    ranking until the two first differ, at a near-tie."""
+    from enrich_ray.selection.quota import QuotaState, quotas_for
+    import pandas as pd
+
+    monkeypatch.setattr(enrich, "_FULL_UPDATE_SHARE", full_share)
+    rng = np.random.default_rng(11)
+    n = 2000
+    centres = rng.standard_normal((40, 16))
+    x = unit_rows(centres[rng.integers(40, size=n)] + 0.35 * rng.standard_normal((n, 16)))
+    seed = np.array([5])
+    reference = enrich_greedy(x, seed, method="plain")
+    stop = first_near_tie(x, reference.order, 1)
+    assert stop > 100
+    order, score, _ = clustered(x, seed, n - 1, batch=256, n_clusters=60)
+    assert_same_as_reference(x, reference, order, score, stop)
+    quotas = quotas_for(pd.DataFrame({"patient_key": [f"p{i % 300}" for i in range(n)]}), {"patient_key": 2})
+    capped = enrich_greedy(x, seed, method="plain", quotas=quotas)
+    index = CoverageIndex(x, max_similarity(x, seed), ranked=seed, n_clusters=60)
+    order, score, _ = enrich._greedy_clustered(index, n - 1, batch=256, state=QuotaState(quotas, seed))
+    assert order.size == capped.order.size - 1 == 599  # 300 patients, 2 each, the seed one of them
+    differ = np.flatnonzero(order != capped.order[1:])
+    agree = differ[0] if differ.size else order.size
+    assert agree > 100
+    np.testing.assert_allclose(score[:agree], capped.score[1 : agree + 1], atol=TOL)
+    if differ.size:
+        assert abs(score[agree] - capped.score[agree + 1]) <= TOL
