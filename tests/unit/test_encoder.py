@@ -67,6 +67,7 @@ def frames_table(pixels: np.ndarray, ids: list[str] | None = None) -> pa.Table:
         "study_uid": pa.array([f"1.2.{i % 5}" for i in range(n)], pa.string()),
         "series_uid": pa.array([f"1.2.3.{i}" for i in range(n)], pa.string()),
         "modality": pa.array(["CR"] * n, pa.string()),
+        "station": pa.array([f"SITE / CR{i % 2}" for i in range(n)], pa.string()),
         "pixel_hash": pa.array([f"hash{i}" for i in range(n)], pa.string()),
         "colorfulness": pa.array([0.0] * n, pa.float32()),
         "rows": pa.array([64] * n, pa.int32()),
@@ -94,7 +95,7 @@ def test_embed_batch_schema_keys_and_unit_norm(model_dir, xray_frames):
     x = embeddings_of(table)
     np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-6)
     assert set(table.column("model_hash").to_pylist()) == {emb.model_hash}
-    for name in ["image_id", "frame_index", "source_uri", "patient_key", "study_uid", "series_uid", "modality"]:
+    for name in ["image_id", "frame_index", "source_uri", "patient_key", "study_uid", "series_uid", "modality", "station"]:
         assert table.column(name).to_pylist() == frames.column(name).to_pylist()
     np.testing.assert_array_equal(x, emb.embed_array(xray_frames))
     # reference: the posterior mean minus the stored latent centre, divided by its norm
