@@ -410,10 +410,10 @@ class CoverageIndex:
         return thr.astype(np.float32)
 
     def _hits(self, q: np.ndarray, picked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Which clusters each new frame may change (B, C), and the frames' similarities to the centres."""
-        near = picked @ self.centres.T
-        hit = near > self._thresholds()
-        hit[np.arange(q.size), self.cluster_of[q]] = True  # a row's own cluster: it leaves the unranked there
+        """Which new frames may change each cluster (C, B), and the centres' similarities to the frames."""
+        near = self.centres @ picked.T
+        hit = near > self._thresholds()[:, None]
+        hit[self.cluster_of[q], np.arange(q.size)] = True  # a row's own cluster: it leaves the unranked there
         return hit, near
 
     def add(self, rows: np.ndarray, curve: bool = False) -> np.ndarray | None:
@@ -430,14 +430,14 @@ class CoverageIndex:
             self.m[q] = np.inf
             self._raise(q, picked, hit, near)
             return None
-        touched = np.flatnonzero(hit.any(axis=0))
+        touched = np.flatnonzero(hit.any(axis=1))
         untouched = np.ones(self.cmin.size, dtype=bool)
         untouched[touched] = False
         out = np.full(q.size, self.cmin[untouched].min() if untouched.any() else np.inf, dtype=np.float32)
         for c in touched:
             a, b = self.offsets[c], self.offsets[c + 1]
             seg = self.m[a:b]
-            steps = np.flatnonzero(hit[:, c])
+            steps = np.flatnonzero(hit[c])
             sims = self.x[a:b] @ picked[steps].T
             running = np.maximum.accumulate(np.column_stack([seg, sims]), axis=1)  # column t: after steps[t-1]
             mine = np.flatnonzero(self.cluster_of[q[steps]] == c)  # the rows ranked here, at steps[mine]
@@ -457,7 +457,7 @@ class CoverageIndex:
         left out (all rows of a frame's own cluster are updated). Above _FULL_UPDATE_SHARE of all
         pairs, one blocked product over every row instead.
         """
-        cs, ss = np.nonzero(hit.T)  # pairs by cluster, then frame
+        cs, ss = np.nonzero(hit)  # pairs by cluster, then frame
         sizes = np.diff(self.offsets)
         if sizes[cs].sum() > _FULL_UPDATE_SHARE * self.m.size * q.size:
             step = max(1, _BLOCK_ELEMENTS // max(1, q.size))
@@ -466,7 +466,7 @@ class CoverageIndex:
                 np.maximum(seg, (self.x[a : a + step] @ picked.T).max(axis=1), out=seg)
             self.cmin = np.minimum.reduceat(self.m, self.offsets[:-1])
             return
-        angle = np.arccos(np.minimum(near[ss, cs].astype(np.float64) + _DOT_SLACK, 1.0))
+        angle = np.arccos(np.minimum(near[cs, ss].astype(np.float64) + _DOT_SLACK, 1.0))
         bound = np.cos(np.maximum(angle - self.radius[cs], 0.0)) + _DOT_SLACK
         bound[self.cluster_of[q[ss]] == cs] = np.inf
         first = np.flatnonzero(np.r_[True, cs[1:] != cs[:-1]]) if cs.size else np.zeros(0, np.int64)
