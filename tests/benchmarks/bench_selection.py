@@ -1,11 +1,14 @@
 """Benchmark of the ENRICH greedy: the plain loop against the exact clustered path (not collected by pytest).
 
-For each case: wall time of both, their ratio (measured in the same run), the fast path's peak
-memory beyond the embeddings (tracemalloc: numpy allocations), and whether the outputs agree:
-the orders are identical, or they first differ where the reference met a near-tie (two rows
-within 1e-6), with scores within 1e-6 up to there. At 1M the plain loop is timed on a prefix
-of picks and extrapolated linearly (its cost per pick is constant: one N x d product); its
-outputs are compared on that prefix.
+For each case: wall and CPU time of both, their ratio (measured in the same run), the fast
+path's peak memory beyond the embeddings (tracemalloc: numpy allocations), and whether the
+outputs agree: the orders are identical, or they first differ where the reference met a near-tie
+(two rows within 1e-6), with scores within 1e-6 up to there. From 100k rows the plain loop is timed
+on a prefix of picks (--plain-prefix), half before and half after the fast path, and extrapolated
+linearly (its cost per pick is constant: one N x d product); outputs are compared on that prefix.
+The header names the BLAS library, its kernel (OpenBLAS's core name) and threads; each case line
+the load average, since the machine may be shared: on a loaded machine CPU time is nearer what a
+quiet one would take than wall time is.
 
 Data: clustered synthetic unit vectors (1000 centres, each a 16-d Gaussian patch plus isotropic
 noise, lognormal cluster sizes, d = 128) and raw-pixel unit embeddings of all 5,856
@@ -14,6 +17,7 @@ PneumoniaMNIST 28x28 images (mean image removed, d = 784).
   .venv/bin/python tests/benchmarks/bench_selection.py              # everything (about an hour here)
   .venv/bin/python tests/benchmarks/bench_selection.py --quick      # 20k synthetic + real, a minute or two
   .venv/bin/python tests/benchmarks/bench_selection.py --n 100000   # one size only (0: the real images only)
+  .venv/bin/python tests/benchmarks/bench_selection.py --n 1000000 --no-full   # 1M: the first 10% only
 """
 from __future__ import annotations
 
@@ -33,7 +37,9 @@ def parse() -> argparse.Namespace:
     p.add_argument("--n", type=int, action="append", help="synthetic sizes to run (repeatable; 0: none)")
     p.add_argument("--quick", action="store_true", help="20k synthetic rows and the real images only")
     p.add_argument("--threads", type=int, default=1, help="BLAS threads for both paths (the machine is shared)")
-    p.add_argument("--plain-prefix", type=int, default=2000, help="picks of the plain loop timed at 1M")
+    p.add_argument("--blas-kernel", help="OPENBLAS_CORETYPE for this run (e.g. SkylakeX, Haswell); default: the environment's")
+    p.add_argument("--plain-prefix", type=int, default=2000, help="picks of the plain loop timed from 100k rows")
+    p.add_argument("--no-full", action="store_true", help="at 1M, the first 10%% only")
     p.add_argument("--no-real", action="store_true", help="skip the PneumoniaMNIST case")
     return p.parse_args()
 
@@ -41,9 +47,11 @@ def parse() -> argparse.Namespace:
 ARGS = parse()
 for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[var] = str(ARGS.threads)
+if ARGS.blas_kernel:
+    os.environ["OPENBLAS_CORETYPE"] = ARGS.blas_kernel
 sys.path.insert(0, str(ROOT))
 
-# numpy is imported after the thread settings above, so that they take effect
+# numpy is imported after the thread and kernel settings above, so that they take effect
 import numpy as np
 
 from enrich_ray.selection.enrich import enrich_greedy
@@ -76,18 +84,43 @@ def pneumonia_pixels() -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
+def blas() -> str:
+    """The BLAS numpy calls, its kernel and threads, as the library itself reports them."""
+    try:
+        from threadpoolctl import threadpool_info
+
+        return "; ".join(f"{i['internal_api']} {i.get('version')} kernel {i.get('architecture')} x{i['num_threads']}"
+                         for i in threadpool_info() if i["user_api"] == "blas")
+    except ImportError:
+        pass
+    import ctypes
+
+    libs = list((Path(np.__file__).parent.parent / "numpy.libs").glob("libscipy_openblas*"))
+    if not libs:
+        return "unknown (no threadpoolctl, no scipy-openblas beside numpy)"
+    lib = ctypes.CDLL(str(libs[0]))
+    lib.scipy_openblas_get_corename64_.restype = ctypes.c_char_p
+    lib.scipy_openblas_get_config64_.restype = ctypes.c_char_p
+    return (f"{lib.scipy_openblas_get_config64_().decode()}; kernel {lib.scipy_openblas_get_corename64_().decode()}"
+            f" x{lib.scipy_openblas_get_num_threads64_()} threads")
+
+
 def timed(fn, memory: bool = False):
-    """(result, seconds, peak MiB allocated during the call or None)."""
+    """(result, wall seconds, CPU seconds, peak MiB allocated during the call or None)."""
     if memory:
         tracemalloc.start()
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     out = fn()
-    seconds = time.perf_counter() - t
+    seconds, cpu = time.perf_counter() - t, time.process_time() - c
     peak = None
     if memory:
         peak = tracemalloc.get_traced_memory()[1] / 2**20
         tracemalloc.stop()
-    return out, seconds, peak
+    return out, seconds, cpu, peak
+
+
+def load() -> str:
+    return f"load {os.getloadavg()[0]:.1f}"
 
 
 def agreement(ref, fast, upto: int | None = None) -> str:
@@ -104,31 +137,38 @@ def agreement(ref, fast, upto: int | None = None) -> str:
 
 
 def case(name: str, x: np.ndarray, k: int | None, plain_prefix: int | None = None) -> None:
-    """Time plain and clustered on the same input; plain on a prefix when plain_prefix is set."""
+    """Time plain and clustered on the same input; plain on a prefix, around the fast path, when plain_prefix is set."""
     seed = np.array([0])
     n = x.shape[0]
     picks = (n - 1) if k is None else k
-    print(f"\n[{name}] N={n} d={x.shape[1]} picks={picks}", flush=True)
-    fast, t_fast, mem = timed(lambda: enrich_greedy(x, seed, k, method="clustered"), memory=True)
-    print(f"  clustered: {t_fast:8.1f} s   peak {mem:.0f} MiB beyond the embeddings ({x.nbytes / 2**20:.0f} MiB)", flush=True)
+    print(f"\n[{name}] N={n} d={x.shape[1]} picks={picks}   {load()}", flush=True)
+    if plain_prefix is not None:
+        half = plain_prefix // 2
+        _, t_a, c_a, _ = timed(lambda: enrich_greedy(x, seed, half, method="plain"))
+    fast, t_fast, c_fast, mem = timed(lambda: enrich_greedy(x, seed, k, method="clustered"), memory=True)
+    print(f"  clustered: {t_fast:8.1f} s wall, {c_fast:8.1f} s CPU   peak {mem:.0f} MiB beyond the embeddings"
+          f" ({x.nbytes / 2**20:.0f} MiB)   {load()}", flush=True)
     if plain_prefix is None:
-        ref, t_plain, _ = timed(lambda: enrich_greedy(x, seed, k, method="plain"))
-        print(f"  plain:     {t_plain:8.1f} s   ({1e3 * t_plain / picks:.2f} ms a pick)", flush=True)
-        print(f"  speed-up:  {t_plain / t_fast:8.1f}x   outputs: {agreement(ref, fast)}", flush=True)
-    else:
-        ref, t_pre, _ = timed(lambda: enrich_greedy(x, seed, plain_prefix, method="plain"))
-        t_plain = t_pre / plain_prefix * picks
-        print(
-            f"  plain:     {t_plain:8.1f} s   EXTRAPOLATED from {plain_prefix} picks in {t_pre:.1f} s"
-            f" ({1e3 * t_pre / plain_prefix:.2f} ms a pick)",
-            flush=True,
-        )
-        print(f"  speed-up:  {t_plain / t_fast:8.1f}x   outputs on the prefix: {agreement(ref, fast, plain_prefix + 1)}", flush=True)
+        ref, t_plain, c_plain, _ = timed(lambda: enrich_greedy(x, seed, k, method="plain"))
+        print(f"  plain:     {t_plain:8.1f} s wall, {c_plain:8.1f} s CPU   ({1e3 * t_plain / picks:.2f} ms a pick)   {load()}", flush=True)
+        print(f"  speed-up:  {t_plain / t_fast:8.1f}x wall, {c_plain / c_fast:.1f}x CPU   outputs: {agreement(ref, fast)}", flush=True)
+        return
+    ref, t_b, c_b, _ = timed(lambda: enrich_greedy(x, seed, plain_prefix - half, method="plain"))
+    t_plain, c_plain = (t_a + t_b) / plain_prefix * picks, (c_a + c_b) / plain_prefix * picks
+    print(
+        f"  plain:     {t_plain:8.1f} s wall, {c_plain:8.1f} s CPU   EXTRAPOLATED from {plain_prefix} picks"
+        f" ({half} before the fast path in {t_a:.1f} s, {plain_prefix - half} after in {t_b:.1f} s;"
+        f" {1e3 * (t_a + t_b) / plain_prefix:.2f} ms a pick)   {load()}",
+        flush=True,
+    )
+    print(f"  speed-up:  {t_plain / t_fast:8.1f}x wall, {c_plain / c_fast:.1f}x CPU   outputs on the prefix:"
+          f" {agreement(ref, fast, ref.order.size)}", flush=True)
 
 
 def main() -> None:
     sizes = [20_000] if ARGS.quick else (ARGS.n or [100_000, 1_000_000])
-    print(f"BLAS threads {ARGS.threads}; OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')}; load {os.getloadavg()}")
+    print(f"{os.cpu_count()} cores; BLAS: {blas()}; OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')};"
+          f" load {os.getloadavg()}")
     if not ARGS.no_real:
         x = pneumonia_pixels()
         if ARGS.quick:
@@ -138,11 +178,13 @@ def main() -> None:
         if n <= 0:
             continue
         x = clustered_vectors(n)
+        prefix = ARGS.plain_prefix if n >= 100_000 else None
         if n >= 1_000_000:
-            case("clustered synthetic, first 10%", x, n // 10, plain_prefix=ARGS.plain_prefix)
-            case("clustered synthetic, full ranking", x, None, plain_prefix=ARGS.plain_prefix)
+            case("clustered synthetic, first 10%", x, n // 10, plain_prefix=prefix)
+            if not ARGS.no_full:
+                case("clustered synthetic, full ranking", x, None, plain_prefix=prefix)
         else:
-            case("clustered synthetic, full ranking", x, None)
+            case("clustered synthetic, full ranking", x, None, plain_prefix=prefix)
     print(f"\nload at the end {os.getloadavg()}")
 
 
