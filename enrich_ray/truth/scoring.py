@@ -24,6 +24,7 @@ counts nothing as flagged; without `rank` its row order is the rank.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections import defaultdict
@@ -225,10 +226,10 @@ def score_near(truth: pd.DataFrame, dups: pd.DataFrame, archive_root: str | None
 
 def _scene_scores(families: list[tuple[str, str]], archive_root: str, false: int, total: int) -> dict:
     """The unplanted pairs judged by enrich_ray.truth.scene on their base files (one judgment per file pair)."""
-    from enrich_ray.truth.scene import SAME_SCENE, same_scene_score
+    from enrich_ray.truth.scene import SAME_SCENE
 
-    root = Path(str(archive_root).removeprefix("file://"))
-    ssim = {pair: same_scene_score(root / pair[0], root / pair[1])["ssim"] for pair in dict.fromkeys(families)}
+    root = os.path.abspath(str(archive_root).removeprefix("file://"))
+    ssim = {pair: _pair_ssim(root, *pair) for pair in dict.fromkeys(families)}
     other = [pair for pair in families if ssim[pair] < SAME_SCENE]
     bad = false + len(other)
     return {
@@ -237,9 +238,18 @@ def _scene_scores(families: list[tuple[str, str]], archive_root: str, false: int
         "false_pair_rate_scene": bad / total if total else None,
         "false_pair_rate_scene_interval": wilson_interval(bad, total) if total else None,
         "unplanted_ssim": [round(ssim[pair], 4) for pair in families],  # one per unplanted pair
+        "unplanted_pairs": families,  # (representative's, member's) base file of each
         "scene_other_pairs": [{"representative": a, "member": b, "ssim": round(ssim[(a, b)], 4)}
                               for a, b in dict.fromkeys(other)],
     }
+
+
+@functools.lru_cache(maxsize=65_536)
+def _pair_ssim(root: str, a: str, b: str) -> float:
+    """The same-scene SSIM of two files under root (cached: sweeps judge the same pairs again)."""
+    from enrich_ray.truth.scene import same_scene_score
+
+    return same_scene_score(Path(root) / a, Path(root) / b)["ssim"]
 
 
 def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
