@@ -133,8 +133,8 @@ class IndexConfig:
 class AnalysisConfig:
     """Redundancy, near-duplicates and outliers."""
 
-    near_duplicate_threshold: float = 0.85  # embeddings' cosine a near member reaches (analysis/duplicates.py)
-    near_duplicate_content_threshold: float = 0.95  # and its thumbnails' cross-correlation, both to the representative
+    near_duplicate_threshold: float = 0.975  # embeddings' cosine a near member reaches (analysis/duplicates.py)
+    near_duplicate_content_threshold: float = 0.90  # and its thumbnails' cross-correlation, both to the representative
     near_duplicate_content_alone: float = 0.99  # or the thumbnails' cross-correlation alone reaches this
     outlier_mad_k: float = 3.5
     outlier_space: Literal["both", "content", "embedding"] = "both"  # where outliers' neighbourhoods are read (analysis/outliers.py)

@@ -223,7 +223,10 @@ def test_planted_duplicates_reach_their_floors(planted_archive):
     from enrich_ray.truth import score_exact, score_near
 
     out, truth, meta, pixels, emb, uris = planted_archive
-    cfg = AnalysisConfig()
+    # The defaults' embedding threshold (0.975) is the beta-VAE's; the raw-pixel cosine runs lower on one
+    # picture (a crop, a rotation), so this pixel-embedding archive is judged at the thresholds chosen for it
+    # before (README, "Judgments on planted truth"): what is checked is the mechanism and its invariants.
+    cfg = AnalysisConfig(near_duplicate_threshold=0.85, near_duplicate_content_threshold=0.95)
     thumbs = thumbnails(pixels)
     table = near_duplicates(exact_knn_graph(emb, 10), cfg.near_duplicate_threshold, emb, meta["pixel_hash"].tolist(),
                             np.array([len(u) for u in uris]), thumbs, cfg.near_duplicate_content_threshold)
