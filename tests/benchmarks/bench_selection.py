@@ -4,8 +4,8 @@ For each case: wall and CPU time of both, their ratio (measured in the same run)
 path's peak memory beyond the embeddings (tracemalloc: numpy allocations), and whether the
 outputs agree: the orders are identical, or they first differ where the reference met a near-tie
 (two rows within 1e-6), with scores within 1e-6 up to there. From 100k rows the plain loop is timed
-on a prefix of picks (--plain-prefix), half before and half after the fast path, and extrapolated
-linearly (its cost per pick is constant: one N x d product); outputs are compared on that prefix.
+on --plain-prefix picks after the fast path and half as many before it, and extrapolated linearly
+(its cost per pick is constant: one N x d product); outputs are compared on that prefix.
 The header names the BLAS library, its kernel (OpenBLAS's core name) and threads; each case line
 the load average, since the machine may be shared: on a loaded machine CPU time is nearer what a
 quiet one would take than wall time is.
@@ -153,12 +153,13 @@ def case(name: str, x: np.ndarray, k: int | None, plain_prefix: int | None = Non
         print(f"  plain:     {t_plain:8.1f} s wall, {c_plain:8.1f} s CPU   ({1e3 * t_plain / picks:.2f} ms a pick)   {load()}", flush=True)
         print(f"  speed-up:  {t_plain / t_fast:8.1f}x wall, {c_plain / c_fast:.1f}x CPU   outputs: {agreement(ref, fast)}", flush=True)
         return
-    ref, t_b, c_b, _ = timed(lambda: enrich_greedy(x, seed, plain_prefix - half, method="plain"))
-    t_plain, c_plain = (t_a + t_b) / plain_prefix * picks, (c_a + c_b) / plain_prefix * picks
+    ref, t_b, c_b, _ = timed(lambda: enrich_greedy(x, seed, plain_prefix, method="plain"))
+    timed_picks = half + plain_prefix
+    t_plain, c_plain = (t_a + t_b) / timed_picks * picks, (c_a + c_b) / timed_picks * picks
     print(
-        f"  plain:     {t_plain:8.1f} s wall, {c_plain:8.1f} s CPU   EXTRAPOLATED from {plain_prefix} picks"
-        f" ({half} before the fast path in {t_a:.1f} s, {plain_prefix - half} after in {t_b:.1f} s;"
-        f" {1e3 * (t_a + t_b) / plain_prefix:.2f} ms a pick)   {load()}",
+        f"  plain:     {t_plain:8.1f} s wall, {c_plain:8.1f} s CPU   EXTRAPOLATED from {timed_picks} picks"
+        f" ({half} before the fast path in {t_a:.1f} s, {plain_prefix} after in {t_b:.1f} s;"
+        f" {1e3 * (t_a + t_b) / timed_picks:.2f} ms a pick)   {load()}",
         flush=True,
     )
     print(f"  speed-up:  {t_plain / t_fast:8.1f}x wall, {c_plain / c_fast:.1f}x CPU   outputs on the prefix:"
