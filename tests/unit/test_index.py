@@ -278,8 +278,9 @@ def test_index_stage_records_the_recall_in_its_marker(tmp_path):
         "frame_index": pa.array(np.zeros(len(x), np.int32)),
         "source_uri": [f"/data/{i}.png" for i in range(len(x))],
         "embedding": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), x.shape[1]),
+        "stage": pa.nulls(len(x), pa.string()),  # result rows, as the embed stage writes them
     })
     run.write_table("embeddings/part-0.parquet", table)
-    info = curate._index(run, Config())
+    info = curate._index(run, Config(), runtime=None)  # below index.distributed_min_frames: no Ray tasks
     assert info["recall"]["recall_at_k"] == 1.0 and info["recall"]["k"] == 10 and info["recall"]["method"] == "exact"
     assert info["recall"]["sample"] == 300 and set(info["recall"]) >= {"nn_underestimate_max", "nn_underestimate_mean"}
