@@ -84,7 +84,7 @@ def pneumonia_pixels() -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-# The fast path is timed without tracemalloc (which slows its Python loops by a third or more), and
+# The fast path is timed without tracemalloc (which slows its Python loops: it traces every object), and
 # its memory measured in a run of its own, of at most this many picks (the peak comes while the
 # index is built and in the first batches; a longer run adds only its longer ranking arrays).
 MEMORY_PICKS = 100_000
