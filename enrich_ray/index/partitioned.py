@@ -61,7 +61,10 @@ from enrich_ray.io.fs import resolve
 
 log = logging.getLogger(__name__)
 
-GROUP_ROWS = 250_000  # frames a join task takes, about (its memory: some 2x this x 4d bytes, as frames sit in several lists)
+# Frames whose nearest cluster falls in one join task's group, about. The task reads these and every other
+# frame with a list among its clusters: on tests/benchmarks/bench_distributed.py --n 1000000 nearly every
+# frame (build_graph's group_frames_mean), so a task's memory grows with the archive, not with this.
+GROUP_ROWS = 250_000
 Map = Callable[[Callable, Sequence[tuple]], list]
 
 
