@@ -418,13 +418,9 @@ def test_interrupted_run_resumes_to_the_same_aucs(tmp_path):
     """Planted synthetic data: an uninterrupted run, and a run cut off mid-write (aucs.csv truncated
     in the middle of a row) then rerun, end with byte-identical aucs.csv; a rerun with other
     settings into the same folder is refused."""
-    import time
-
     npz = _planted_npz(tmp_path / "planted.npz")
     cfg = load_config(None, TINY)
-    t0 = time.perf_counter()
     reference = run_evaluation(str(npz), cfg, str(tmp_path / "a"))
-    assert time.perf_counter() - t0 < 60
     expected = (tmp_path / "a" / "planted" / "aucs.csv").read_text()
     # 2 replicates x 2 models x (full, seed set, 2 orders x 2 fractions) classifiers; 2 x 2 x (1 + 3 x 2 + 1) rows
     assert reference["classifiers"] == reference["classifiers_trained_now"] == 24
