@@ -172,7 +172,9 @@ def build_archive(clean: list[np.ndarray], seed: int = 0, k: int = 10) -> Archiv
     embedder = make_embedder(cfg, DecodeConfig(), state=fit_state(cfg, DecodeConfig(), pixels.reshape(-1, 64, 64)))
     embeddings = embedder.embed_array(pixels.reshape(-1, 64, 64))
     graph = exact_knn_graph(embeddings, k)
-    analysis = AnalysisConfig()
+    # The raw-pixel embedding's near-duplicate thresholds (the defaults, cosine 0.975 and content 0.90, are the
+    # beta-VAE's; README, "Judgments on planted truth"): its near twins and series group as before.
+    analysis = AnalysisConfig(near_duplicate_threshold=0.85, near_duplicate_content_threshold=0.95)
     dups = archive_duplicates(graph, embeddings, analysis, IndexConfig(), thumbs=thumbnails(pixels))
     group = duplicate_families(dups, len(items))
     kind = meta["kind"].to_numpy()
