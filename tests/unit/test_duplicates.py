@@ -20,9 +20,9 @@ from enrich_ray.config import DecodeConfig
 from enrich_ray.decode.stage import decode_batch, pixel_hash
 from tests.conftest import testdata_path
 
-# Measured on the planted archive below (pixel embedder, default thresholds): 30 of 36 near-dups
+# Measured on the planted archive below (pixel embedder, cosine 0.85 and content 0.95): 30 of 36 near-dups
 # grouped with their original (0.833: burned-in text, +8% brightness and a 5-degree rotation on the
-# flat synthetic frames are what it misses; BUSI reaches >= 0.91, see analysis/duplicates.py), no
+# flat synthetic frames are what it misses; README's planted-truth table has the full runs), no
 # false pair of 42. Below the 0.90 goal on this base.
 NEAR_RECALL_FLOOR = 0.83
 NEAR_FALSE_CEILING = 0.01
