@@ -27,7 +27,7 @@ peak of that sum and of the largest single process are printed per node, with th
 A task killed by Ray's memory monitor fails its step: the step prints FAILED with the error.
 
     .venv/bin/python tests/benchmarks/bench_distributed.py --n 1000000
-    .venv/bin/python tests/benchmarks/bench_distributed.py --n 10000000 --skip-index
+    .venv/bin/python tests/benchmarks/bench_distributed.py --n 10000000 --skip-index   # not run on the 2-core machine (README)
 
 The data (about 0.6 GB per million frames, and as much again for the index and the graph's scratch)
 goes under --work (default: a temporary folder, removed at the end).
