@@ -14,6 +14,7 @@ nodes (1 CPU each, at 127.0.0.2 and 127.0.0.3) are started with `ray start`. The
   matrix   curate.load_embeddings of the run folder: the whole matrix, what the greedy needs (driver)
   recall   exact top-10 of --sample frames by a blocked scan of the matrix (numpy, independent of
            the project's code): recall@10 of the graph and of the index (share of true neighbours found)
+  driver_graph  with --driver-graph, the same graph built on the driver over the matrix (index.knn.knn_graph)
   analyses redundancy (the graph's 1-NN similarities), near-duplicates (analysis.duplicates.archive_duplicates
            with no thumbnails or pixel hashes: the graph's edges, their exact cosines from the matrix),
            the outliers' neighbourhood evidence at scale 10 (graph only: synthetic frames have no pixels)
@@ -59,6 +60,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--sample", type=int, default=1000, help="frames whose exact neighbours the recall is measured on")
     p.add_argument("--picks", type=int, default=100_000, help="ENRICH picks after the seeds (0: skip)")
     p.add_argument("--skip-index", action="store_true", help="no faiss index (the graph, analyses and ENRICH only)")
+    p.add_argument("--driver-graph", action="store_true",
+                   help="also build the graph on the driver (index.knn.knn_graph over the matrix, --threads threads), as curate does below index.distributed_min_frames")
     p.add_argument("--threads", type=int, default=2, help="BLAS/faiss threads of the driver (the tasks use 1 each)")
     p.add_argument("--object-store-gib", type=float, default=1.0, help="Ray object store per node")
     p.add_argument("--work", help="folder for the data (kept); default a temporary folder, removed")
@@ -397,6 +400,14 @@ def main() -> None:
                           f"{recall(graph.neighbors[sample], truth):.4f}", flush=True)
                 if index_ids is not None:
                     print(f"  recall@{K} of the index (nprobe {cfg.nprobe}) on the same frames: {recall(index_ids, truth):.4f}", flush=True)
+                if args.driver_graph:
+                    from enrich_ray.index.knn import knn_graph
+
+                    single = step("driver_graph", lambda: knn_graph(emb, K, cfg))
+                    if single is not None:
+                        print(f"  driver graph: {json.dumps({k: v for k, v in single.recall.items() if k != 'seed'})}; recall@{K} on "
+                              f"the sampled frames (exact scan) {recall(single.neighbors[sample], truth):.4f}", flush=True)
+                    del single
             if graph is not None and emb is not None:
                 stats = step("redundancy", lambda: redundancy_stats(graph.nn_similarity))
                 print(f"  1-NN similarity: mean {stats['mean']:.3f}; " + ", ".join(
