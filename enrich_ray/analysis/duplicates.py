@@ -57,8 +57,8 @@ synthetic run). The raw-pixel
 baseline's cosine runs lower on one picture, so under these defaults it groups fewer (77% on BUSI).
 What is missed (bench_truth prints the share by transform; `tests/benchmarks/truth_missed.py`
 lists each with both similarities): on BUSI some 5% crops and 5-degree rotations; on the flat
-synthetic frames burned-in text, which widens the region decode's border trim keeps, so the two
-decoded frames show different regions. Thumbnails cost 512 bytes a frame (float16); the checks
+synthetic frames burned-in text, the strongest structure on those dark frames, which dominates
+the thumbnails and the embedding alike (and widens the region decode's border trim keeps). Thumbnails cost 512 bytes a frame (float16); the checks
 O(edges), plus one kNN graph over the thumbnails.
 """
 from __future__ import annotations
