@@ -2,7 +2,7 @@
 missed, the two checks of analysis/duplicates.py between the pair (the embeddings' exact cosine and
 the thumbnails' cross-correlation, against the run's thresholds), the groups each is in, and the
 region the decode stage's border trim keeps of each file (rows x columns of the full image: burned-in
-text in a black margin widens it, so the two decoded frames show different regions).
+text in a black margin widens it).
 
     .venv/bin/python tests/benchmarks/truth_missed.py runs/bench_truth/synthetic --embedder vae
 """
