@@ -71,3 +71,21 @@ def test_index_by_ray_tasks_searches_as_the_single_process_index(ray_cluster, tm
     np.testing.assert_array_equal(ids, here_ids)
     np.testing.assert_allclose(sims, here_sims, atol=1e-6)
     assert (ids[:, 0] == np.arange(0, 3000, 40)).mean() > 0.95 and len(index.shards) == 3
+
+
+def _length(values, offset):
+    return len(values) + offset
+
+
+def test_map_tasks_puts_a_shared_argument_once(ray_cluster, monkeypatch):
+    """A list every call shares (each file's row ids, in the exact scan) goes to the object store once,
+    not pickled into each call; a list of one call travels inside it."""
+    import ray
+
+    put = []
+    real_put = ray.put
+    monkeypatch.setattr(ray, "put", lambda value: put.append(value) or real_put(value))
+    shared = [np.arange(10)] * 5
+    assert runtime.map_tasks(_length, [(shared, i) for i in range(4)]) == [5, 6, 7, 8]
+    assert len(put) == 1 and put[0] is shared
+    assert runtime.map_tasks(_length, [([1, 2], 0)]) == [2] and len(put) == 1
