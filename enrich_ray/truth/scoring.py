@@ -11,7 +11,8 @@ counts nothing as flagged; without `rank` its row order is the rank.
   not); members of one 'exact' group (closed over shared paths) are the predicted pairs. A copy
   is found (`*_recall`) when an 'exact' group joins it to its original; `*_listed` only asks that
   some group, of any kind, holds both (e.g. both 'near' members of a third frame's group).
-- score_near: a planted near-dup is found when it shares a group with its original; every grouped
+- score_near: a planted near-dup is found when it shares a family with its original (a near group
+  with the exact groups of its members: grouped with an identical copy of the original counts); every grouped
   member-to-representative pair is exact (identical pixels), planted (one family), unplanted (two
   base images: the base set may hold real near-duplicates; on the synthetic base they are false)
   or false; the worst case counts as false too every unplanted pair whose thumbnails correlate
@@ -168,7 +169,7 @@ def _unplanted_identical(truth: pd.DataFrame) -> int:
 
 def score_near(truth: pd.DataFrame, dups: pd.DataFrame, archive_root: str | None = None, same_picture: float = 0.99,
                judge_scene: bool = False) -> dict:
-    """Near-duplicates: recall of planted near-dups (grouped with their original), per transform, cine
+    """Near-duplicates: recall of planted near-dups (in one family with their original), per transform, cine
     frames grouped, and the grouped pairs by kind of relation. Unplanted pairs (two base images) whose
     thumbnails correlate below `same_picture` are counted as false too in `false_pair_rate_worst`;
     with judge_scene (and archive_root), those whose base files are two scenes by
@@ -198,8 +199,17 @@ def score_near(truth: pd.DataFrame, dups: pd.DataFrame, archive_root: str | None
                         unplanted_families.append((info[rep][0], info[u][0]))
     total = sum(pairs.values())
 
+    # A family (analysis.duplicates.duplicate_families): a near group with the exact groups of its
+    # members, joined through the frames they share; a near-dup grouped with its original's
+    # pixel-identical copy is grouped with its original.
+    family = _UnionFind()
+    for gs in groups_of.values():
+        first, *rest = sorted(gs)
+        for g in rest:
+            family.union(g, first)
+
     def grouped(u, v) -> bool:
-        return bool(groups_of.get(u, set()) & groups_of.get(v, set()))
+        return bool({family.find(g) for g in groups_of.get(u, set())} & {family.find(g) for g in groups_of.get(v, set())})
 
     near = truth[truth["role"] == "near_dup"]
     found = pd.Series([grouped(units[i], unit_of.get((o, 0))) for i, o in zip(near.index, near["original"])], index=near.index, dtype=bool)

@@ -1,8 +1,9 @@
 """Why a planted near-duplicate was not grouped with its original: for each one a planted-truth run
-missed, the two checks of analysis/duplicates.py between the pair (the embeddings' exact cosine and
-the thumbnails' cross-correlation, against the run's thresholds), the groups each is in, and the
-region the decode stage's border trim keeps of each file (rows x columns of the full image: burned-in
-text in a black margin widens it).
+missed (not in one family with its original, as score_near counts it), the two checks of
+analysis/duplicates.py between the pair (the embeddings' exact cosine and the thumbnails'
+cross-correlation, against the run's thresholds), the groups each is in, and the region the decode
+stage's border trim keeps of each file (rows x columns of the full image: burned-in text in a black
+margin widens it).
 
     .venv/bin/python tests/benchmarks/truth_missed.py runs/bench_truth/synthetic --embedder vae
 """
@@ -20,6 +21,7 @@ from enrich_ray.decode.preprocess import trim_borders
 from enrich_ray.pipelines.curate import frame_evidence, load_embeddings
 from enrich_ray.pipelines.run_folder import RunFolder
 from enrich_ray.truth.planted import read_truth
+from enrich_ray.truth.scoring import _UnionFind
 
 
 def main() -> None:
@@ -40,6 +42,10 @@ def main() -> None:
     groups: dict = {}
     for g, i, k in zip(dups["group_id"], dups["image_id"], dups["frame_index"].astype(int)):
         groups.setdefault((i, k), set()).add(int(g))
+    family = _UnionFind()  # a near group with the exact groups of its members, as score_near counts it found
+    for gs in groups.values():
+        for g in gs:
+            family.union(g, min(gs))
     a = cfg.analysis
     print(f"thresholds: cosine >= {a.near_duplicate_threshold} and content >= {a.near_duplicate_content_threshold}, "
           f"or content >= {a.near_duplicate_content_alone}")
@@ -47,7 +53,7 @@ def main() -> None:
     missed = 0
     for rec in near.itertuples():
         u, v = key_of[rec.path], key_of[rec.original]
-        if groups.get(u, set()) & groups.get(v, set()):
+        if {family.find(g) for g in groups.get(u, set())} & {family.find(g) for g in groups.get(v, set())}:
             continue
         missed += 1
         i, j = row_of[u], row_of[v]
