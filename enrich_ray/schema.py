@@ -27,8 +27,8 @@ HEADER_FIELDS: list[tuple[str, pa.DataType]] = [
     ("photometric", pa.string()),
     ("transfer_syntax", pa.string()),
     ("body_part", pa.string()),  # BodyPartExamined
-    # the site and scanner: 'InstitutionName / StationName', or the one of them the header has
-    # (decode.dicom.station); a device's and a site's name, no patient's
+    # the site and scanner: a keyed hash of 'InstitutionName / StationName', or of the one the header
+    # has, as for the patient key (decode.dicom.station); null without the key
     ("station", pa.string()),
 ]
 HEADER_NAMES = [name for name, _ in HEADER_FIELDS]

@@ -173,18 +173,22 @@ def frame_count(ds: Dataset) -> int | None:
     return 1 if "Rows" in ds else None
 
 
-def patient_key(ds: Dataset, key: bytes | None) -> str | None:
-    """Hex HMAC-SHA256 of PatientID under key: groups a patient's images without storing the ID."""
-    patient_id = _text(ds, "PatientID")
-    if key is None or patient_id is None:
+def keyed_hash(text: str | None, key: bytes | None) -> str | None:
+    """Hex HMAC-SHA256 of text under key (None without either): a group key that stores no name."""
+    if key is None or text is None:
         return None
-    return hmac.new(key, patient_id.encode("utf-8"), hashlib.sha256).hexdigest()
+    return hmac.new(key, text.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def patient_key(ds: Dataset, key: bytes | None) -> str | None:
+    """The keyed hash of PatientID: groups a patient's images without storing the ID."""
+    return keyed_hash(_text(ds, "PatientID"), key)
 
 
 def read_header(data: bytes, patient_hmac_key: bytes | None) -> dict:
     """The archive's header fields (schema.HEADER_FIELDS) from a DICOM file, without reading pixels.
 
-    No PHI leaves here: the patient is represented only by a keyed hash. Raises DicomError
+    No PHI leaves here: the patient and the site are represented only by keyed hashes. Raises DicomError
     for bytes pydicom cannot parse.
     """
     ds = _read(data, stop_before_pixels=True)
@@ -201,16 +205,17 @@ def read_header(data: bytes, patient_hmac_key: bytes | None) -> dict:
         "photometric": _text(ds, "PhotometricInterpretation"),
         "transfer_syntax": str(ts) if ts is not None else None,
         "body_part": _text(ds, "BodyPartExamined"),
-        "station": station(ds),
+        "station": station(ds, patient_hmac_key),
     }
 
 
-def station(ds: Dataset) -> str | None:
-    """The site and scanner a frame comes from, 'InstitutionName / StationName' (or the one the header
-    has, None without either): a group key for selection.quota.station. StationName alone repeats
-    across sites (every hospital has a 'CT01'); the institution makes it one scanner."""
+def station(ds: Dataset, key: bytes | None) -> str | None:
+    """The keyed hash of the site and scanner, 'InstitutionName / StationName' (or the one the header
+    has; None without either or without the key): a group key for selection.quota.station. StationName
+    alone repeats across sites (every hospital has a 'CT01'); the institution makes it one scanner.
+    Both are identifying under DICOM's de-identification profile (PS3.15), so only the hash is kept."""
     parts = [_text(ds, keyword) for keyword in ("InstitutionName", "StationName")]
-    return " / ".join(p for p in parts if p) or None
+    return keyed_hash(" / ".join(p for p in parts if p) or None, key)
 
 
 # -- the grayscale display pipeline ----------------------------------------------------------

@@ -91,7 +91,7 @@ def test_no_header_phi_in_any_output(pixel_run, sample_source):
     phi = set()
     for path in sample_source.glob("*.dcm"):
         ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-        for keyword in ("PatientName", "PatientID", "PatientBirthDate", "InstitutionName", "ReferringPhysicianName"):
+        for keyword in ("PatientName", "PatientID", "PatientBirthDate", "InstitutionName", "StationName", "ReferringPhysicianName"):
             value = str(ds.get(keyword, "") or "").strip()
             if len(value) >= 4:
                 phi.add(value.encode())

@@ -125,7 +125,9 @@ def test_the_station_from_the_dicom_header_to_the_manifest(tmp_path, monkeypatch
     from enrich_ray.schema import frames_and_vectors
     from tests.conftest import testdata_path
 
-    monkeypatch.delenv("ENRICH_RAY_PATIENT_KEY", raising=False)
+    from enrich_ray.decode.dicom import keyed_hash
+
+    monkeypatch.setenv("ENRICH_RAY_PATIENT_KEY", "k1")
     src = tmp_path / "src"
     src.mkdir()
     for name in ("CT_small.dcm", "MR_small.dcm", "MR_small_RLE.dcm", "US1_UNCR.dcm"):  # MR_small_RLE: TOSHIBA's again
@@ -142,10 +144,9 @@ def test_the_station_from_the_dicom_header_to_the_manifest(tmp_path, monkeypatch
     cfg = SelectionConfig(quota={"station": 1})
     m = build_manifest(rank("enrich", x, [0], None, cfg, quotas=quotas_for(frames, cfg.quota)), frames, cfg, x)
     stations = {u.rsplit("/", 1)[-1]: s for u, s in zip(m["source_uri"], m["station"])}
-    toshiba = "TOSHIBA / 000000000"
-    assert sorted(stations.values(), key=str) == sorted(["JFK IMAGING CENTER / CT01_OC0", toshiba,
-                                                         "BAPTIST MED CTR / mvme22", None], key=str)
-    assert stations["photo.png"] is None and stations.get("CT_small.dcm") == "JFK IMAGING CENTER / CT01_OC0"
+    toshiba, jfk = keyed_hash("TOSHIBA / 000000000", b"k1"), keyed_hash("JFK IMAGING CENTER / CT01_OC0", b"k1")
+    assert sorted(stations.values(), key=str) == sorted([jfk, toshiba, keyed_hash("BAPTIST MED CTR / mvme22", b"k1"), None], key=str)
+    assert stations["photo.png"] is None and stations.get("CT_small.dcm") == jfk
     assert len(m) == 4 and m["stations_covered"].iloc[-1] == 3  # one of the two TOSHIBA files: the quota left the other out
     old, _ = frames_and_vectors(table.drop_columns(["station"]))
     assert old["station"].isna().all() and len(old) == n

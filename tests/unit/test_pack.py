@@ -84,14 +84,16 @@ def test_missing_source_is_a_clear_error(tmp_path):
         pack([str(tmp_path / "nowhere")], str(tmp_path / "archive"), progress=False)
 
 
-def test_pack_keeps_the_station(tmp_path):
-    """station is 'InstitutionName / StationName' from the header, or the one of them it has; null for a
-    header with neither and for a PNG. Real files: CT_small (JFK IMAGING CENTER, CT01_OC0), US1_UNCR
-    (BAPTIST MED CTR, mvme22), MR2_UNCR (an institution, no station name); a copy of CT_small with its
-    institution deleted and one with both deleted."""
+def test_pack_keeps_the_station(tmp_path, monkeypatch):
+    """station is the keyed hash of 'InstitutionName / StationName' from the header, or of the one of
+    them it has; null for a header with neither, for a PNG, and without the key. Real files: CT_small
+    (JFK IMAGING CENTER, CT01_OC0), US1_UNCR (BAPTIST MED CTR, mvme22), MR2_UNCR (an institution, no
+    station name); a copy of CT_small with its institution deleted and one with both deleted."""
     import cv2
     import numpy as np
     import pydicom
+
+    from enrich_ray.decode.dicom import keyed_hash
 
     src = tmp_path / "src"
     src.mkdir()
@@ -105,9 +107,16 @@ def test_pack_keeps_the_station(tmp_path):
     ds.SOPInstanceUID = "1.2.826.0.1.3680043.8.498.2"
     ds.save_as(src / "neither.dcm")
     cv2.imwrite(str(src / "photo.png"), np.full((8, 8), 100, np.uint8))
+    monkeypatch.setenv("ENRICH_RAY_PATIENT_KEY", "k1")
     pack([str(src)], str(tmp_path / "archive"), progress=False)
     table = pads.dataset(str(tmp_path / "archive"), format="parquet", exclude_invalid_files=True).to_table(["source_uri", "station"])
     got = {row["source_uri"].rsplit("/", 1)[-1]: row["station"] for row in table.to_pylist()}
-    assert got == {"CT_small.dcm": "JFK IMAGING CENTER / CT01_OC0", "US1_UNCR.dcm": "BAPTIST MED CTR / mvme22",
-                   "MR2_UNCR.dcm": "MM07R R4.3", "station_only.dcm": "CT01_OC0", "neither.dcm": None, "photo.png": None}
+    names = {"CT_small.dcm": "JFK IMAGING CENTER / CT01_OC0", "US1_UNCR.dcm": "BAPTIST MED CTR / mvme22",
+             "MR2_UNCR.dcm": "MM07R R4.3", "station_only.dcm": "CT01_OC0", "neither.dcm": None, "photo.png": None}
+    assert got == {f: keyed_hash(name, b"k1") for f, name in names.items()}
+    assert len({got[f] for f in ("CT_small.dcm", "US1_UNCR.dcm", "MR2_UNCR.dcm", "station_only.dcm")}) == 4
+    monkeypatch.delenv("ENRICH_RAY_PATIENT_KEY")
+    pack([str(src)], str(tmp_path / "unkeyed"), progress=False)
+    unkeyed = pads.dataset(str(tmp_path / "unkeyed"), format="parquet", exclude_invalid_files=True).to_table(["station"])
+    assert unkeyed.column("station").null_count == unkeyed.num_rows
     assert table.schema.field("station").type == "string"
