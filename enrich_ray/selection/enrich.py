@@ -22,13 +22,12 @@ the batch the moment a pick fills it. Coverage stays over every frame, closed on
 """
 from __future__ import annotations
 
-import ctypes
 import importlib.util
 from contextlib import contextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Literal
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from enrich_ray.progress import progress_bar
 from enrich_ray.selection.quota import Quotas, QuotaState
@@ -153,40 +152,12 @@ def coverage_curve(embeddings: np.ndarray, order: np.ndarray, n_seed: int) -> np
 
 @contextmanager
 def one_blas_thread() -> Iterator[None]:
-    """numpy's OpenBLAS on one thread inside (threadpoolctl when installed, else the scipy-openblas
-    library beside numpy; nothing where neither is found), its setting restored after.
+    """numpy's BLAS on one thread inside (threadpoolctl), its setting restored after.
 
     The clustered path runs many small products, on which OpenBLAS's extra threads wait on each
     other (compare bench_selection.py --n 20000 --no-real --threads 2 with this guard removed)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        lib = _openblas()
-        if lib is None:
-            yield
-            return
-        before = lib.scipy_openblas_get_num_threads64_()
-        lib.scipy_openblas_set_num_threads64_(1)
-        try:
-            yield
-        finally:
-            lib.scipy_openblas_set_num_threads64_(before)
-        return
     with threadpool_limits(1, user_api="blas"):
         yield
-
-
-def _openblas() -> ctypes.CDLL | None:
-    """The scipy-openblas library numpy's wheels carry (numpy.libs), or None."""
-    libs = sorted((Path(np.__file__).parent.parent / "numpy.libs").glob("libscipy_openblas64_*"))
-    if not libs:
-        return None
-    try:
-        lib = ctypes.CDLL(str(libs[0]))
-        lib.scipy_openblas_get_num_threads64_, lib.scipy_openblas_set_num_threads64_  # noqa: B018
-    except (OSError, AttributeError):
-        return None
-    return lib
 
 
 def _choose_method(method: Method, device: str | None, n: int) -> Method:

@@ -92,23 +92,10 @@ MEMORY_PICKS = 100_000
 
 def blas() -> str:
     """The BLAS numpy calls, its kernel and threads, as the library itself reports them."""
-    try:
-        from threadpoolctl import threadpool_info
+    from threadpoolctl import threadpool_info
 
-        return "; ".join(f"{i['internal_api']} {i.get('version')} kernel {i.get('architecture')} x{i['num_threads']}"
-                         for i in threadpool_info() if i["user_api"] == "blas")
-    except ImportError:
-        pass
-    import ctypes
-
-    libs = list((Path(np.__file__).parent.parent / "numpy.libs").glob("libscipy_openblas*"))
-    if not libs:
-        return "unknown (no threadpoolctl, no scipy-openblas beside numpy)"
-    lib = ctypes.CDLL(str(libs[0]))
-    lib.scipy_openblas_get_corename64_.restype = ctypes.c_char_p
-    lib.scipy_openblas_get_config64_.restype = ctypes.c_char_p
-    return (f"{lib.scipy_openblas_get_config64_().decode()}; kernel {lib.scipy_openblas_get_corename64_().decode()}"
-            f" x{lib.scipy_openblas_get_num_threads64_()} threads")
+    return "; ".join(f"{i['internal_api']} {i.get('version')} kernel {i.get('architecture')} x{i['num_threads']}"
+                     for i in threadpool_info() if i["user_api"] == "blas")
 
 
 def timed(fn, memory: bool = False):
