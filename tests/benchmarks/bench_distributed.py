@@ -42,7 +42,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -80,10 +79,10 @@ import pyarrow.compute as pc  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from enrich_ray import schema  # noqa: E402
+from tests.local_nodes import RAY, free_port, start_node, stop_nodes  # noqa: E402
 
 D = 128
 K = 10
-RAY = str(Path(sys.executable).parent / "ray")
 WORKER_IPS = ("127.0.0.2", "127.0.0.3")
 
 
@@ -140,20 +139,6 @@ def write_embeddings(folder: Path, mix: Mixture, n: int, file_rows: int) -> int:
 # --- the cluster and its memory ---------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_node(args: list[str], env: dict) -> subprocess.Popen:
-    """`ray start --block` with ports of its own, in a process group of its own."""
-    ports = [f"--{name}-port={free_port()}" for name in ("node-manager", "object-manager", "dashboard-agent-listen",
-                                                          "dashboard-agent-grpc", "runtime-env-agent", "metrics-export")]
-    return subprocess.Popen([RAY, "start", "--block", *args, *ports], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-
-
 @contextlib.contextmanager
 def cluster(env: dict, tmp: Path, object_store: int):
     """A head with no CPU and two worker nodes with 1 CPU each; yields the GCS address and {name: root pid}."""
@@ -172,14 +157,7 @@ def cluster(env: dict, tmp: Path, object_store: int):
                                                      store, f"--temp-dir={dirs[i]}"], {**env, "TMPDIR": str(tmp)})
         yield f"127.0.0.1:{gcs}", {name: p.pid for name, p in nodes.items()}
     finally:
-        for p in reversed(list(nodes.values())):  # the workers first
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, signal.SIGTERM)
-            try:
-                p.wait(120)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait(30)
+        stop_nodes(list(nodes.values()))  # the workers first
         for d in dirs:
             shutil.rmtree(d, ignore_errors=True)
 

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import testdata_path
+from tests.local_nodes import free_port
 
 # Real DICOM files with known content: the MR_small family (one image, many encodings), CT, an
 # ultrasound cine clip, palette colour, MONOCHROME1 X-ray, and files known to be broken.
@@ -67,12 +68,6 @@ def sample_archive(sample_source, tmp_path_factory) -> Path:
     return out
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_moto(env_extra: dict | None = None):
@@ -83,7 +78,7 @@ def start_moto(env_extra: dict | None = None):
     import time
     import urllib.request
 
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, **(env_extra or {})}
     server = Path(sys.executable).parent / "moto_server"
     proc = subprocess.Popen([str(server), "-H", "127.0.0.1", "-p", str(port)], env=env,

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.integration.conftest import _free_port
+from tests.local_nodes import free_port
 
 ORTHANC = Path("/usr/sbin/Orthanc")
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
@@ -136,7 +136,7 @@ def start_pacs(root: Path, datasets) -> tuple[Orthanc, list]:
     missing = orthanc_missing()
     if missing:
         pytest.skip(missing)
-    pacs = Orthanc(root, _free_port())
+    pacs = Orthanc(root, free_port())
     pacs.start()
     try:
         return pacs, pacs.store(datasets)

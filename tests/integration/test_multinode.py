@@ -15,7 +15,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import struct
 import subprocess
 import sys
@@ -32,11 +31,11 @@ import s3fs
 from enrich_ray.config import load_config
 from enrich_ray.io.pack import pack
 from enrich_ray.pipelines.curate import OUTPUTS, curate
-from tests.integration.conftest import S3_KEYS, _free_port
+from tests.integration.conftest import S3_KEYS
+from tests.local_nodes import RAY, free_port, start_node, stop_nodes
 
 pytestmark = [pytest.mark.ray, pytest.mark.skipif(sys.platform != "linux", reason="needs Linux: 127.0.0.2 and inotify")]
 ROOT = Path(__file__).resolve().parents[2]
-RAY = str(Path(sys.executable).parent / "ray")
 PIXELS = ["embed.embedder=pixels", "embed.batch_size=16", "decode.batch_size=8"]
 WORKER_IP = "127.0.0.2"  # a second loopback address: the worker is a node of its own, not the head's twin
 # What a stage would leave if it used a node's disk for data: the run's own output names, and data files.
@@ -122,29 +121,23 @@ def _cluster(env: dict, tmp_path: Path) -> Iterator[tuple[str, list[Path]]]:
     head_tmp, worker_tmp = tmp_path / "head-tmp", tmp_path / "worker-tmp"
     head_tmp.mkdir()
     worker_tmp.mkdir()
-    gcs, dashboard = _free_port(), f"http://127.0.0.1:{_free_port()}"
+    gcs, dashboard = free_port(), f"http://127.0.0.1:{free_port()}"
     nodes: list[subprocess.Popen] = []
     try:
-        nodes.append(_start([
+        nodes.append(start_node([
             "--head", f"--port={gcs}", "--num-cpus=0", '--resources={"head": 1}', "--include-dashboard=true",
             "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard.rsplit(':', 1)[1]}",
-            f"--ray-client-server-port={_free_port()}", f"--temp-dir={head_dir}",
+            f"--ray-client-server-port={free_port()}", f"--temp-dir={head_dir}",
         ], {**env, "TMPDIR": str(head_tmp)}))
         _wait_for_nodes(dashboard, env, 1)
-        nodes.append(_start([
+        nodes.append(start_node([
             f"--address=127.0.0.1:{gcs}", f"--node-ip-address={WORKER_IP}", "--num-cpus=2", '--resources={"worker": 1}',
             f"--temp-dir={worker_dir}",
         ], {**env, "TMPDIR": str(worker_tmp)}))
         _wait_for_nodes(dashboard, env, 2)
         yield dashboard, [Path(head_dir), head_tmp, Path(worker_dir), worker_tmp]
     finally:
-        for node in reversed(nodes):  # the worker first: it drains against a live head
-            os.killpg(node.pid, signal.SIGTERM)
-            try:
-                node.wait(120)
-            except subprocess.TimeoutExpired:
-                os.killpg(node.pid, signal.SIGKILL)
-                node.wait(30)
+        stop_nodes(nodes)  # the worker first: it drains against a live head
         for folder in (head_dir, worker_dir):
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -178,14 +171,6 @@ def _names(fd: int) -> list[str]:
         names.append(data[at + 16:at + 16 + size].rstrip(b"\0").decode())
         at += 16 + size
     return [n for n in names if not (n.startswith("enrich-ray-curate-") and n.endswith(".log")) and not PROBE.fullmatch(n)]
-
-
-def _start(args: list[str], env: dict) -> subprocess.Popen:
-    """`ray start --block` with its own ports, in a new session: killing its group stops this node alone."""
-    ports = [f"--{name}-port={_free_port()}" for name in ("node-manager", "object-manager", "dashboard-agent-listen",
-                                                            "dashboard-agent-grpc", "runtime-env-agent", "metrics-export")]
-    return subprocess.Popen([RAY, "start", "--block", *args, *ports], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
 
 
 def _wait_for_nodes(dashboard: str, env: dict, n: int) -> None:
