@@ -205,6 +205,9 @@ class EvaluateConfig:
     fractions: list[float] = field(default_factory=lambda: [0.02, 0.05, 0.1, 0.2, 0.4])  # the first: the random seed set
     increment: int | None = None  # the paper's fixed increments: seed set, then +increment images until the full set
     replicates: int = 3  # seed sets, each ranked by every ranker
+    # each seed set trains its own β-VAE (seed vae.seed + 100 x replicate), so the AUCs of a point span the
+    # embedder's training variance too; false: one β-VAE (vae.seed) for every seed set. A given embed.model serves all
+    vae_per_replicate: bool = True
     models_per_replicate: int = 10  # classifiers trained on each ranked subset, seeded apart
     query_label: int | str | None = None  # smi's query: the seed set's images of this class
     max_epochs: int = 20  # step cap per classifier: this many epochs of its subset ...

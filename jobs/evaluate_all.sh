@@ -4,20 +4,22 @@
 # after another, each with its own log. Rerunning the script resumes every dataset where its
 # aucs.csv stops. Usage (detached, one BLAS/torch thread):
 #   setsid nohup env OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 jobs/evaluate_all.sh [OUT] > /dev/null 2>&1 &
-# RANKERS (default enrich,random) and DATASETS (default all three, in this order) choose a part,
-# e.g. RANKERS=typiclust,random DATASETS="busi breastmnist" jobs/evaluate_all.sh runs/evaluation/typiclust
+# RANKERS (default enrich,random), EMBEDDERS (default configs/evaluate.yaml's) and DATASETS (default
+# all three, in this order) choose a part, e.g.
+#   RANKERS=typiclust,random EMBEDDERS=vae DATASETS="busi breastmnist" jobs/evaluate_all.sh runs/evaluation/typiclust
 set -u
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/evaluation/protocol30}
 DATA=${DATA:-../shared/data}
 mkdir -p "$OUT"
 RANKERS="evaluate.rankers=[${RANKERS:-enrich,random}]"
+EMBEDDERS=${EMBEDDERS:+"evaluate.embedders=[$EMBEDDERS]"}
 DATASETS=${DATASETS:-pneumoniamnist breastmnist busi}
 run() {  # name, dataset, extra --set arguments...
   local name=$1 dataset=$2
   shift 2
   echo "$(date -u +%FT%TZ) start $name" >> "$OUT/jobs.log"
-  .venv/bin/enrich-ray evaluate --dataset "$dataset" --out "$OUT" --set "$RANKERS" "$@" > "$OUT/$name.log" 2>&1
+  .venv/bin/enrich-ray evaluate --dataset "$dataset" --out "$OUT" --set "$RANKERS" ${EMBEDDERS:+--set "$EMBEDDERS"} "$@" > "$OUT/$name.log" 2>&1
   echo "$(date -u +%FT%TZ) end $name rc=$?" >> "$OUT/jobs.log"
 }
 for name in $DATASETS; do

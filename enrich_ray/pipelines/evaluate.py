@@ -10,12 +10,19 @@ with the full training set (two-sided Mann-Whitney U, the difference in mean AUC
 interval, the smallest difference the run could detect), and the smallest fraction that matches
 the full set gives the labeling time saved (Fig. 3). Plain numpy and torch: no Ray.
 
-A long job: every finished classifier is appended to aucs.csv at once, and a rerun into the same
-`out` with the same settings skips what aucs.csv holds (the embeddings are cached beside it), so
-an interrupted run resumes and ends with the same aucs.csv.
+By default every replicate trains its own β-VAE (evaluate.vae_per_replicate), so the 30 AUCs of a
+point span three trainings of the embedder as well as three seed sets and ten classifier seeds: on
+CPU a training is bit-reproducible at one seed on one machine and thread count, but another thread
+count or CPU kernel gives other weights, and one training is one draw of the ranking it feeds.
+
+A long job: every finished classifier is appended to aucs.csv at once (model seed by model seed,
+each across every replicate, so a run cut short still spans every seed set and β-VAE), and a rerun
+into the same `out` with the same settings skips what aucs.csv holds (the embeddings are cached
+beside it), so an interrupted run resumes and ends with the same aucs.csv.
 
 Output, under out/<dataset name>/: aucs.csv (one row per model), summary.csv, budget.csv,
-embeddings.csv, summary.md, summary.json, auc_curves.png; out/redundancy.png redraws the
+embeddings.csv (one row per embedder and, for a β-VAE per replicate, per replicate),
+summary.md, summary.json, auc_curves.png; out/redundancy.png redraws the
 redundancy curves of every dataset evaluated into the same `out` (several datasets, one plot).
 """
 from __future__ import annotations
@@ -31,7 +38,7 @@ import pandas as pd
 import torch
 
 from enrich_ray.analysis.redundancy import plot_redundancy, redundancy_stats
-from enrich_ray.config import Config, ConfigError, EvaluateConfig
+from enrich_ray.config import Config, ConfigError, EvaluateConfig, VAEConfig
 from enrich_ray.embed import diagnostics
 from enrich_ray.embed.beta_vae import INPUT_SIZE
 from enrich_ray.embed.device import best_device, frames_to_device
@@ -60,6 +67,7 @@ SESSIONS_FILE = "sessions.csv"  # one row per finished session: what it trained,
 AUC_COLUMNS = ["dataset", "replicate", "model", "model_seed", "embedder", "ranker", "fraction", "n_train",
                "steps", "best_step", "step_cap", "auc"]
 ENCODE_BATCH = 512
+VAE_SEED_STRIDE = 100  # replicate r's β-VAE trains at vae.seed + 100 r, clear of the seed + 1..3 one training draws
 
 
 def check_evaluate_config(ev: EvaluateConfig) -> None:
@@ -109,13 +117,18 @@ def subset_plan(ev: EvaluateConfig, n_train: int) -> list[int]:
     return sizes
 
 
-def _vae_embedder(frames: np.ndarray, cfg: Config, out: Path):
-    """The β-VAE embedder: embed.model when given, else one trained here on the training frames."""
+def replicate_vae(vae: VAEConfig, replicate: int) -> VAEConfig:
+    """The β-VAE settings of one replicate's own embedder: the seed moved by VAE_SEED_STRIDE per replicate."""
+    return dataclasses.replace(vae, seed=vae.seed + VAE_SEED_STRIDE * replicate)
+
+
+def _vae_embedder(frames: np.ndarray, cfg: Config, vae_dir: Path):
+    """The β-VAE embedder: embed.model when given, else one trained here on the training frames into vae_dir."""
     model = cfg.embed.model
     if model is None:
         rows = sample_indices(len(frames), cfg.vae)
         x64 = frames_to_device(frames[rows], torch.device("cpu"), INPUT_SIZE)[:, 0].numpy()
-        model = train_vae(x64, cfg.vae, cfg.decode, str(out / "vae"), cfg.storage, progress=True).out
+        model = train_vae(x64, cfg.vae, cfg.decode, str(vae_dir), cfg.storage, progress=True).out
     embed_cfg = dataclasses.replace(cfg.embed, embedder="vae", model=model)
     return make_embedder(embed_cfg, cfg.decode, cfg.storage)
 
@@ -132,15 +145,16 @@ def _active_units(embedder, frames: np.ndarray) -> int:
     return diagnostics.active_units(diagnostics.mean_kl_per_unit(np.concatenate(mus), np.concatenate(logvars)))
 
 
-def embed_training_split(frames: np.ndarray, name: str, cfg: Config, out: Path,
+def embed_training_split(frames: np.ndarray, name: str, cfg: Config, vae_dir: Path,
                          natural: np.ndarray | None = None) -> tuple[np.ndarray, dict, np.ndarray | None]:
-    """Unit embeddings of the training frames by one embedder, with its effective dimension
-    (participation ratio) and active units (β-VAE only); and of the non-medical images when given,
-    embedded the same way (the β-VAE trained on these frames; the pixel baseline centred on their own mean)."""
+    """Unit embeddings of the training frames by one embedder (a β-VAE trained here goes to vae_dir),
+    with its effective dimension (participation ratio) and active units (β-VAE only); and of the
+    non-medical images when given, embedded the same way (the β-VAE trained on these frames; the
+    pixel baseline centred on their own mean)."""
     t0 = time.perf_counter()
     natural_unit = None
     if name == "vae":
-        embedder = _vae_embedder(frames, cfg, out)
+        embedder = _vae_embedder(frames, cfg, vae_dir)
         active: int | None = _active_units(embedder, frames)
         if natural is not None:
             natural_unit = embedder.embed_array(natural)
@@ -334,33 +348,59 @@ def _check_same_run(run_dir: Path, settings: dict) -> None:
         path.write_text(json.dumps(settings, indent=2, sort_keys=True, default=str))
 
 
+def _embedding_keys(ev: EvaluateConfig, cfg: Config) -> list[tuple[str, int | None]]:
+    """(embedder, replicate) of every embedding the run computes: replicate None for one shared by
+    every seed set, or each replicate for a β-VAE trained per replicate (evaluate.vae_per_replicate)."""
+    per_replicate = ev.vae_per_replicate and cfg.embed.model is None
+    return [(name, r) for name in ev.embedders
+            for r in (range(ev.replicates) if name == "vae" and per_replicate else [None])]
+
+
+def _cache_key(name: str, replicate: int | None) -> str:
+    return name if replicate is None else f"{name}_r{replicate}"
+
+
 def _embeddings(data: LabeledImages, train: np.ndarray, ev: EvaluateConfig, cfg: Config,
-                run_dir: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], pd.DataFrame]:
-    """Unit embeddings of the training split per embedder, the kNN graph's 1-NN similarities (of
-    the dataset and of the non-medical images) and the embedding facts; cached in run_dir so a
+                run_dir: Path) -> tuple[list[dict[str, np.ndarray]], dict[str, np.ndarray], pd.DataFrame]:
+    """Unit embeddings of the training split per replicate and embedder, the kNN graph's 1-NN
+    similarities (of the dataset and of the non-medical images, under replicate 0's β-VAE when each
+    replicate has its own) and the embedding facts, one row per embedding; cached in run_dir so a
     resumed run ranks the very same vectors."""
+    keys = _embedding_keys(ev, cfg)
     cache, facts_csv = run_dir / UNITS_FILE, run_dir / "embeddings.csv"
     if cache.exists() and facts_csv.exists() and (run_dir / NN_SIMILARITY_FILE).exists():
         with np.load(cache) as npz:
-            units = {name: npz[name] for name in ev.embedders}
+            vectors = {_cache_key(*k): npz[_cache_key(*k)] for k in keys}
         with np.load(run_dir / NN_SIMILARITY_FILE) as npz:
             nn = {k: npz[k] for k in npz.files}
         log.info("%s: embeddings of an earlier run reused (%s)", data.name, cache)
-        return units, nn, pd.read_csv(facts_csv)
-    natural = natural_images(data.images.shape[1]) if ev.natural_images else None
-    units, nn, facts = {}, {}, []
-    for name in ev.embedders:
-        units[name], fact, natural_unit = embed_training_split(data.images[train], name, cfg, run_dir, natural)
-        nn[name] = knn_graph(units[name], cfg.index.k, cfg.index).nn_similarity
-        stats = redundancy_stats(nn[name])
-        facts.append({**fact, **{f"nn_{k}": v for k, v in stats.items() if k.startswith("share_above") or k == "median"}})
-        if natural_unit is not None:
-            nn[f"{NATURAL_PREFIX} · {name}"] = knn_graph(natural_unit, min(cfg.index.k, len(natural_unit) - 1), cfg.index).nn_similarity
-        log.info("%s embedding: effective dimension %.1f, active units %s", name, fact["effective_dimension"],
-                 "n/a" if fact["active_units"] is None else fact["active_units"])
-    np.savez(run_dir / NN_SIMILARITY_FILE, **nn)
-    pd.DataFrame(facts).to_csv(facts_csv, index=False)
-    np.savez(cache, **units)
+    else:
+        natural = natural_images(data.images.shape[1]) if ev.natural_images else None
+        vectors, nn, facts = {}, {}, []
+        for name, r in keys:
+            run_cfg = cfg if r is None else dataclasses.replace(cfg, vae=replicate_vae(cfg.vae, r))
+            first = r in (None, 0)  # the embedding the redundancy curves show
+            unit, fact, natural_unit = embed_training_split(data.images[train], name, run_cfg,
+                                                            run_dir / _cache_key("vae", r), natural if first else None)
+            vectors[_cache_key(name, r)] = unit
+            similarity = knn_graph(unit, cfg.index.k, cfg.index).nn_similarity
+            if first:
+                nn[name] = similarity
+            stats = redundancy_stats(similarity)
+            facts.append({"embedder": name, "replicate": "all" if r is None else r,
+                          "vae_seed": run_cfg.vae.seed if name == "vae" and cfg.embed.model is None else None,
+                          **{k: v for k, v in fact.items() if k != "embedder"},
+                          **{f"nn_{k}": v for k, v in stats.items() if k.startswith("share_above") or k == "median"}})
+            if natural_unit is not None:
+                nn[f"{NATURAL_PREFIX} · {name}"] = knn_graph(natural_unit, min(cfg.index.k, len(natural_unit) - 1), cfg.index).nn_similarity
+            log.info("%s embedding%s: effective dimension %.1f, active units %s", name,
+                     "" if r is None else f" of replicate {r}", fact["effective_dimension"],
+                     "n/a" if fact["active_units"] is None else fact["active_units"])
+        np.savez(run_dir / NN_SIMILARITY_FILE, **nn)
+        pd.DataFrame(facts).to_csv(facts_csv, index=False)
+        np.savez(cache, **vectors)
+    units = [{name: vectors[_cache_key(name, r if (name, r) in keys else None)] for name in ev.embedders}
+             for r in range(ev.replicates)]
     return units, nn, pd.read_csv(facts_csv)
 
 
@@ -419,14 +459,25 @@ def run_evaluation(dataset: str, cfg: Config, out: str) -> dict:
     # Every classifier of the run, in a fixed order: a group is one training subset and model seed,
     # shared by the records it answers (the common seed set of every ranker, random under every embedder).
     all_rows = np.arange(len(train))
-    kept = {name: _rows_without_junk(unit, data.images[train], cfg, len(train)) for name, unit in units.items()} \
-        if "enrich_clean" in ev.rankers else {}
-    groups: list[tuple[np.ndarray, int, list[dict]]] = []
+    junk_free: dict[int, np.ndarray] = {}  # by id of the embedding: replicates sharing one compute it once
+
+    def kept(r: int) -> dict[str, np.ndarray]:
+        if "enrich_clean" not in ev.rankers:
+            return {}
+        for unit in units[r].values():
+            if id(unit) not in junk_free:
+                junk_free[id(unit)] = _rows_without_junk(unit, data.images[train], cfg, len(train))
+        return {name: junk_free[id(unit)] for name, unit in units[r].items()}
+
+    replicate_orders = []
     for r in range(ev.replicates):
         t_rank = time.perf_counter()
-        orders = _replicate_rankings(units, ev, cfg, data, train, r, sizes, kept)
-        log.info("replicate %d/%d: %d rankings in %.1f s", r + 1, ev.replicates, len(orders), time.perf_counter() - t_rank)
-        for m in range(ev.models_per_replicate):
+        replicate_orders.append(_replicate_rankings(units[r], ev, cfg, data, train, r, sizes, kept(r)))
+        log.info("replicate %d/%d: %d rankings in %.1f s", r + 1, ev.replicates, len(replicate_orders[r]),
+                 time.perf_counter() - t_rank)
+    groups: list[tuple[np.ndarray, int, list[dict]]] = []
+    for m in range(ev.models_per_replicate):  # model seed first: a run cut short has every replicate
+        for r, orders in enumerate(replicate_orders):
             model_seed = 1000 * ev.seed + r * ev.models_per_replicate + m
             base = {"dataset": data.name, "replicate": r, "model": m, "model_seed": model_seed}
             by_subset: dict[bytes, tuple[np.ndarray, list[dict]]] = {}

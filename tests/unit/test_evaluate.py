@@ -414,12 +414,18 @@ TINY = ["evaluate.embedders=[pixels]", "evaluate.rankers=[enrich,random]", "eval
         "evaluate.check_every=5", "evaluate.patience=2", "evaluate.width=4", "evaluate.natural_images=false"]
 
 
-def test_interrupted_run_resumes_to_the_same_aucs(tmp_path):
+# one β-VAE per replicate, each one short epoch: trained twice at one seed (runs a and b), they must agree
+PER_REPLICATE_VAE = ["evaluate.embedders=[vae]", "vae.max_epochs=1", "vae.latent_dim=16"]
+
+
+@pytest.mark.parametrize("embedder", ["pixels", "vae"])
+def test_interrupted_run_resumes_to_the_same_aucs(tmp_path, embedder):
     """Planted synthetic data: an uninterrupted run, and a run cut off mid-write (aucs.csv truncated
     in the middle of a row) then rerun, end with byte-identical aucs.csv; a rerun with other
-    settings into the same folder is refused."""
+    settings into the same folder is refused. Under the β-VAE each replicate trains its own, and
+    the two runs' trainings at the same seeds give identical embeddings."""
     npz = _planted_npz(tmp_path / "planted.npz")
-    cfg = load_config(None, TINY)
+    cfg = load_config(None, TINY + (PER_REPLICATE_VAE if embedder == "vae" else []))
     reference = run_evaluation(str(npz), cfg, str(tmp_path / "a"))
     expected = (tmp_path / "a" / "planted" / "aucs.csv").read_text()
     # 2 replicates x 2 models x (full, seed set, 2 orders x 2 fractions) classifiers; 2 x 2 x (1 + 3 x 2 + 1) rows
@@ -427,6 +433,15 @@ def test_interrupted_run_resumes_to_the_same_aucs(tmp_path):
     assert len(expected.splitlines()) == 1 + 2 * 2 * (1 + 2 * 3)
 
     run_evaluation(str(npz), cfg, str(tmp_path / "b"))
+    with np.load(tmp_path / "a" / "planted" / "embeddings.npz") as a, np.load(tmp_path / "b" / "planted" / "embeddings.npz") as b:
+        assert sorted(a.files) == sorted(b.files) == (["vae_r0", "vae_r1"] if embedder == "vae" else ["pixels"])
+        for key in a.files:
+            np.testing.assert_array_equal(a[key], b[key])
+        if embedder == "vae":  # each seed set its own β-VAE, at its own seed
+            assert not np.allclose(a["vae_r0"], a["vae_r1"])
+            emb = pd.read_csv(tmp_path / "a" / "planted" / "embeddings.csv")
+            assert emb["replicate"].tolist() == [0, 1] and emb["vae_seed"].tolist() == [0, 100]
+            assert all((tmp_path / "a" / "planted" / f"vae_r{r}" / "model.safetensors").exists() for r in (0, 1))
     path = tmp_path / "b" / "planted" / "aucs.csv"
     lines = path.read_text().splitlines(keepends=True)
     path.write_text("".join(lines[:10]) + lines[10][:17])  # killed while writing row 10
@@ -446,6 +461,19 @@ def test_interrupted_run_resumes_to_the_same_aucs(tmp_path):
     assert path.read_text() == expected
     with pytest.raises(ConfigError, match="other settings"):
         run_evaluation(str(npz), load_config(None, [*TINY, "evaluate.max_steps=40"]), str(tmp_path / "b"))
+
+
+def test_the_vae_is_trained_per_replicate_unless_told_otherwise():
+    """(embedder, replicate) of the run's embeddings: a β-VAE per seed set by default; one for all
+    with evaluate.vae_per_replicate=false or a given embed.model; the pixel baseline always one."""
+    from enrich_ray.pipelines.evaluate import _embedding_keys
+
+    cfg = load_config(None, ["evaluate.embedders=[vae,pixels]"])
+    assert _embedding_keys(cfg.evaluate, cfg) == [("vae", 0), ("vae", 1), ("vae", 2), ("pixels", None)]
+    once = load_config(None, ["evaluate.embedders=[vae,pixels]", "evaluate.vae_per_replicate=false"])
+    assert _embedding_keys(once.evaluate, once) == [("vae", None), ("pixels", None)]
+    given = load_config(None, ["evaluate.embedders=[vae]", "embed.model=/some/model"])
+    assert _embedding_keys(given.evaluate, given) == [("vae", None)]
 
 
 def test_a_class_folder_evaluates_through_the_archive_path(tmp_path):
