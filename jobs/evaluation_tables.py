@@ -1,19 +1,32 @@
 """Put an evaluation run's results into docs/evaluation.md: the summary.md of every dataset
 (verbatim, headings demoted) between the <!-- results:start --> and <!-- results:end --> markers,
-and its plots copied to docs/evaluation/. Nothing is typed by hand.
+and its plots copied to docs/evaluation/; or, with --section NAME, the run's deciding tables
+between <!-- NAME:start --> and <!-- NAME:end -->: each ranker against random per dataset and
+fraction (Δ with its Welch 95% interval, Mann-Whitney p, the run's MDE), the same Δ within each
+replicate (its own seed set and, under evaluate.vae_per_replicate, its own β-VAE), the full-set AUC
+and budget with the run's time, and the β-VAE of every replicate (embeddings.csv). Nothing is
+typed by hand.
 
     .venv/bin/python jobs/evaluation_tables.py runs/evaluation/protocol30 [--doc docs/evaluation.md]
+    .venv/bin/python jobs/evaluation_tables.py runs/evaluation/per_replicate_vae --section third-run \
+        [--embedder vae] [--rankers typiclust,enrich]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shutil
 import sys
 from pathlib import Path
 
+import pandas as pd
+
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 ORDER = ("pneumoniamnist", "breastmnist", "Dataset_BUSI_with_GT")  # the order of jobs/evaluate_all.sh
+SHOWN = {"pneumoniamnist": "PneumoniaMNIST", "breastmnist": "BreastMNIST", "Dataset_BUSI_with_GT": "BUSI",
+         "typiclust": "TypiClust", "enrich": "ENRICH", "enrich_clean": "ENRICH without junk", "random": "random",
+         "examine": "EXAMINE", "smi": "SMI"}
 
 
 def results_markdown(out: Path, figures: Path, doc_dir: Path) -> str:
@@ -38,20 +51,127 @@ def results_markdown(out: Path, figures: Path, doc_dir: Path) -> str:
     return "\n\n".join(parts)
 
 
+def _runs(out: Path) -> list[Path]:
+    """The dataset folders under out that hold a summary.csv, in the order of jobs/evaluate_all.sh."""
+    runs = sorted((p.parent for p in out.glob("*/summary.csv")),
+                  key=lambda p: (ORDER.index(p.name) if p.name in ORDER else len(ORDER), p.name))
+    if not runs:
+        raise SystemExit(f"no finished dataset under {out} (no */summary.csv yet)")
+    return runs
+
+
+def _shown(name: str) -> str:
+    return SHOWN.get(name, name)
+
+
+def _cell(diff: float, low: float, high: float, p: float, alpha: float) -> str:
+    """'Δ [low, high], p', bold where p < alpha, '(worse)' where that difference is negative."""
+    text = f"{diff:+.3f} [{low:+.3f}, {high:+.3f}], {p:.2g}"
+    if p < alpha:
+        text = f"**{text}**" + (" (worse)" if diff < 0 else "")
+    return text
+
+
+def deciding_tables(out: Path, embedder: str, rankers: list[str]) -> str:
+    """The tables that decide issue 12's goals, from each dataset's summary.csv, summary.json,
+    budget.csv, aucs.csv and embeddings.csv under out."""
+    runs = _runs(out)
+    alpha = json.loads((runs[0] / "summary.json").read_text())["config"]["alpha"]
+    head = (["dataset", "fraction (images)", "models", "random AUC"] + [f"{_shown(r)} Δ [95% CI], p" for r in rankers]
+            + [f"MDE ({'/'.join(_shown(r) for r in rankers)})"])
+    vs_random = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    per_rep, budget_rows, vae_rows = [], [], []
+    replicates: list[int] = []
+    for run in runs:
+        name = _shown(run.name)
+        summary = pd.read_csv(run / "summary.csv")
+        summary = summary[(summary["embedder"] == embedder) & ~summary["seed_set"]]
+        result = json.loads((run / "summary.json").read_text())
+        for size in sorted(summary["n_train"].unique()):
+            at = summary[summary["n_train"] == size].set_index("ranker")
+            missing = [r for r in rankers if r not in at.index]
+            if missing:
+                raise SystemExit(f"{run}/summary.csv: no {', '.join(missing)} under {embedder}")
+            rnd = at.loc["random"]
+            cells = [_cell(at.loc[r, "diff_vs_random"], at.loc[r, "low_vs_random"], at.loc[r, "high_vs_random"],
+                           at.loc[r, "p_vs_random"], alpha) for r in rankers]
+            mde = "/".join(f"{at.loc[r, 'mde_vs_random']:.3f}" for r in rankers)
+            models = int(min(at.loc[r, "n_models"] for r in ["random", *rankers]))
+            vs_random.append(f"| {name} | {rnd['fraction']:.1%} ({size}) | {models} | {rnd['auc_mean']:.3f} ± "
+                             f"{rnd['auc_sd']:.3f} | " + " | ".join(cells) + f" | {mde} |")
+        aucs = pd.read_csv(run / "aucs.csv")
+        aucs = aucs[aucs["embedder"].isin([embedder, "none"]) & (aucs["ranker"] != "full")]
+        replicates = sorted(int(i) for i in aucs["replicate"].unique())
+        means = aucs.groupby(["ranker", "n_train", "replicate"])["auc"].mean()
+        seed_size = aucs["n_train"].min()
+        for size in sorted(s for s in aucs["n_train"].unique() if s != seed_size):
+            cells = [f"{means[(r, size, i)] - means[('random', size, i)]:+.3f}"
+                     if (r, size, i) in means and ("random", size, i) in means else "" for r in rankers for i in replicates]
+            per_rep.append(f"| {name} | {size / result['n_train']:.1%} | " + " | ".join(cells) + " |")
+        budget = pd.read_csv(run / "budget.csv")
+        parts = []
+        for r in ["random", *rankers]:
+            row = budget[budget["ranker"] == r].iloc[0]
+            frac = row["smallest_matching_fraction"]
+            parts.append("never" if pd.isna(frac) else f"{frac:.1%} ({int(row['images_needed'])} images, "
+                                                         f"{row['labeling_hours_saved']:.2f} h saved)")
+        spc = result["seconds_per_classifier"]
+        budget_rows.append(f"| {name} | {result['n_train']} | {result['full_auc_mean']:.3f} ± {result['full_auc_sd']:.3f} | "
+                           + " | ".join(parts) + f" | {result['classifiers']} | {spc:.2f} s | {result['seconds']:.0f} s |")
+        emb = pd.read_csv(run / "embeddings.csv")
+        for row in emb[emb["embedder"] == embedder].itertuples():
+            vae_rows.append(f"| {name} | {row.replicate} | {'' if pd.isna(row.vae_seed) else int(row.vae_seed)} | "
+                            f"{row.effective_dimension:.2f} | {'' if pd.isna(row.active_units) else int(row.active_units)} | "
+                            f"{row.nn_median:.3f} | {row.seconds:.0f} s |")
+    budget_head = (["dataset", "training images", "full-set AUC (mean ± sd)"]
+                   + [f"{_shown(r)}: smallest fraction matching the full set" for r in ["random", *rankers]]
+                   + ["classifiers", "per classifier", "wall time (all sessions)"])
+    per_rep_head = ["dataset", "fraction"] + [f"{_shown(r)} r{i}" for r in rankers for i in replicates]
+    return "\n\n".join([
+        f"Embedder {embedder}; Δ: ranker minus random in mean AUC with its Welch 95% t-interval, p: two-sided "
+        f"Mann-Whitney U, bold where p < {alpha}; MDE: the smallest difference the run detects ({'/'.join(_shown(r) for r in rankers)}); "
+        "models: AUCs a point (30 in the full protocol).",
+        "\n".join(vs_random),
+        "Δ within each replicate r (mean AUC of a ranker's models minus random's, on the same seed set; under "
+        "evaluate.vae_per_replicate each replicate ranks with its own β-VAE):",
+        "\n".join(["| " + " | ".join(per_rep_head) + " |", "|" + "---|" * len(per_rep_head), *per_rep]),
+        "Full set, labeling budget (the smallest fraction from which every larger one shows no difference "
+        "from the full set) and the run's time:",
+        "\n".join(["| " + " | ".join(budget_head) + " |", "|" + "---|" * len(budget_head), *budget_rows]),
+        "The β-VAEs (embeddings.csv: effective dimension is the participation ratio of the unit embeddings, "
+        "nn median the median cosine to the nearest other training image, time the training and embedding):",
+        "\n".join(["| dataset | replicate | vae seed | effective dimension | active units | nn median | time |",
+                   "|---|---|---|---|---|---|---|", *vae_rows]),
+    ])
+
+
+def write_between(doc_path: Path, start: str, end: str, body: str) -> int:
+    """Replace what lies between the markers start and end in doc_path with body; 2 if a marker is missing."""
+    doc = doc_path.read_text()
+    if start not in doc or end not in doc:
+        print(f"{doc_path}: the markers {start} and {end} are missing", file=sys.stderr)
+        return 2
+    head, rest = doc.split(start, 1)
+    doc_path.write_text(f"{head}{start}\n\n{body}\n\n{end}{rest.split(end, 1)[1]}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="the --out folder of the evaluation run")
     parser.add_argument("--doc", type=Path, default=Path("docs/evaluation.md"))
+    parser.add_argument("--section", help="write the deciding tables between <!-- SECTION:start --> and <!-- SECTION:end -->")
+    parser.add_argument("--embedder", default="vae", help="with --section: the embedder whose rankings are compared")
+    parser.add_argument("--rankers", default="typiclust,enrich", help="with --section: the rankers compared with random")
     args = parser.parse_args(argv)
-    doc = args.doc.read_text()
-    if START not in doc or END not in doc:
-        print(f"{args.doc}: the markers {START} and {END} are missing", file=sys.stderr)
-        return 2
-    body = results_markdown(args.out, args.doc.parent / "evaluation", args.doc.parent)
-    head, rest = doc.split(START, 1)
-    args.doc.write_text(f"{head}{START}\n\n{body}\n\n{END}{rest.split(END, 1)[1]}")
-    print(f"{args.doc}: results of {args.out} written")
-    return 0
+    if args.section:
+        body = deciding_tables(args.out, args.embedder, args.rankers.split(","))
+        rc = write_between(args.doc, f"<!-- {args.section}:start -->", f"<!-- {args.section}:end -->", body)
+    else:
+        rc = write_between(args.doc, START, END, results_markdown(args.out, args.doc.parent / "evaluation", args.doc.parent))
+    if rc == 0:
+        print(f"{args.doc}: results of {args.out} written")
+    return rc
 
 
 if __name__ == "__main__":
