@@ -91,6 +91,9 @@ class VAEConfig:
     lr: float = 1e-3
     batch_size: int = 32  # more steps per epoch: this small VAE leaves the mean image only after ~200
     max_epochs: int = 30
+    # the training's budget in optimiser steps (None: max_epochs alone); bench_curate prints the steps
+    # taken and the median step time, so a budget can be set from the seconds a user will wait
+    max_steps: int | None = None
     patience: int = 4
     sample_size: int = 5000
     val_fraction: float = 0.1
@@ -415,6 +418,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "vae.lr": (0, None, True),
     "vae.batch_size": (1, None, False),
     "vae.max_epochs": (1, None, False),
+    "vae.max_steps": (1, None, False),
     "vae.patience": (1, None, False),
     "vae.sample_size": (2, None, False),
     "vae.val_fraction": (0, 1, True),

@@ -2,7 +2,8 @@
 
 Seeded throughout: the sample, the validation split, the initial weights, the batch order
 and the reparameterisation noise. Stops when the validation objective has not improved for
-`patience` epochs (with the capacity loss, only once C has reached its cap) or at max_epochs,
+`patience` epochs (with the capacity loss, only once C has reached its cap), at max_epochs, or
+at the step budget max_steps (its last epoch then cut short and validated like the others),
 and keeps the best epoch's weights. GPU when there is one (bfloat16 autocast), CPU otherwise.
 Beside the checkpoint: metrics.json (validation reconstruction and KL, KL per latent unit,
 active units, participation ratio and nearest-neighbour cosine quantiles of the embeddings,
@@ -167,11 +168,14 @@ def train_vae(
     best = (float("inf"), 0, copy.deepcopy(model.state_dict()))
     step, stale, stopped = 0, 0, "max_epochs"
     step_seconds = []
+    budget = vae.max_steps if vae.max_steps is not None else float("inf")
     for epoch in range(1, vae.max_epochs + 1):
         te = time.perf_counter()
         order = torch.randperm(len(x_train), generator=order_gen).to(device)
         total, seen = 0.0, 0
         for start in range(0, len(order), vae.batch_size):
+            if step >= budget:
+                break
             xb = x_train[order[start : start + vae.batch_size]]
             ts = time.perf_counter()
             with autocast(device, amp):
@@ -204,6 +208,9 @@ def train_vae(
             if stale >= vae.patience:
                 stopped = "plateau"
                 break
+        if step >= budget:
+            stopped = "max_steps"
+            break
 
     model.load_state_dict(best[2])
     val = _evaluate(model, x_val, vae, step, amp)

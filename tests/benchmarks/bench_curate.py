@@ -3,8 +3,9 @@
 Generates N small grey PNG frames: `--prototypes` distinct smooth images, each repeated with mild
 noise (near-duplicates), plus a share of byte-identical copies (exact duplicates). Writes them
 straight into archive shards (the archive contract of enrich_ray.schema), runs the curate job on
-a local Ray, and prints per-stage wall time, frames/s and peak memory of the driver and of the Ray
-workers (sampled every 0.5 s).
+a local Ray, and prints per-stage wall time, frames/s, the β-VAE's training steps, peak memory of the
+driver and of the Ray workers and the range of the 1-minute load average (both sampled every 0.5 s),
+and the BLAS numpy runs with its kernel (OPENBLAS_CORETYPE is left as the environment sets it).
 
     .venv/bin/python tests/benchmarks/bench_curate.py --frames 200000
 """
@@ -78,9 +79,11 @@ def _rss_by_process() -> list[tuple[str, int]]:
 
 
 class PeakMemory:
-    """Samples the resident memory of this process and of every Ray worker process (every 0.5 s)."""
+    """Samples the resident memory of this process and of every Ray worker process, and the 1-minute
+    load average (every 0.5 s)."""
 
     def __init__(self) -> None:
+        self.load = [os.getloadavg()[0]] * 2  # lowest, highest
         self.driver = 0
         self.worker = 0
         self.workers_total = 0
@@ -95,6 +98,8 @@ class PeakMemory:
             if workers:
                 self.worker = max(self.worker, max(workers))
                 self.workers_total = max(self.workers_total, sum(workers))
+            load = os.getloadavg()[0]
+            self.load = [min(self.load[0], load), max(self.load[1], load)]
             time.sleep(0.5)
 
     def __enter__(self) -> "PeakMemory":
@@ -104,6 +109,14 @@ class PeakMemory:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def blas() -> str:
+    """The BLAS numpy calls, its kernel and threads, as the library itself reports them."""
+    from threadpoolctl import threadpool_info
+
+    return "; ".join(f"{i['internal_api']} {i.get('version')} kernel {i.get('architecture')} x{i['num_threads']}"
+                     for i in threadpool_info() if i["user_api"] == "blas")
 
 
 def main() -> None:
@@ -127,13 +140,21 @@ def main() -> None:
         total_s = time.perf_counter() - t0
     summary = json.loads((work / "run" / "summary.json").read_text())
     n = summary["counts"]["frames_embedded"]
-    print(f"machine: {os.cpu_count()} cores; OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', 'unset')}")
+    print(f"machine: {os.cpu_count()} cores; BLAS (the driver's numpy): {blas()}; "
+          f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', 'unset')}")
+    print(f"load average (1 min) during curate: {mem.load[0]:.1f} to {mem.load[1]:.1f}")
     print(f"archive: {truth} generated in {gen_s:.1f} s")
     print(f"counts: {summary['counts']}")
     print(f"checks: {summary['checks']}")
     print("stage wall times (s):")
     for stage, s in summary["timings_s"].items():
         print(f"  {stage:8s} {s:9.1f} s   {n / s if s else float('inf'):9.0f} frames/s")
+    trained = work / "run" / "model" / "metrics.json"
+    if trained.exists():
+        m = json.loads(trained.read_text())
+        print(f"training: {m['steps']} steps ({m['epochs']} epochs of {m['n_train']} frames, stopped at {m['stopped']}), "
+              f"median step {1000 * m['step_seconds_median']:.0f} ms, {m['active_units']}/{m['latent_dim']} active units, "
+              f"val MSE {m['val_mse']:.5f} against {m['val_mse_mean_image']:.5f} for the mean image")
     print(f"total: {total_s:.1f} s, {n / total_s:.0f} frames/s end to end")
     print(f"peak memory: driver {mem.driver / 2**30:.2f} GiB (getrusage {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB), "
           f"largest Ray worker {mem.worker / 2**30:.2f} GiB, all Ray workers together {mem.workers_total / 2**30:.2f} GiB")

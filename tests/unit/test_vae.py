@@ -191,6 +191,15 @@ def test_training_is_deterministic(tmp_path):
         train_vae(np.full((4, 64, 64), np.nan, np.float32), vae, DECODE, str(tmp_path / "d"))
 
 
+def test_the_step_budget_cuts_the_last_epoch_short(tmp_path):
+    frames = np.random.default_rng(1).random((84, 64, 64), dtype=np.float32)  # 76 to train on: 5 steps an epoch
+    vae = VAEConfig(max_epochs=10, batch_size=16, max_steps=7)
+    metrics = train_vae(frames, vae, DECODE, str(tmp_path / "m"), progress=False).metrics
+    assert (metrics["steps"], metrics["epochs"], metrics["stopped"]) == (7, 2, "max_steps")
+    unbounded = train_vae(frames, VAEConfig(max_epochs=2, batch_size=16), DECODE, str(tmp_path / "u"), progress=False)
+    assert (unbounded.metrics["steps"], unbounded.metrics["stopped"]) == (10, "max_epochs")
+
+
 @pytest.fixture
 def saved(tmp_path):
     out = tmp_path / "m128"
