@@ -282,9 +282,18 @@ def frame_evidence(run: RunFolder, frames: pd.DataFrame) -> dict:
         raise StorageError(f"the decoded table does not match the embeddings ({exc}): rerun with --force") from None
 
 
-def _analyze(run: RunFolder, archive: str, cfg: Config) -> dict:
+def _outliers(cfg: Config, frames: pd.DataFrame, emb: np.ndarray, graph, evidence: dict, dups: pd.DataFrame) -> pd.DataFrame:
+    """The outlier table (analysis.outliers) of the run's frames, near-twin groups judged whole by dups'
+    families; the graph must have neighbours."""
     from enrich_ray.analysis.duplicates import duplicate_families
     from enrich_ray.analysis.outliers import neighbourhood_space, outlier_table
+
+    space = neighbourhood_space(cfg.analysis.outlier_space, graph, emb, evidence["thumbnail"], cfg.analysis.outlier_scales, cfg.index)
+    return schema.with_keys(outlier_table(*space, evidence["appearance"], evidence["header"],
+                                          duplicate_families(dups, len(frames)), cfg.analysis), frames)
+
+
+def _analyze(run: RunFolder, archive: str, cfg: Config) -> dict:
     from enrich_ray.analysis.redundancy import redundancy_stats
     from enrich_ray.report.plots import redundancy_png
 
@@ -297,9 +306,7 @@ def _analyze(run: RunFolder, archive: str, cfg: Config) -> dict:
         groups = frames[[c for c in schema.GROUP_KEYS if c in frames.columns]]
         stats = redundancy_stats(nn, groups)
         run.write_bytes("redundancy.png", redundancy_png(nn))  # drawn in memory: no scratch file on the driver's disk
-        space = neighbourhood_space(cfg.analysis.outlier_space, graph, emb, evidence["thumbnail"], cfg.analysis.outlier_scales, cfg.index)
-        outl = schema.with_keys(outlier_table(*space, evidence["appearance"], evidence["header"],
-                                              duplicate_families(dups, len(frames)), cfg.analysis), frames)
+        outl = _outliers(cfg, frames, emb, graph, evidence, dups)
     else:
         stats = {}
         outl = pd.DataFrame(columns=["rank", "row", "score", "nn_similarity", "flagged", "reason", "image_id", "frame_index", "source_uri"])

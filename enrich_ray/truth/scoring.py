@@ -333,6 +333,7 @@ def score_foreign(truth: pd.DataFrame, outl: pd.DataFrame, manifest: pd.DataFram
         "flagged_share": float(flagged.mean()) if len(foreign) else None,
         "clean_flagged_share": float(clean_flagged.mean()) if len(clean_flagged) else None,
         "clean_flagged": int(clean_flagged.sum()),
+        "clean_listed": int(len(clean_flagged)),
         "groups": int(len(group_share)),
         "groups_whole": int((group_share == 1).sum()),
         "groups_partly": int(((group_share > 0) & (group_share < 1)).sum()),
