@@ -44,17 +44,15 @@ truth" has the table of
 Choosing: BUSI holds frames of one sweep over a lesion, two scenes when the files are compared at
 full resolution after registration (enrich_ray/truth/scene.py, tests/benchmarks/truth_same_scene.py),
 whose thumbnails are as alike as a crop or a small rotation of one frame: the content check cannot
-tell them apart, the beta-VAE's cosine partly can. With cosine 0.85 and content 0.95 the seed-0 BUSI run
-grouped 14 such pairs (4.7% of its pairs false); the grid of
-`.venv/bin/python tests/benchmarks/truth_threshold_sweep.py runs/bench_truth/busi --embedder vae
---set analysis.near_duplicate_threshold=0.85,0.97,0.975,0.98 --set
-analysis.near_duplicate_content_threshold=0.85,0.9,0.93,0.95` chose 0.975 and 0.90 (94.9% of the
-planted near-dups grouped, 0.9% false), and a content threshold of 0.90 lets a 5-degree rotation or
-a 5% crop through on the cosine. On a held-out run (`bench_truth.py --base busi
---seed 1 --embedders vae --out runs/bench_truth_seed1`, then the same sweep on it) they give 92.3% and 1.9% (old defaults: 88.5% and 3.5%): better, still
-above the issue's 1% there. Content 0.85 pairs distinct synthetic bases (the same sweep on the
-synthetic run). The raw-pixel
-baseline's cosine runs lower on one picture, so under these defaults it groups fewer (78% on BUSI).
+tell them apart, the beta-VAE's cosine partly can. The grid of
+`.venv/bin/python tests/benchmarks/truth_threshold_sweep.py runs/bench_truth_seed0/busi --embedder vae
+--set analysis.near_duplicate_threshold=0.965,0.97,0.975,0.98 --set
+analysis.near_duplicate_content_threshold=0.88,0.9,0.92` on three BUSI seeds keeps 0.975 and 0.90;
+pooled over five planted BUSI archives (tests/benchmarks/truth_pool.py) they group 92.6% of the
+planted near-dups with 0.9% of pairs false (README, "Judgments on planted truth"). A lower cosine
+groups more sweep frames (0.965: 1.5-2.5% false); content 0.85 pairs distinct synthetic bases. The
+raw-pixel baseline's cosine runs lower on one picture, so under these defaults it groups fewer
+(78% on BUSI).
 What is missed (bench_truth prints the share by transform; `tests/benchmarks/truth_missed.py`
 lists each with both similarities): on BUSI some 5% crops and 5-degree rotations; on the flat
 synthetic frames burned-in text, the strongest structure on those dark frames, which dominates
