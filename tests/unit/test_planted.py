@@ -2,6 +2,7 @@
 not, shares and determinism) and the scoring functions on hand-made run tables."""
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -10,11 +11,12 @@ import pyarrow as pa
 import pytest
 
 from enrich_ray import schema
+from enrich_ray.analysis.duplicates import thumbnails
 from enrich_ray.config import DecodeConfig
 from enrich_ray.decode.stage import decode_batch
 from enrich_ray.io.pack import pack
 from enrich_ray.truth import ROLES, TRUTH_COLUMNS, plant_archive, read_truth, score_exact, score_foreign, score_near, score_run
-from enrich_ray.truth.planted import NEAR_TRANSFORMS
+from enrich_ray.truth.planted import NEAR_TRANSFORMS, PHOTOS, _photo
 from enrich_ray.truth.scoring import relative_path
 
 N_BASE = 60
@@ -85,6 +87,21 @@ def test_foreign_share_groups_and_kinds(planted):
     assert {"blank", "photo", "ct"} <= set(truth["foreign_kind"])
     cine = truth[truth["role"] == "cine"]
     assert cine["path"].nunique() == 1 and list(cine["frame_index"]) == list(range(len(cine)))
+
+
+def test_foreign_frames_of_two_families_are_not_one_picture(tmp_path):
+    """Frames of different foreign families must differ, else the scorer counts a true duplicate as a
+    false pair: no pixels shared across families (skimage's cat is chelsea), and no single test
+    pattern alike a phantom slice (it was the slice of its own parameters)."""
+    truth = plant_archive(tmp_path, "synthetic", n_base=200, seed=3, foreign_share=0.3)
+    foreign = truth[truth["role"] == "foreign"].drop_duplicates("path")
+    assert {"pattern", "phantom_series", "photo"} <= set(foreign["foreign_kind"])
+    assert (foreign.groupby("pixel_hash")["family"].nunique() == 1).all()
+    assert len({hashlib.sha256(_photo(name).tobytes()).digest() for name in PHOTOS}) == len(PHOTOS)
+    decoded = _decoded(tmp_path, list(foreign["path"]))
+    thumbs = {kind: thumbnails(np.stack([decoded[(p, 0)] for p in rows["path"]])).astype(np.float32)
+              for kind, rows in foreign.groupby("foreign_kind") if kind in ("pattern", "phantom_series")}
+    assert (thumbs["pattern"] @ thumbs["phantom_series"].T).max() < 0.5
 
 
 def test_small_share_gives_no_group_and_rounds(tmp_path):
@@ -210,7 +227,7 @@ def test_a_missed_group_and_a_wrong_pair_score_accordingly():
     manifest = pd.DataFrame({"rank": [1, 2, 3, 30], "image_id": ["ig0", "i1", "if1", "i3"], "frame_index": 0})
     foreign = score_foreign(truth, _outliers(truth, flagged), manifest, top_share=0.25, first=2)
     assert foreign["flagged_share"] == 0.4 and foreign["clean_flagged"] == 1
-    assert foreign["clean_flagged_share"] == pytest.approx(1 / 6)
+    assert foreign["clean_flagged_share"] == pytest.approx(1 / 6) and foreign["clean_listed"] == 6
     assert foreign["top_n"] == 3 and foreign["in_top_share"] == pytest.approx(2 / 5)  # ranks 1-3: b3, f0, z
     assert (foreign["groups_whole"], foreign["groups_partly"], foreign["groups_none"]) == (0, 1, 1)
     assert foreign["enrich_min_rank"] == 1 and foreign["enrich_median_rank"] == 2.0 and foreign["enrich_in_first_2"] == 1
