@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 EXACT_MAX_ROWS = 100_000  # 'auto': a flat (exact) index up to this many frames
 EXACT_GRAPH_MAX_ROWS = 20_000  # 'auto': the exact graph up to this many frames
-QUERY_BLOCK_BYTES = 256 * 1024 * 1024  # similarity block size of the exact path
+QUERY_BLOCK_BYTES = 256 * 1024 * 1024  # similarity block size of the exact path and of each cluster in the join
 ASSIGN_BLOCK = 8192  # frames per block when assigning frames to centroids
 TOPK_GROUP = 32  # column groups of the top-k filter (see topk_rows)
 GRAPH_ASSIGN = 12  # cluster lists each frame is stored in (bench_knn.py prints the recall it gives)
@@ -330,10 +330,12 @@ def join_clusters(
         cand = members[list_start[c] : list_end[c]]
         block, ids = _gather_padded(x, cand)
         t = torch.from_numpy(block)
-        sims = (t[:nq] @ t.T).numpy()
-        sims[:, len(cand) :] = -np.inf
-        sims[np.arange(nq), np.arange(nq)] = -np.inf
-        similarities[cand[:nq]], neighbors[cand[:nq]] = topk_rows(sims, ids, k)
+        step = max(1, QUERY_BLOCK_BYTES // (4 * len(block)))  # a cluster holding most frames stays in bounded blocks
+        for q in range(0, nq, step):
+            sims = (t[q : min(q + step, nq)] @ t.T).numpy()
+            sims[:, len(cand) :] = -np.inf
+            sims[np.arange(len(sims)), np.arange(q, q + len(sims))] = -np.inf
+            similarities[cand[q : q + len(sims)]], neighbors[cand[q : q + len(sims)]] = topk_rows(sims, ids, k)
 
     with _one_blas_thread_per_worker(), ThreadPoolExecutor(workers or _workers()) as pool:
         list(pool.map(join_cluster, busy[np.argsort(-(n_primary * list_size)[busy], kind="stable")]))

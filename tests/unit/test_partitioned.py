@@ -65,6 +65,27 @@ def test_every_list_joined_is_the_exact_graph():
     assert (neighbors == exact.neighbors).mean() > 0.999  # ids differ only where two similarities tie within float error
 
 
+def test_a_cluster_holding_most_frames_is_joined_in_bounded_blocks(monkeypatch):
+    """One cluster list holding 90% of the frames (a collapsed or a one-view archive) is joined a block of
+    query rows at a time: the same graph as one product of its whole list, never a list-squared matrix."""
+    from enrich_ray.index import knn
+
+    rng = np.random.default_rng(5)
+    x = np.vstack([rng.standard_normal((1800, 16)) * 0.01 + np.eye(16)[0], clustered(200, d=16, components=4)]).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    assign = assign_clusters(x, train_centroids(x, 6, 10_000), 2)
+    assert np.bincount(assign[:, 0]).max() >= 1500
+    whole_n, whole_s = join_clusters(x, assign, 10)
+    widest = []
+    product = knn.topk_rows
+    monkeypatch.setattr(knn, "topk_rows", lambda sims, ids, k: widest.append(sims.shape[0]) or product(sims, ids, k))
+    monkeypatch.setattr(knn, "QUERY_BLOCK_BYTES", 4 * 2048 * 97)  # 97 query rows of a 2,048-wide list at a time
+    blocked_n, blocked_s = join_clusters(x, assign, 10)
+    assert max(widest) <= 97 + 31  # a list of up to 2,048 padded columns: at most 97 rows; shorter lists more
+    np.testing.assert_array_equal(blocked_n, whole_n)
+    np.testing.assert_array_equal(blocked_s, whole_s)
+
+
 def test_graph_in_parts_equals_the_single_process_graph(tmp_path):
     x = clustered(3000, components=30)
     files = vector_files(x, tmp_path, 5)
