@@ -140,6 +140,7 @@ class AnalysisConfig:
     near_duplicate_content_threshold: float = 0.90  # and its thumbnails' cross-correlation, both to the representative
     near_duplicate_content_alone: float = 0.99  # or the thumbnails' cross-correlation alone reaches this
     outlier_mad_k: float = 3.5
+    outlier_tail_share: float | None = 0.03  # the archive's cut-off: see analysis/outliers.py cutoff (None: outlier_mad_k alone)
     outlier_space: Literal["both", "content", "embedding"] = "both"  # where outliers' neighbourhoods are read (analysis/outliers.py)
     outlier_max_share: float = 0.05  # at most this share of the frames is flagged: foreign frames are a minority
     outlier_scales: list[int] = field(default_factory=lambda: [10, 50])  # k-th neighbours read (see analysis/outliers.py)
@@ -383,6 +384,8 @@ def check_analysis(cfg: AnalysisConfig) -> None:
                           f"analysis.near_duplicate_content_threshold ({cfg.near_duplicate_content_threshold})")
     if cfg.outlier_mad_k < 0:
         raise ConfigError(f"analysis.outlier_mad_k must be non-negative, got {cfg.outlier_mad_k}")
+    if cfg.outlier_tail_share is not None and not 0 < cfg.outlier_tail_share < 0.5:
+        raise ConfigError(f"analysis.outlier_tail_share must lie in (0, 0.5) or be null, got {cfg.outlier_tail_share}")
     if not cfg.outlier_scales or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in cfg.outlier_scales):
         raise ConfigError(f"analysis.outlier_scales must be positive integers, got {cfg.outlier_scales!r}")
     if not 0 < cfg.outlier_rare_share < 0.5:

@@ -793,8 +793,9 @@ GLOSSARY = [
      "training (enrich_ray/analysis/leakage.py)."),
     ("foreign score", "How far a frame lies beyond the archive's median, in robust spreads (median absolute "
      "deviation scaled to a standard deviation; a robust z-score): of its distance to its 10th and 50th nearest "
-     "frames, its image statistics, or a rare header value. Flagged beyond analysis.outlier_mad_k and among the "
-     "analysis.outlier_max_share highest."),
+     "frames, its image statistics, or a rare header value. Flagged beyond the archive's cut-off (at least "
+     "analysis.outlier_mad_k, higher where the archive's ordinary frames vary widely: analysis.outlier_tail_share) "
+     "and among the analysis.outlier_max_share highest."),
     ("no image here", "A DICOM object that stores no pixels: an RT plan or structure set, a structured report, a "
      "waveform such as an ECG, a DICOMDIR, or an image header whose pixels were stripped. Skipped and counted."),
     ("unreadable", "An image file that cannot be decoded: truncated, corrupt, compressed in a way no installed "

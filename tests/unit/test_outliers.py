@@ -80,17 +80,20 @@ def test_floors_on_busi_with_planted_foreign_frames(busi_dir):
     assert got["top5_and_flagged"] >= 0.9 and got["clean_flagged"] <= 0.02, got
 
 
-@pytest.mark.parametrize("base, space, top", [("synthetic", "both", 0.9), ("synthetic", "content", 0.9),
-                                              ("busi", "both", 0.9), ("busi", "content", 0.7)])
-def test_floors_in_the_curate_spaces(request, base, space, top):
-    """The neighbourhoods curate reads by default (content and embedding joined), and by content alone
-    (which found 74% of BUSI's planted frames in the top 5%: why 'both' is the default)."""
+@pytest.mark.parametrize("base, space, tail_share, top", [
+    ("synthetic", "both", 0.03, 0.9), ("synthetic", "content", 0.03, 0.9), ("busi", "both", 0.03, 0.9),
+    ("busi", "content", None, 0.7), ("busi", "content", 0.03, 0.3)])
+def test_floors_in_the_curate_spaces(request, base, space, tail_share, top):
+    """The neighbourhoods curate reads by default (content and embedding joined), and by content alone:
+    on BUSI it found 74% of the planted frames in the top 5% at the fixed cut-off, and a third at the
+    archive's cut-off (content neighbourhoods spread wide, the cut-off rises past the phantom series):
+    why 'both' is the default."""
     from enrich_ray.analysis.duplicates import thumbnails
     from enrich_ray.analysis.outliers import neighbourhood_space
     from enrich_ray.config import IndexConfig
 
     archive = request.getfixturevalue("synthetic") if base == "synthetic" else build_archive(busi_clean(request.getfixturevalue("busi_dir")))
-    cfg = AnalysisConfig(outlier_space=space)
+    cfg = AnalysisConfig(outlier_space=space, outlier_tail_share=tail_share)
     graph, unit = neighbourhood_space(space, archive.graph, archive.embeddings, thumbnails(archive.pixels),
                                       cfg.outlier_scales, IndexConfig())
     table = outlier_table(graph, unit, appearance_features(archive.pixels), archive.header, archive.duplicate_group, cfg)
@@ -226,3 +229,35 @@ def test_neighbourhood_spaces_read_thumbnails_and_embeddings_like_a_plain_search
     assert neighbourhood_space("embedding", graph, emb, thumbs, [10], IndexConfig())[1] is emb
     with pytest.raises(ValueError, match="outlier_space"):
         neighbourhood_space("pixels", graph, emb, thumbs, [10], IndexConfig())
+
+
+def test_the_archive_cut_off_follows_the_tail_of_its_evidence():
+    """On exponential evidence the fitted tail is the true one: the cut-off leaves outlier_tail_share
+    beyond it; outlier_mad_k stays the floor, and None keeps it alone."""
+    from enrich_ray.analysis.outliers import cutoff
+
+    evidence = np.random.default_rng(2).exponential(1.0, 200_000)
+    cut = cutoff(evidence, AnalysisConfig(outlier_mad_k=0, outlier_tail_share=0.03))
+    assert abs(cut - -np.log(0.03)) < 0.05 and abs((evidence > cut).mean() - 0.03) < 0.002
+    assert cutoff(evidence, AnalysisConfig(outlier_mad_k=3.5, outlier_tail_share=0.1)) == 3.5
+    assert cutoff(evidence * 3, AnalysisConfig(outlier_mad_k=3.5, outlier_tail_share=None)) == 3.5
+
+
+def test_a_heavy_tailed_archive_raises_its_cut_off_and_keeps_a_far_group():
+    """An archive whose ordinary frames spread in a heavy tail (15% of them twice as wide: odd but clean
+    frames) has fewer of them flagged than at the fixed cut-off; a far group of 15 stays flagged whole."""
+    rng = np.random.default_rng(4)
+    clean = rng.standard_normal((1000, 16)) * np.where(rng.random(1000) < 0.15, 2.0, 1.0)[:, None]
+    group = rng.standard_normal((15, 16)) * 0.05 + 12 * np.eye(16)[3]
+    x = np.vstack([clean, group])
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    graph = exact_knn_graph(unit, 50)
+    appearance = np.hstack([x, np.zeros((len(x), 12))])  # 28 statistics: the cloud itself, then constants
+    group_id = np.r_[np.full(1000, -1), np.zeros(15, np.int64)]
+    tables = {share: outlier_table(graph, unit, appearance, pd.DataFrame(index=range(len(x))), group_id,
+                                   AnalysisConfig(outlier_tail_share=share)).set_index("row").sort_index()
+              for share in (None, 0.03)}
+    fixed, archive = tables[None]["flagged"].to_numpy(), tables[0.03]["flagged"].to_numpy()
+    assert archive[1000:].all() and fixed[1000:].all()
+    assert archive[:1000].mean() <= 0.02 < fixed[:1000].mean()
+    assert tables[0.03]["cutoff"].iloc[0] > 3.5 == tables[None]["cutoff"].iloc[0]
