@@ -205,7 +205,8 @@ class EvaluateConfig:
     """The evaluation job (paper Fig. 1 and 3): does ranking help on a labeled dataset, and how much labeling does it save?"""
 
     rankers: list[Literal["enrich", "enrich_clean", "random", "examine", "smi", "typiclust"]] = field(default_factory=lambda: ["enrich", "random", "examine"])
-    embedders: list[Literal["vae", "pixels"]] = field(default_factory=lambda: ["vae", "pixels"])
+    embedders: list[Literal["vae", "vae_ensemble", "pixels"]] = field(default_factory=lambda: ["vae", "pixels"])
+    ensemble_size: int = 3  # vae_ensemble: β-VAEs trained apart (seeds vae.seed + 10, + 20, ...), their unit codes joined
     fractions: list[float] = field(default_factory=lambda: [0.02, 0.05, 0.1, 0.2, 0.4])  # the first: the random seed set
     increment: int | None = None  # the paper's fixed increments: seed set, then +increment images until the full set
     replicates: int = 3  # seed sets, each ranked by every ranker

@@ -68,6 +68,8 @@ AUC_COLUMNS = ["dataset", "replicate", "model", "model_seed", "embedder", "ranke
                "steps", "best_step", "step_cap", "auc"]
 ENCODE_BATCH = 512
 VAE_SEED_STRIDE = 100  # replicate r's β-VAE trains at vae.seed + 100 r, clear of the seed + 1..3 one training draws
+ENSEMBLE_SEED_STRIDE = 10  # vae_ensemble's member j at its replicate's seed + 10 (j + 1): clear of both
+VAE_EMBEDDERS = ("vae", "vae_ensemble")  # trained on the run's own training split (per replicate by default)
 
 
 def check_evaluate_config(ev: EvaluateConfig) -> None:
@@ -81,10 +83,13 @@ def check_evaluate_config(ev: EvaluateConfig) -> None:
         raise ConfigError("evaluate.rankers and evaluate.embedders: name each at most once, and at least one embedder")
     if "smi" in ev.rankers and ev.query_label is None:
         raise ConfigError("evaluate.rankers: smi needs evaluate.query_label (its query: the seed set's images of that class)")
-    for key in ("replicates", "models_per_replicate", "max_epochs", "min_steps", "max_steps", "check_every", "patience",
+    for key in ("replicates", "models_per_replicate", "ensemble_size", "max_epochs", "min_steps", "max_steps", "check_every", "patience",
                 "batch_size", "width"):
         if getattr(ev, key) < 1:
             raise ConfigError(f"evaluate.{key}: must be at least 1, got {getattr(ev, key)}")
+    if ev.ensemble_size * ENSEMBLE_SEED_STRIDE >= VAE_SEED_STRIDE:
+        raise ConfigError(f"evaluate.ensemble_size: at most {VAE_SEED_STRIDE // ENSEMBLE_SEED_STRIDE - 1} "
+                          f"(its seeds stay clear of the next replicate's), got {ev.ensemble_size}")
     if ev.min_steps > ev.max_steps:
         raise ConfigError(f"evaluate.min_steps: {ev.min_steps} exceeds evaluate.max_steps {ev.max_steps}")
     if ev.increment is not None and ev.increment < 1:
@@ -153,6 +158,8 @@ def embed_training_split(frames: np.ndarray, name: str, cfg: Config, vae_dir: Pa
     pixel baseline centred on their own mean)."""
     t0 = time.perf_counter()
     natural_unit = None
+    if name == "vae_ensemble":
+        return _ensemble_split(frames, cfg, vae_dir, natural, t0)
     if name == "vae":
         embedder = _vae_embedder(frames, cfg, vae_dir)
         active: int | None = _active_units(embedder, frames)
@@ -348,12 +355,32 @@ def _check_same_run(run_dir: Path, settings: dict) -> None:
         path.write_text(json.dumps(settings, indent=2, sort_keys=True, default=str))
 
 
+def _ensemble_split(frames: np.ndarray, cfg: Config, vae_dir: Path, natural: np.ndarray | None,
+                    t0: float) -> tuple[np.ndarray, dict, np.ndarray | None]:
+    """embed_training_split of vae_ensemble: evaluate.ensemble_size β-VAEs trained apart (seeds
+    vae.seed + ENSEMBLE_SEED_STRIDE (j + 1); each in vae_dir/member_j), their unit codes joined and scaled by
+    1/sqrt(size), so a cosine is the members' mean cosine: a swing of one training averages out."""
+    size = cfg.evaluate.ensemble_size
+    parts, natural_parts, active = [], [], 0
+    for j in range(size):
+        member = dataclasses.replace(cfg, vae=dataclasses.replace(cfg.vae, seed=cfg.vae.seed + ENSEMBLE_SEED_STRIDE * (j + 1)))
+        unit, fact, natural_unit = embed_training_split(frames, "vae", member, vae_dir / f"member_{j}", natural)
+        parts.append(unit)
+        natural_parts.append(natural_unit)
+        active += fact["active_units"]
+    scale = np.float32(1 / np.sqrt(size))
+    unit = np.hstack(parts) * scale
+    facts = {"embedder": "vae_ensemble", "dim": int(unit.shape[1]), "effective_dimension": diagnostics.participation_ratio(unit),
+             "active_units": active, "seconds": time.perf_counter() - t0}
+    return unit, facts, None if natural is None else np.hstack(natural_parts) * scale
+
+
 def _embedding_keys(ev: EvaluateConfig, cfg: Config) -> list[tuple[str, int | None]]:
     """(embedder, replicate) of every embedding the run computes: replicate None for one shared by
     every seed set, or each replicate for a β-VAE trained per replicate (evaluate.vae_per_replicate)."""
     per_replicate = ev.vae_per_replicate and cfg.embed.model is None
     return [(name, r) for name in ev.embedders
-            for r in (range(ev.replicates) if name == "vae" and per_replicate else [None])]
+            for r in (range(ev.replicates) if name in VAE_EMBEDDERS and per_replicate else [None])]
 
 
 def _cache_key(name: str, replicate: int | None) -> str:
@@ -381,14 +408,14 @@ def _embeddings(data: LabeledImages, train: np.ndarray, ev: EvaluateConfig, cfg:
             run_cfg = cfg if r is None else dataclasses.replace(cfg, vae=replicate_vae(cfg.vae, r))
             first = r in (None, 0)  # the embedding the redundancy curves show
             unit, fact, natural_unit = embed_training_split(data.images[train], name, run_cfg,
-                                                            run_dir / _cache_key("vae", r), natural if first else None)
+                                                            run_dir / _cache_key(name, r), natural if first else None)
             vectors[_cache_key(name, r)] = unit
             similarity = knn_graph(unit, cfg.index.k, cfg.index).nn_similarity
             if first:
                 nn[name] = similarity
             stats = redundancy_stats(similarity)
             facts.append({"embedder": name, "replicate": "all" if r is None else r,
-                          "vae_seed": run_cfg.vae.seed if name == "vae" and cfg.embed.model is None else None,
+                          "vae_seed": run_cfg.vae.seed if name in VAE_EMBEDDERS and cfg.embed.model is None else None,
                           **{k: v for k, v in fact.items() if k != "embedder"},
                           **{f"nn_{k}": v for k, v in stats.items() if k.startswith("share_above") or k == "median"}})
             if natural_unit is not None:
@@ -427,6 +454,8 @@ def run_evaluation(dataset: str, cfg: Config, out: str) -> dict:
     check_evaluate_config(ev)
     if cfg.selection.quota:
         raise ConfigError("selection.quota: the evaluate job compares the rankers without quotas; drop it")
+    if "vae_ensemble" in ev.embedders and cfg.embed.model is not None:
+        raise ConfigError("evaluate.embedders: vae_ensemble trains its own β-VAEs; drop embed.model or use vae")
     set_threads(ev.threads)
     t_start = time.perf_counter()
     root = Path(out)

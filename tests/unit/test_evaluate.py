@@ -476,6 +476,27 @@ def test_the_vae_is_trained_per_replicate_unless_told_otherwise():
     assert _embedding_keys(given.evaluate, given) == [("vae", None)]
 
 
+def test_the_ensemble_joins_its_members_codes(tmp_path):
+    """vae_ensemble: evaluate.ensemble_size β-VAEs trained at their own seeds, each code the member's
+    own vae embedding; the joined rows are unit and their cosine is the members' mean cosine."""
+    from enrich_ray.pipelines.evaluate import embed_training_split
+
+    frames = np.load(_planted_npz(tmp_path / "planted.npz"))["train_images"][:120].astype(np.float32) / 255
+    cfg = load_config(None, ["vae.max_epochs=1", "vae.latent_dim=8", "evaluate.ensemble_size=2"])
+    joined, facts, _ = embed_training_split(frames, "vae_ensemble", cfg, tmp_path / "ensemble")
+    member = load_config(None, ["vae.max_epochs=1", "vae.latent_dim=8", "vae.seed=20"])
+    second, _, _ = embed_training_split(frames, "vae", member, tmp_path / "second")
+    assert joined.shape == (120, 16) and facts["dim"] == 16
+    np.testing.assert_allclose(np.linalg.norm(joined, axis=1), 1, atol=1e-5)
+    np.testing.assert_allclose(joined[:, 8:] * np.sqrt(2), second, atol=1e-6)
+    first = joined[:, :8] * np.sqrt(2)
+    np.testing.assert_allclose(joined @ joined.T, (first @ first.T + second @ second.T) / 2, atol=1e-5)
+    assert not np.allclose(first, second)
+    assert sorted(p.name for p in (tmp_path / "ensemble").iterdir()) == ["member_0", "member_1"]
+    with pytest.raises(ConfigError, match="ensemble_size"):
+        check_evaluate_config(load_config(None, ["evaluate.ensemble_size=10"]).evaluate)
+
+
 def test_a_class_folder_evaluates_through_the_archive_path(tmp_path):
     """One command on a folder of class subfolders: packed, split, validated and evaluated; the
     non-medical images join the redundancy curves."""
