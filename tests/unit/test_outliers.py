@@ -7,6 +7,8 @@ frames flagged, near-twin groups flagged whole or not at all. Print the figures 
 """
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -197,11 +199,13 @@ if __name__ == "__main__":
 
     for name, make in archives.items():
         a = make()
-        for space in ("embedding", "content", "both"):
-            cfg = AnalysisConfig(outlier_space=space)
+        for space, tail_share in itertools.product(("embedding", "content", "both"), (None, 0.03)):
+            cfg = AnalysisConfig(outlier_space=space, outlier_tail_share=tail_share)
             graph, unit = neighbourhood_space(space, a.graph, a.embeddings, thumbnails(a.pixels), cfg.outlier_scales, IndexConfig())
             t = outlier_table(graph, unit, appearance_features(a.pixels), a.header, a.duplicate_group, cfg)
-            print(name, space, floors(a, t))
+            phantom = t.set_index("row").sort_index()["score"][a.kind == "phantom"]
+            print(name, space, f"outlier_tail_share {tail_share}", floors(a, t), f"cut-off {t['cutoff'].iloc[0]:.2f},",
+                  f"phantom series scores {phantom.min():.2f}-{phantom.max():.2f} (beyond {cfg.outlier_mad_k})")
 
 
 def test_neighbourhood_spaces_read_thumbnails_and_embeddings_like_a_plain_search():
