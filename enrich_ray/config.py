@@ -383,8 +383,8 @@ def check_analysis(cfg: AnalysisConfig) -> None:
     if cfg.near_duplicate_content_alone < cfg.near_duplicate_content_threshold:
         raise ConfigError(f"analysis.near_duplicate_content_alone ({cfg.near_duplicate_content_alone}) must be at least "
                           f"analysis.near_duplicate_content_threshold ({cfg.near_duplicate_content_threshold})")
-    if cfg.outlier_mad_k < 0:
-        raise ConfigError(f"analysis.outlier_mad_k must be non-negative, got {cfg.outlier_mad_k}")
+    if cfg.outlier_mad_k <= 0:
+        raise ConfigError(f"analysis.outlier_mad_k must be positive (a cut-off beyond the median), got {cfg.outlier_mad_k}")
     if cfg.outlier_tail_share is not None and not 0 < cfg.outlier_tail_share < 0.5:
         raise ConfigError(f"analysis.outlier_tail_share must lie in (0, 0.5) or be null, got {cfg.outlier_tail_share}")
     if not cfg.outlier_scales or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in cfg.outlier_scales):

@@ -241,7 +241,7 @@ def outlier_table(
     mad_k = cfg.outlier_mad_k
     cut = cutoff(np.maximum(best_neighbour, appearance_z), cfg)
     # the image evidence in units of the archive's cut-off times mad_k: beyond mad_k exactly where beyond the cut-off
-    neighbour_e, appearance_e = (neighbour_z * (mad_k / cut), appearance_z * (mad_k / cut)) if cut > 0 else (neighbour_z, appearance_z)
+    neighbour_e, appearance_e = neighbour_z * (mad_k / cut), appearance_z * (mad_k / cut)
     strong = STRONG * mad_k
     bonus = np.where(support, SUPPORT * mad_k, 0.0)
     content = np.maximum(neighbour_e.max(axis=1, initial=0.0), appearance_e) + bonus
@@ -291,8 +291,8 @@ def outlier_table(
 def cutoff(evidence: np.ndarray, cfg: AnalysisConfig) -> float:
     """The robust z beyond which a frame's image evidence (the larger of its neighbourhood and appearance
     z) is foreign to this archive: the larger of outlier_mad_k and the point where an exponential tail,
-    fitted to the evidence's median and 90th percentile, leaves outlier_tail_share of the frames (an archive whose ordinary frames spread wide,
-    a heavy tail, raises it; None keeps outlier_mad_k)."""
+    fitted to the evidence's median and 90th percentile, leaves outlier_tail_share of the frames (an
+    archive whose ordinary frames spread wide, a heavy tail, raises it; None keeps outlier_mad_k)."""
     if cfg.outlier_tail_share is None or len(evidence) < 2:
         return float(cfg.outlier_mad_k)
     median, p90 = np.quantile(evidence, [0.5, 0.9])

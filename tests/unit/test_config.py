@@ -115,7 +115,7 @@ def test_gpu_actors_on_a_local_ray_without_a_gpu_are_refused_before_work(monkeyp
 
 
 @pytest.mark.parametrize("setting", ["analysis.outlier_max_share=0", "analysis.near_duplicate_threshold=5",
-                                     "analysis.outlier_scales=[0]", "analysis.outlier_mad_k=-1",
+                                     "analysis.outlier_scales=[0]", "analysis.outlier_mad_k=-1", "analysis.outlier_mad_k=0",
                                      "analysis.outlier_tail_share=0.5", "analysis.outlier_tail_share=0"])
 def test_analysis_ranges_are_refused_at_load_not_after_embedding(setting):
     with pytest.raises(ConfigError, match=setting.split("=")[0]):

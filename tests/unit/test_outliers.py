@@ -241,7 +241,7 @@ def test_the_archive_cut_off_follows_the_tail_of_its_evidence():
     from enrich_ray.analysis.outliers import cutoff
 
     evidence = np.random.default_rng(2).exponential(1.0, 200_000)
-    cut = cutoff(evidence, AnalysisConfig(outlier_mad_k=0, outlier_tail_share=0.03))
+    cut = cutoff(evidence, AnalysisConfig(outlier_mad_k=0.01, outlier_tail_share=0.03))
     assert abs(cut - -np.log(0.03)) < 0.05 and abs((evidence > cut).mean() - 0.03) < 0.002
     assert cutoff(evidence, AnalysisConfig(outlier_mad_k=3.5, outlier_tail_share=0.1)) == 3.5
     assert cutoff(evidence * 3, AnalysisConfig(outlier_mad_k=3.5, outlier_tail_share=None)) == 3.5
