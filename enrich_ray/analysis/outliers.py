@@ -331,7 +331,7 @@ def _by_group(
     size = by_group.transform("size").to_numpy()
     score[members] = median
     flagged[members] = median > mad_k
-    hit = median > mad_k
+    hit = (median > mad_k) & (size > 1)  # a family of one frame row (byte copies share a row) keeps its own reason
     reason[members[hit]] = [f"near-twin group of {m}: {reason[t]}" for m, t in zip(size[hit], top[hit])]
     return score, flagged, reason
 

@@ -162,6 +162,11 @@ def test_header_rarity_needs_a_concentrated_column_and_groups_take_their_median(
     assert table.loc[198, "flagged"] and table.loc[199, "flagged"] and not table.loc[197, "flagged"]
     assert table.loc[199, "reason"] == f"modality MR rare (1 of {n} frames)"
     assert len(set(table.loc[[0, 1, 2, 197], "score"])) == 1
+    # the two CT frames as one family read as a group; a family of one row (a file at several paths) as itself
+    group[[197, 198, 199]] = [8, 8, 9]
+    table = outlier_table(graph, x, appearance_features(pixels), header, group, AnalysisConfig()).set_index("row")
+    assert table.loc[197, "reason"] == table.loc[198, "reason"] == f"near-twin group of 2: modality CT rare (2 of {n} frames)"
+    assert table.loc[199, "flagged"] and table.loc[199, "reason"] == f"modality MR rare (1 of {n} frames)"
     assert not any("shape" in r for r in table["reason"])
     header.loc[5, "colorfulness"] = 0.4
     header.loc[6, "is_constant"] = True
