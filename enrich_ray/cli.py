@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("select", "rank an existing embeddings table", curate_yaml)
     p.add_argument("--embeddings", required=True, help="Parquet file or folder with image_id, frame_index, embedding")
     p.add_argument("--out", required=True, help="folder for manifest.parquet and manifest.csv")
-    p.add_argument("--ranker", choices=["enrich", "random", "examine", "smi", "typiclust"],
+    p.add_argument("--ranker", choices=["enrich", "random", "examine", "smi", "typiclust", "typiclust_enrich"],
                    help="ranker (default: selection.ranker); smi also needs selection.smi_query, a file of image ids")
     p.add_argument("--seed-set", "--seed", dest="seed_set", metavar="SEED_SET",
                    help="the frames ranked first: a count (5), a fraction (0.01) or a file of labeled image ids "

@@ -25,7 +25,7 @@ import pandas as pd
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 ORDER = ("pneumoniamnist", "breastmnist", "Dataset_BUSI_with_GT")  # the order of jobs/evaluate_all.sh
 SHOWN = {"pneumoniamnist": "PneumoniaMNIST", "breastmnist": "BreastMNIST", "Dataset_BUSI_with_GT": "BUSI",
-         "typiclust": "TypiClust", "enrich": "ENRICH", "enrich_clean": "ENRICH without junk", "random": "random",
+         "typiclust": "TypiClust", "typiclust_enrich": "TypiClust then ENRICH", "enrich": "ENRICH", "enrich_clean": "ENRICH without junk", "random": "random",
          "examine": "EXAMINE", "smi": "SMI"}
 
 

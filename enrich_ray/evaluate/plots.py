@@ -12,7 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 # The paper's colours: ENRICH blue, random yellow; the other rankers beside them.
-RANKER_COLORS = {"enrich": "#1f5fbf", "random": "#e0a800", "examine": "#2a9d4b", "smi": "#8e44ad", "typiclust": "#c0392b"}
+RANKER_COLORS = {"enrich": "#1f5fbf", "random": "#e0a800", "examine": "#2a9d4b", "smi": "#8e44ad", "typiclust": "#c0392b",
+                 "typiclust_enrich": "#16a085"}
 
 
 def plot_auc_curves(summary: pd.DataFrame, full: tuple[float, float], path: str | Path, title: str) -> None:

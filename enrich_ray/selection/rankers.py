@@ -12,7 +12,7 @@ from enrich_ray.selection.ranking import Ranking
 from enrich_ray.selection.smi import smi_ranking
 from enrich_ray.selection.typiclust import typiclust_ranking
 
-RANKERS = ("enrich", "random", "examine", "smi", "typiclust")
+RANKERS = ("enrich", "random", "examine", "smi", "typiclust", "typiclust_enrich")
 
 
 def rank(
@@ -48,6 +48,8 @@ def rank(
         )
     if name == "typiclust":
         return typiclust_ranking(embeddings, seed, k, random_seed=cfg.random_seed)
+    if name == "typiclust_enrich":
+        return typiclust_then_enrich(embeddings, seed, k, cfg, progress=progress)
     if name == "smi":
         if query is None:
             raise ValueError("the smi ranker needs a query set (selection.smi_query): none was given")
@@ -62,6 +64,22 @@ def rank(
             pool=cfg.smi_pool,
         )
     raise ValueError(f"unknown ranker {name!r}: choose one of {', '.join(RANKERS)}")
+
+
+def typiclust_then_enrich(embeddings: np.ndarray, seed: np.ndarray | list[int], k: int | None, cfg: SelectionConfig,
+                          progress: bool = False) -> Ranking:
+    """TypiClust's first round (as many typical frames as the seed set holds: the ranked set doubled),
+    then ENRICH from all of them: the dense middle first, where small budgets gained in the evaluation,
+    then coverage to the edge. Score: typicality on TypiClust's picks, ENRICH's similarity after."""
+    seed = np.asarray(seed, dtype=np.int64)
+    n = np.asarray(embeddings).shape[0]
+    k = n - seed.size if k is None else k
+    first = typiclust_ranking(embeddings, seed, min(k, max(1, seed.size)), random_seed=cfg.random_seed)
+    rest = enrich_greedy(embeddings, first.order, k - (first.order.size - seed.size), progress=progress)
+    score = rest.score.copy()
+    score[seed.size : first.order.size] = first.score[seed.size :]
+    return Ranking(ranker="typiclust_enrich", order=rest.order, score=score, n_seed=int(seed.size),
+                   info={"typiclust_picks": int(first.order.size - seed.size)})
 
 
 def rank_toward_exemplars(emb: np.ndarray, seed: np.ndarray, exemplars: np.ndarray, k: int | None,

@@ -225,7 +225,7 @@ def test_targeted_selection_finds_the_query_class(labeled):
 def test_rank_dispatches_by_name(labeled):
     x = labeled[0][:80]
     cfg = SelectionConfig(smi_function="flqmi", smi_pool=30)
-    for name in ("enrich", "random", "examine", "typiclust"):
+    for name in ("enrich", "random", "examine", "typiclust", "typiclust_enrich"):
         r = rank(name, x, [2], 5, cfg)
         assert r.ranker == name and r.order[0] == 2 and r.order.size == 6 and np.unique(r.order).size == 6
     s = rank("smi", x, [2], 50, cfg, query=[4, 5])
@@ -289,3 +289,22 @@ def test_typiclust_picks_the_dense_middle_before_the_edge():
         centre = members.mean(axis=0)
         assert np.linalg.norm(x[p] - centre) <= np.median(np.linalg.norm(members - centre, axis=1))
     assert np.isin(rank("enrich", x, [0], 6, SelectionConfig()).order[1:], scattered).mean() >= 0.5
+
+
+def test_typiclust_then_enrich_is_typiclust_s_first_round_then_the_plain_greedy():
+    """As many TypiClust picks as the seed set holds, then ENRICH seeded by all of them: equal to the
+    two rankers run one after the other, the plain greedy loop included."""
+    from enrich_ray.selection.enrich import enrich_greedy
+
+    rng = np.random.default_rng(6)
+    centres = rng.standard_normal((6, 16)) * 3
+    x = np.concatenate([np.repeat(centres, 60, axis=0) + 0.3 * rng.standard_normal((360, 16)), 3 * rng.standard_normal((40, 16))])
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    seed = [0, 61, 130]
+    both = rank("typiclust_enrich", x, seed, 20, SelectionConfig())
+    first = typiclust_ranking(x, seed, 3).order
+    np.testing.assert_array_equal(both.order[:6], first)
+    np.testing.assert_array_equal(both.order, enrich_greedy(x, first, 17, method="plain").order)
+    assert both.n_seed == 3 and both.info["typiclust_picks"] == 3 and np.isnan(both.score[:3]).all()
+    assert np.isfinite(both.score[3:]).all()
+    assert rank("typiclust_enrich", x, seed, 2, SelectionConfig()).order.size == 5  # a budget inside the first round
