@@ -194,7 +194,8 @@ def test_bad_settings_and_inputs_name_the_key():
 if __name__ == "__main__":
     from tests.conftest import SHARED_DATA
 
-    archives = {"synthetic": lambda: build_archive(synthetic_clean(800))}
+    archives = {"synthetic": lambda: build_archive(synthetic_clean(800)),
+                "synthetic 300 (test_junk's)": lambda: build_archive(synthetic_clean(300))}
     busi = SHARED_DATA / "busi_256" / "Dataset_BUSI_with_GT"
     if busi.is_dir():
         archives["BUSI"] = lambda: build_archive(busi_clean(busi))
