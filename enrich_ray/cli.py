@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 from enrich_ray import __version__
-from enrich_ray.config import Config, ConfigError, load_config, packaged_config
+from enrich_ray.config import RANKER_NAMES, Config, ConfigError, load_config, packaged_config
 from enrich_ray.export import FORMATS as EXPORT_FORMATS
 from enrich_ray.progress import set_console
 
@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("select", "rank an existing embeddings table", curate_yaml)
     p.add_argument("--embeddings", required=True, help="Parquet file or folder with image_id, frame_index, embedding")
     p.add_argument("--out", required=True, help="folder for manifest.parquet and manifest.csv")
-    p.add_argument("--ranker", choices=["enrich", "random", "examine", "smi", "typiclust", "typiclust_enrich"],
+    p.add_argument("--ranker", choices=RANKER_NAMES,
                    help="ranker (default: selection.ranker); smi also needs selection.smi_query, a file of image ids")
     p.add_argument("--seed-set", "--seed", dest="seed_set", metavar="SEED_SET",
                    help="the frames ranked first: a count (5), a fraction (0.01) or a file of labeled image ids "

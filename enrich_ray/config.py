@@ -149,11 +149,15 @@ class AnalysisConfig:
     leakage_split: str | None = None  # a train/val/test split to check for leaks: a .csv/.parquet file or an archive column (pipelines/leakage.py)
 
 
+Ranker = Literal["enrich", "random", "examine", "smi", "typiclust", "typiclust_enrich"]  # selection/rankers.py
+RANKER_NAMES: tuple[str, ...] = typing.get_args(Ranker)
+
+
 @dataclass
 class SelectionConfig:
     """The ranker and its seed set."""
 
-    ranker: Literal["enrich", "random", "examine", "smi", "typiclust", "typiclust_enrich"] = "enrich"
+    ranker: Ranker = "enrich"
     k: int | None = None  # None: rank every frame
     seed_count: int | None = 1
     seed_fraction: float | None = None
@@ -204,7 +208,7 @@ class ReportConfig:
 class EvaluateConfig:
     """The evaluation job (paper Fig. 1 and 3): does ranking help on a labeled dataset, and how much labeling does it save?"""
 
-    rankers: list[Literal["enrich", "enrich_clean", "random", "examine", "smi", "typiclust", "typiclust_enrich"]] = field(default_factory=lambda: ["enrich", "random", "examine"])
+    rankers: list[Literal[Ranker, "enrich_clean"]] = field(default_factory=lambda: ["enrich", "random", "examine"])
     embedders: list[Literal["vae", "vae_ensemble", "pixels"]] = field(default_factory=lambda: ["vae", "pixels"])
     ensemble_size: int = 3  # vae_ensemble: β-VAEs trained apart (seeds vae.seed + 10, + 20, ...), their unit codes joined
     fractions: list[float] = field(default_factory=lambda: [0.02, 0.05, 0.1, 0.2, 0.4])  # the first: the random seed set

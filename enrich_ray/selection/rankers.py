@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from enrich_ray.config import SelectionConfig
+from enrich_ray.config import RANKER_NAMES, SelectionConfig
 from enrich_ray.selection.baseline import random_ranking
 from enrich_ray.selection.enrich import enrich_greedy
 from enrich_ray.selection.quota import Quotas
@@ -12,7 +12,7 @@ from enrich_ray.selection.ranking import Ranking
 from enrich_ray.selection.smi import smi_ranking
 from enrich_ray.selection.typiclust import typiclust_ranking
 
-RANKERS = ("enrich", "random", "examine", "smi", "typiclust", "typiclust_enrich")
+RANKERS = RANKER_NAMES  # one list, in config.Ranker
 
 
 def rank(
