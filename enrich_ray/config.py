@@ -219,11 +219,12 @@ class EvaluateConfig:
     vae_per_replicate: bool = True
     models_per_replicate: int = 10  # classifiers trained on each ranked subset, seeded apart
     query_label: int | str | None = None  # smi's query: the seed set's images of this class
-    max_epochs: int = 20  # step cap per classifier: this many epochs of its subset ...
-    min_steps: int = 50  # ... but at least this many steps
-    max_steps: int = 400  # ... and at most this many
+    # a safety cap per classifier, set so that early stopping ends the training, not the cap: this many epochs of its subset ...
+    max_epochs: int = 200
+    min_steps: int = 1000  # ... but at least this many steps
+    max_steps: int = 3000  # ... and at most this many
     check_every: int = 25  # validation check every max(one epoch, this many) steps
-    patience: int = 4  # checks without a lower validation loss before stopping
+    patience: int = 4  # checks without a higher validation AUC before stopping
     batch_size: int = 64
     lr: float = 2e-3
     width: int = 16  # channels of the classifier's first stage

@@ -74,9 +74,9 @@ class TrainSettings:
     stopping (a validation check every max(one epoch, check_every) steps, patience checks), batch,
     learning rate, width, device and precision."""
 
-    max_epochs: int = 20
-    min_steps: int = 50
-    max_steps: int = 400
+    max_epochs: int = 200
+    min_steps: int = 1000
+    max_steps: int = 3000
     check_every: int = 25
     patience: int = 4
     batch_size: int = 64
@@ -121,8 +121,8 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, n_classes: int, see
                      val: tuple[np.ndarray, np.ndarray] | None = None) -> TrainedClassifier:
     """Train a SmallResNet on (N, H, W) images in [0, 1] with integer labels: shuffled mini-batches
     (without replacement, epoch after epoch) up to settings.step_cap(N) Adam steps; with a
-    validation split (images, labels), stop once its loss has not improved for settings.patience
-    checks of its AUC and return the best checkpoint."""
+    validation split (images, labels), stop once its AUC has not improved for settings.patience
+    checks and return the best checkpoint."""
     if images.ndim != 3 or images.shape[1] != images.shape[2]:
         raise ValueError(f"images must be (N, side, side), got shape {images.shape}")
     if len(images) != len(labels) or len(images) == 0:
