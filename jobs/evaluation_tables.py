@@ -2,7 +2,8 @@
 (verbatim, headings demoted) between the <!-- results:start --> and <!-- results:end --> markers,
 and its plots copied to docs/evaluation/; or, with --section NAME, the run's deciding tables
 between <!-- NAME:start --> and <!-- NAME:end -->: each ranker against random per dataset and
-fraction (Δ with its Welch 95% interval, Mann-Whitney p, the run's MDE), the same Δ within each
+fraction (Δ with its Welch 95% interval, Mann-Whitney p, the run's MDE), each fraction against the
+full set with the classifiers' mean steps and the share stopped early, the same Δ within each
 replicate (its own seed set and, under evaluate.vae_per_replicate, its own β-VAE), the full-set AUC
 and budget with the run's time, and the β-VAE of every replicate (embeddings.csv). Nothing is
 typed by hand.
@@ -80,6 +81,8 @@ def deciding_tables(out: Path, embedder: str, rankers: list[str]) -> str:
     head = (["dataset", "fraction (images)", "models", "random AUC"] + [f"{_shown(r)} Δ [95% CI], p" for r in rankers]
             + [f"MDE ({'/'.join(_shown(r) for r in rankers)})"])
     vs_random = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    vs_full = ["| " + " | ".join(["dataset", "fraction"] + [f"{_shown(r)} Δ vs full [95% CI], p" for r in ["random", *rankers]]
+                                 + ["steps (mean)", "stopped before the cap"]) + " |", "|" + "---|" * (len(rankers) + 5)]
     per_rep, budget_rows, vae_rows = [], [], []
     replicates: list[int] = []
     for run in runs:
@@ -99,6 +102,11 @@ def deciding_tables(out: Path, embedder: str, rankers: list[str]) -> str:
             models = int(min(at.loc[r, "n_models"] for r in ["random", *rankers]))
             vs_random.append(f"| {name} | {rnd['fraction']:.1%} ({size}) | {models} | {rnd['auc_mean']:.3f} ± "
                              f"{rnd['auc_sd']:.3f} | " + " | ".join(cells) + f" | {mde} |")
+            full_cells = [_cell(at.loc[r, "diff_vs_full"], at.loc[r, "low_vs_full"], at.loc[r, "high_vs_full"],
+                                at.loc[r, "p_vs_full"], alpha) for r in ["random", *rankers]]
+            trained = at.loc[["random", *rankers]]
+            vs_full.append(f"| {name} | {rnd['fraction']:.1%} | " + " | ".join(full_cells)
+                           + f" | {trained['steps_mean'].mean():.0f} | {trained['stopped_early'].mean():.0%} |")
         aucs = pd.read_csv(run / "aucs.csv")
         aucs = aucs[aucs["embedder"].isin([embedder, "none"]) & (aucs["ranker"] != "full")]
         replicates = sorted(int(i) for i in aucs["replicate"].unique())
@@ -132,6 +140,10 @@ def deciding_tables(out: Path, embedder: str, rankers: list[str]) -> str:
         f"Mann-Whitney U, bold where p < {alpha}; MDE: the smallest difference the run detects ({'/'.join(_shown(r) for r in rankers)}); "
         "models: AUCs a point (30 in the full protocol).",
         "\n".join(vs_random),
+        "Against the full set's models (Δ: the fraction's mean AUC minus the full set's, bold where p < "
+        f"{alpha}: a difference detected), and how the classifiers of the fraction trained (mean optimiser steps, "
+        "the share whose early stopping ended the training before the step cap; random and the rankers above):",
+        "\n".join(vs_full),
         "Δ within each replicate r (mean AUC of a ranker's models minus random's, on the same seed set; under "
         "evaluate.vae_per_replicate each replicate ranks with its own β-VAE):",
         "\n".join(["| " + " | ".join(per_rep_head) + " |", "|" + "---|" * len(per_rep_head), *per_rep]),
