@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from scipy.stats import rankdata
 from torch import nn
 
+from enrich_ray.config import EvaluateConfig
 from enrich_ray.embed.device import autocast
 
 
@@ -74,14 +75,14 @@ class TrainSettings:
     stopping (a validation check every max(one epoch, check_every) steps, patience checks), batch,
     learning rate, width, device and precision."""
 
-    max_epochs: int = 200
-    min_steps: int = 1000
-    max_steps: int = 3000
-    check_every: int = 25
-    patience: int = 4
-    batch_size: int = 64
-    lr: float = 2e-3
-    width: int = 16
+    max_epochs: int = EvaluateConfig.max_epochs  # the defaults live in one home, evaluate's settings
+    min_steps: int = EvaluateConfig.min_steps
+    max_steps: int = EvaluateConfig.max_steps
+    check_every: int = EvaluateConfig.check_every
+    patience: int = EvaluateConfig.patience
+    batch_size: int = EvaluateConfig.batch_size
+    lr: float = EvaluateConfig.lr
+    width: int = EvaluateConfig.width
     stages: int = 3
     device: torch.device = torch.device("cpu")
     amp: bool = True
