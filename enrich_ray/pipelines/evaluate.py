@@ -18,7 +18,8 @@ count or CPU kernel gives other weights, and one training is one draw of the ran
 A long job: every finished classifier is appended to aucs.csv at once (model seed by model seed,
 each across every replicate, so a run cut short still spans every seed set and β-VAE), and a rerun
 into the same `out` with the same settings skips what aucs.csv holds (the embeddings are cached
-beside it), so an interrupted run resumes and ends with the same aucs.csv.
+beside it), so an interrupted run resumes and ends with the same aucs.csv. A rerun may also add
+rankers or embedders: it trains only their classifiers, random's and the full set's are kept.
 
 Output, under out/<dataset name>/: aucs.csv (one row per model), summary.csv, budget.csv,
 embeddings.csv (one row per embedder and, for a β-VAE per replicate, per replicate),
@@ -342,17 +343,27 @@ def _read_finished(path: Path) -> dict[tuple, dict]:
     return done
 
 
+ADDABLE = ("rankers", "embedders")  # evaluate settings a rerun may extend: their records have keys of their own
+
+
 def _check_same_run(run_dir: Path, settings: dict) -> None:
-    """Write the run's settings, or check a rerun into the same folder has the same ones."""
+    """Write the run's settings, or check a rerun into the same folder has the same ones. A rerun
+    may add rankers or embedders (each record is keyed by both, and random and the full set, shared
+    by all, are kept); the file then lists every one the folder holds."""
     path = run_dir / RUN_FILE
     if path.exists():
         before = json.loads(path.read_text())
-        changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
+        fixed = {k: v for k, v in settings.items() if k != "evaluate"}
+        fixed["evaluate"] = {k: v for k, v in settings["evaluate"].items() if k not in ADDABLE}
+        kept = {k: v for k, v in before.items() if k != "evaluate"}
+        kept["evaluate"] = {k: v for k, v in before.get("evaluate", {}).items() if k not in ADDABLE}
+        changed = sorted(k for k in set(kept) | set(fixed) if kept.get(k) != fixed.get(k))
         if changed:
             raise ConfigError(f"{run_dir} holds a run with other settings ({', '.join(changed)} differ): "
-                              "resume with the same settings or use another --out")
-    else:
-        path.write_text(json.dumps(settings, indent=2, sort_keys=True, default=str))
+                              "resume with the same settings (more rankers or embedders may be added) or use another --out")
+        for k in ADDABLE:
+            settings["evaluate"][k] = list(dict.fromkeys(before["evaluate"][k] + settings["evaluate"][k]))
+    path.write_text(json.dumps(settings, indent=2, sort_keys=True, default=str))
 
 
 def _ensemble_split(frames: np.ndarray, cfg: Config, vae_dir: Path, natural: np.ndarray | None,
@@ -394,17 +405,22 @@ def _embeddings(data: LabeledImages, train: np.ndarray, ev: EvaluateConfig, cfg:
     replicate has its own) and the embedding facts, one row per embedding; cached in run_dir so a
     resumed run ranks the very same vectors."""
     keys = _embedding_keys(ev, cfg)
-    cache, facts_csv = run_dir / UNITS_FILE, run_dir / "embeddings.csv"
-    if cache.exists() and facts_csv.exists() and (run_dir / NN_SIMILARITY_FILE).exists():
+    cache, facts_csv, nn_file = run_dir / UNITS_FILE, run_dir / "embeddings.csv", run_dir / NN_SIMILARITY_FILE
+    vectors: dict[str, np.ndarray] = {}
+    nn: dict[str, np.ndarray] = {}
+    facts: list[dict] = []
+    if cache.exists() and facts_csv.exists() and nn_file.exists():
         with np.load(cache) as npz:
-            vectors = {_cache_key(*k): npz[_cache_key(*k)] for k in keys}
-        with np.load(run_dir / NN_SIMILARITY_FILE) as npz:
+            vectors = {k: npz[k] for k in npz.files}
+        with np.load(nn_file) as npz:
             nn = {k: npz[k] for k in npz.files}
+        facts = pd.read_csv(facts_csv).to_dict("records")
+    missing = [k for k in keys if _cache_key(*k) not in vectors]
+    if len(missing) < len(keys):
         log.info("%s: embeddings of an earlier run reused (%s)", data.name, cache)
-    else:
+    if missing:
         natural = natural_images(data.images.shape[1]) if ev.natural_images else None
-        vectors, nn, facts = {}, {}, []
-        for name, r in keys:
+        for name, r in missing:
             run_cfg = cfg if r is None else dataclasses.replace(cfg, vae=replicate_vae(cfg.vae, r))
             first = r in (None, 0)  # the embedding the redundancy curves show
             unit, fact, natural_unit = embed_training_split(data.images[train], name, run_cfg,
@@ -415,15 +431,15 @@ def _embeddings(data: LabeledImages, train: np.ndarray, ev: EvaluateConfig, cfg:
                 nn[name] = similarity
             stats = redundancy_stats(similarity)
             facts.append({"embedder": name, "replicate": "all" if r is None else r,
-                          "vae_seed": run_cfg.vae.seed if name in VAE_EMBEDDERS and cfg.embed.model is None else None,
-                          **{k: v for k, v in fact.items() if k != "embedder"},
-                          **{f"nn_{k}": v for k, v in stats.items() if k.startswith("share_above") or k == "median"}})
+                              "vae_seed": run_cfg.vae.seed if name in VAE_EMBEDDERS and cfg.embed.model is None else None,
+                              **{k: v for k, v in fact.items() if k != "embedder"},
+                              **{f"nn_{k}": v for k, v in stats.items() if k.startswith("share_above") or k == "median"}})
             if natural_unit is not None:
                 nn[f"{NATURAL_PREFIX} · {name}"] = knn_graph(natural_unit, min(cfg.index.k, len(natural_unit) - 1), cfg.index).nn_similarity
             log.info("%s embedding%s: effective dimension %.1f, active units %s", name,
                      "" if r is None else f" of replicate {r}", fact["effective_dimension"],
                      "n/a" if fact["active_units"] is None else fact["active_units"])
-        np.savez(run_dir / NN_SIMILARITY_FILE, **nn)
+        np.savez(nn_file, **nn)
         pd.DataFrame(facts).to_csv(facts_csv, index=False)
         np.savez(cache, **vectors)
     units = [{name: vectors[_cache_key(name, r if (name, r) in keys else None)] for name in ev.embedders}

@@ -463,6 +463,40 @@ def test_interrupted_run_resumes_to_the_same_aucs(tmp_path, embedder):
         run_evaluation(str(npz), load_config(None, [*TINY, "evaluate.max_steps=40"]), str(tmp_path / "b"))
 
 
+def test_a_rerun_may_add_rankers_and_embedders(tmp_path):
+    """A run extended by a second one with another ranker and embedder ends with the records, the
+    embeddings and the summary of one run with all of them; the rerun trains only the new
+    classifiers, and random's and the full set's stay as the first run wrote them."""
+    npz = _planted_npz(tmp_path / "planted.npz")
+    both = ["evaluate.embedders=[pixels,vae]", "evaluate.rankers=[enrich,examine,random]"]
+    at_once = run_evaluation(str(npz), load_config(None, [*TINY, *PER_REPLICATE_VAE, *both]), str(tmp_path / "a"))
+    first = run_evaluation(str(npz), load_config(None, [*TINY, *PER_REPLICATE_VAE, "evaluate.embedders=[pixels]"]), str(tmp_path / "b"))
+    before = pd.read_csv(tmp_path / "b" / "planted" / "aucs.csv")
+    added = run_evaluation(str(npz), load_config(None, [*TINY, *PER_REPLICATE_VAE, *both]), str(tmp_path / "b"))
+    assert first["classifiers_trained_now"] + added["classifiers_trained_now"] == at_once["classifiers_trained_now"]
+    assert added["classifiers_trained_now"] > 0
+
+    def rows(run: str) -> pd.DataFrame:
+        aucs = pd.read_csv(tmp_path / run / "planted" / "aucs.csv")
+        return aucs.sort_values(["replicate", "model", "embedder", "ranker", "n_train"]).reset_index(drop=True)
+
+    pd.testing.assert_frame_equal(rows("a"), rows("b"))
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "b" / "planted" / "aucs.csv").iloc[: len(before)], before)
+    assert set(rows("b")["embedder"]) == {"none", "pixels", "vae"} and "examine" in set(rows("b")["ranker"])
+    with np.load(tmp_path / "a" / "planted" / "embeddings.npz") as a, np.load(tmp_path / "b" / "planted" / "embeddings.npz") as b:
+        assert sorted(a.files) == sorted(b.files) == ["pixels", "vae_r0", "vae_r1"]
+        for key in a.files:
+            np.testing.assert_array_equal(a[key], b[key])
+    summary = ["embedder", "ranker", "fraction", "auc_mean", "p_vs_random"]
+    pd.testing.assert_frame_equal(
+        pd.read_csv(tmp_path / "a" / "planted" / "summary.csv")[summary].sort_values(summary[:3]).reset_index(drop=True),
+        pd.read_csv(tmp_path / "b" / "planted" / "summary.csv")[summary].sort_values(summary[:3]).reset_index(drop=True))
+    run = json.loads((tmp_path / "b" / "planted" / "run.json").read_text())["evaluate"]
+    assert run["embedders"] == ["pixels", "vae"] and run["rankers"] == ["enrich", "random", "examine"]
+    with pytest.raises(ConfigError, match="other settings"):
+        run_evaluation(str(npz), load_config(None, [*TINY, "evaluate.patience=3"]), str(tmp_path / "b"))
+
+
 def test_the_vae_is_trained_per_replicate_unless_told_otherwise():
     """(embedder, replicate) of the run's embeddings: a β-VAE per seed set by default; one for all
     with evaluate.vae_per_replicate=false or a given embed.model; the pixel baseline always one."""
