@@ -163,6 +163,9 @@ class SelectionConfig:
     seed_fraction: float | None = None
     seed_manifest: str | None = None  # image ids already labeled
     random_seed: int = 0
+    # typiclust_enrich: TypiClust's typical round picks this share of the frames (at least as many as the
+    # seed set; 0: as many as the seed set), then ENRICH; 0.02 is the round the evaluation measured (a 2% seed set, doubled)
+    typiclust_fraction: float = 0.02
     examine_exact: bool = True
     examine_exponential: bool = False
     examine_most_valuable_first: bool = True
@@ -446,6 +449,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "selection.k": (0, None, False),
     "selection.seed_count": (1, None, False),
     "selection.seed_fraction": (0, 1, True),
+    "selection.typiclust_fraction": (0, 1, False),
     "selection.seconds_per_image": (0, None, False),
     "selection.seconds_per_segmentation": (0, None, False),
     "report.gallery_size": (0, None, False),

@@ -7,6 +7,7 @@
 # RANKERS (default enrich,random), EMBEDDERS (default configs/evaluate.yaml's) and DATASETS (default
 # all three, in this order) choose a part, e.g.
 #   RANKERS=typiclust,random EMBEDDERS=vae DATASETS="busi breastmnist" jobs/evaluate_all.sh runs/evaluation/typiclust
+# and SET adds one more setting to every dataset, e.g. SET="evaluate.fractions=[0.0001,0.05,0.1]" (a one-frame seed set)
 set -u
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/evaluation/protocol30}
@@ -14,12 +15,13 @@ DATA=${DATA:-../shared/data}
 mkdir -p "$OUT"
 RANKERS="evaluate.rankers=[${RANKERS:-enrich,random}]"
 EMBEDDERS=${EMBEDDERS:+"evaluate.embedders=[$EMBEDDERS]"}
+SET=${SET:-}
 DATASETS=${DATASETS:-pneumoniamnist breastmnist busi}
 run() {  # name, dataset, extra --set arguments...
   local name=$1 dataset=$2
   shift 2
   echo "$(date -u +%FT%TZ) start $name" >> "$OUT/jobs.log"
-  .venv/bin/enrich-ray evaluate --dataset "$dataset" --out "$OUT" --set "$RANKERS" ${EMBEDDERS:+--set "$EMBEDDERS"} "$@" > "$OUT/$name.log" 2>&1
+  .venv/bin/enrich-ray evaluate --dataset "$dataset" --out "$OUT" --set "$RANKERS" ${EMBEDDERS:+--set "$EMBEDDERS"} ${SET:+--set "$SET"} "$@" > "$OUT/$name.log" 2>&1
   echo "$(date -u +%FT%TZ) end $name rc=$?" >> "$OUT/jobs.log"
 }
 for name in $DATASETS; do

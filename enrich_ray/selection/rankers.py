@@ -68,13 +68,15 @@ def rank(
 
 def typiclust_then_enrich(embeddings: np.ndarray, seed: np.ndarray | list[int], k: int | None, cfg: SelectionConfig,
                           progress: bool = False) -> Ranking:
-    """TypiClust's first round (as many typical frames as the seed set holds: the ranked set doubled),
-    then ENRICH from all of them: the dense middle first, where small budgets gained in the evaluation,
-    then coverage to the edge. Score: typicality on TypiClust's picks, ENRICH's similarity after."""
+    """TypiClust's first round (cfg.typiclust_fraction of the frames, at least as many as the seed set
+    holds, so a one-frame seed set still gets a round of typical frames), then ENRICH from all of them:
+    the dense middle first, where small budgets gained in the evaluation, then coverage to the edge.
+    Score: typicality on TypiClust's picks, ENRICH's similarity after."""
     seed = np.asarray(seed, dtype=np.int64)
     n = np.asarray(embeddings).shape[0]
     k = n - seed.size if k is None else k
-    first = typiclust_ranking(embeddings, seed, min(k, max(1, seed.size)), random_seed=cfg.random_seed)
+    typical = max(1, seed.size, int(round(cfg.typiclust_fraction * n)))
+    first = typiclust_ranking(embeddings, seed, min(k, typical), random_seed=cfg.random_seed)
     rest = enrich_greedy(embeddings, first.order, k - (first.order.size - seed.size), progress=progress)
     score = rest.score.copy()
     score[seed.size : first.order.size] = first.score[seed.size :]

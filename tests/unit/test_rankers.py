@@ -292,8 +292,9 @@ def test_typiclust_picks_the_dense_middle_before_the_edge():
 
 
 def test_typiclust_then_enrich_is_typiclust_s_first_round_then_the_plain_greedy():
-    """As many TypiClust picks as the seed set holds, then ENRICH seeded by all of them: equal to the
-    two rankers run one after the other, the plain greedy loop included."""
+    """TypiClust's first round (selection.typiclust_fraction of the frames, at least the seed set's
+    size), then ENRICH seeded by all of them: equal to the two rankers run one after the other, the
+    plain greedy loop included."""
     from enrich_ray.selection.enrich import enrich_greedy
 
     rng = np.random.default_rng(6)
@@ -301,10 +302,17 @@ def test_typiclust_then_enrich_is_typiclust_s_first_round_then_the_plain_greedy(
     x = np.concatenate([np.repeat(centres, 60, axis=0) + 0.3 * rng.standard_normal((360, 16)), 3 * rng.standard_normal((40, 16))])
     x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
     seed = [0, 61, 130]
-    both = rank("typiclust_enrich", x, seed, 20, SelectionConfig())
-    first = typiclust_ranking(x, seed, 3).order
-    np.testing.assert_array_equal(both.order[:6], first)
-    np.testing.assert_array_equal(both.order, enrich_greedy(x, first, 17, method="plain").order)
-    assert both.n_seed == 3 and both.info["typiclust_picks"] == 3 and np.isnan(both.score[:3]).all()
-    assert np.isfinite(both.score[3:]).all()
+    for fraction, typical in ((0.0, 3), (0.02, 8), (0.05, 20)):  # the seed set's size, then 2% and 5% of 400
+        cfg = SelectionConfig(typiclust_fraction=fraction)
+        both = rank("typiclust_enrich", x, seed, 30, cfg)
+        first = typiclust_ranking(x, seed, typical).order
+        np.testing.assert_array_equal(both.order[: 3 + typical], first)
+        np.testing.assert_array_equal(both.order, enrich_greedy(x, first, 30 - typical, method="plain").order)
+        assert both.n_seed == 3 and both.info["typiclust_picks"] == typical and np.isnan(both.score[:3]).all()
+        assert np.isfinite(both.score[3:]).all()
+    one = rank("typiclust_enrich", x, [0], None, SelectionConfig())  # curate's default seed set: one frame
+    assert one.info["typiclust_picks"] == 8 and one.order.size == 400
+    np.testing.assert_array_equal(one.order[:9], typiclust_ranking(x, [0], 8).order)
     assert rank("typiclust_enrich", x, seed, 2, SelectionConfig()).order.size == 5  # a budget inside the first round
+
+
