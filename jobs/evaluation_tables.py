@@ -5,12 +5,13 @@ between <!-- NAME:start --> and <!-- NAME:end -->: each ranker against random pe
 fraction (Δ with its Welch 95% interval, Mann-Whitney p, the run's MDE), each fraction against the
 full set with the classifiers' mean steps and the share stopped early, the same Δ within each
 replicate (its own seed set and, under evaluate.vae_per_replicate, its own β-VAE), the full-set AUC
-and budget with the run's time, and the β-VAE of every replicate (embeddings.csv). Nothing is
-typed by hand.
+and budget with the run's time, and the β-VAE of every replicate (embeddings.csv); with --baseline,
+each ranker under the embedder against the same ranker under the baseline embedder (the raw-pixel
+baseline, say) and the baseline's rankings against random. Nothing is typed by hand.
 
     .venv/bin/python jobs/evaluation_tables.py runs/evaluation/protocol30 [--doc docs/evaluation.md]
     .venv/bin/python jobs/evaluation_tables.py runs/evaluation/per_replicate_vae --section third-run \
-        [--embedder vae] [--rankers typiclust,enrich]
+        [--embedder vae] [--rankers typiclust,enrich] [--baseline pixels]
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+
+from enrich_ray.evaluate.stats import mann_whitney_p, mean_difference_ci
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 ORDER = ("pneumoniamnist", "breastmnist", "Dataset_BUSI_with_GT")  # the order of jobs/evaluate_all.sh
@@ -157,6 +160,38 @@ def deciding_tables(out: Path, embedder: str, rankers: list[str]) -> str:
     ])
 
 
+def baseline_table(out: Path, embedder: str, baseline: str, rankers: list[str]) -> str:
+    """Per dataset and fraction (the seed set left out): each ranker under `embedder` against the same
+    ranker under `baseline` (Δ in mean AUC, Welch 95% interval, Mann-Whitney p, from aucs.csv), and
+    each ranker under `baseline` against random (its summary.csv)."""
+    runs = _runs(out)
+    alpha = json.loads((runs[0] / "summary.json").read_text())["config"]["alpha"]
+    head = (["dataset", "fraction", "models"] + [f"{_shown(r)}: {embedder} Δ vs {baseline} [95% CI], p" for r in rankers]
+            + [f"{_shown(r)} on {baseline}: Δ vs random [95% CI], p" for r in rankers])
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for run in runs:
+        aucs = pd.read_csv(run / "aucs.csv")
+        summary = pd.read_csv(run / "summary.csv")
+        summary = summary[(summary["embedder"] == baseline) & ~summary["seed_set"]].set_index(["ranker", "n_train"])
+        n_train = json.loads((run / "summary.json").read_text())["n_train"]
+        for size in sorted(summary.index.get_level_values("n_train").unique()):
+            cells, models = [], []
+            for r in rankers:
+                a = aucs[(aucs["embedder"] == embedder) & (aucs["ranker"] == r) & (aucs["n_train"] == size)]["auc"].to_numpy()
+                b = aucs[(aucs["embedder"] == baseline) & (aucs["ranker"] == r) & (aucs["n_train"] == size)]["auc"].to_numpy()
+                if len(a) < 2 or len(b) < 2:
+                    raise SystemExit(f"{run}/aucs.csv: {r} at {size} images has {len(a)} AUCs under {embedder} and {len(b)} under {baseline}")
+                diff, low, high = mean_difference_ci(a, b)
+                cells.append(_cell(diff, low, high, mann_whitney_p(a, b), alpha))
+                models += [len(a), len(b)]
+            vs_random = [_cell(*summary.loc[(r, size), ["diff_vs_random", "low_vs_random", "high_vs_random", "p_vs_random"]], alpha)
+                         for r in rankers]
+            rows.append(f"| {_shown(run.name)} | {size / n_train:.1%} | {min(models)} | " + " | ".join(cells + vs_random) + " |")
+    intro = (f"Against the {baseline} baseline (Δ: a ranker's mean AUC under {embedder} minus the same ranker's under "
+             f"{baseline}, bold where p < {alpha}), and the {baseline} rankings against random:")
+    return intro + "\n\n" + "\n".join(rows)
+
+
 def write_between(doc_path: Path, start: str, end: str, body: str) -> int:
     """Replace what lies between the markers start and end in doc_path with body; 2 if a marker is missing."""
     doc = doc_path.read_text()
@@ -175,9 +210,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--section", help="write the deciding tables between <!-- SECTION:start --> and <!-- SECTION:end -->")
     parser.add_argument("--embedder", default="vae", help="with --section: the embedder whose rankings are compared")
     parser.add_argument("--rankers", default="typiclust,enrich", help="with --section: the rankers compared with random")
+    parser.add_argument("--baseline", help="with --section: also compare each ranking with the same ranker on this embedder (pixels)")
     args = parser.parse_args(argv)
     if args.section:
         body = deciding_tables(args.out, args.embedder, args.rankers.split(","))
+        if args.baseline:
+            body += "\n\n" + baseline_table(args.out, args.embedder, args.baseline, args.rankers.split(","))
         rc = write_between(args.doc, f"<!-- {args.section}:start -->", f"<!-- {args.section}:end -->", body)
     else:
         rc = write_between(args.doc, START, END, results_markdown(args.out, args.doc.parent / "evaluation", args.doc.parent))
