@@ -5,13 +5,15 @@ between <!-- NAME:start --> and <!-- NAME:end -->: each ranker against random pe
 fraction (Δ with its Welch 95% interval, Mann-Whitney p, the run's MDE), each fraction against the
 full set with the classifiers' mean steps and the share stopped early, the same Δ within each
 replicate (its own seed set and, under evaluate.vae_per_replicate, its own β-VAE), the full-set AUC
-and budget with the run's time, and the β-VAE of every replicate (embeddings.csv); with --baseline,
-each ranker under the embedder against the same ranker under the baseline embedder (the raw-pixel
-baseline, say) and the baseline's rankings against random. Nothing is typed by hand.
+and budget with the run's time, and the β-VAE of every replicate (embeddings.csv); or, with
+--section and --baseline, each ranker under the embedder against the same ranker under the baseline
+embedder (the raw-pixel one) and the baseline's rankings against random. Nothing is typed by hand.
 
     .venv/bin/python jobs/evaluation_tables.py runs/evaluation/protocol30 [--doc docs/evaluation.md]
     .venv/bin/python jobs/evaluation_tables.py runs/evaluation/per_replicate_vae --section third-run \
-        [--embedder vae] [--rankers typiclust,enrich] [--baseline pixels]
+        [--embedder vae] [--rankers typiclust,enrich]
+    .venv/bin/python jobs/evaluation_tables.py runs/evaluation/converged --section sixth-run-pixels \
+        --embedder vae --rankers typiclust_enrich,enrich --baseline pixels
 """
 from __future__ import annotations
 
@@ -210,12 +212,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--section", help="write the deciding tables between <!-- SECTION:start --> and <!-- SECTION:end -->")
     parser.add_argument("--embedder", default="vae", help="with --section: the embedder whose rankings are compared")
     parser.add_argument("--rankers", default="typiclust,enrich", help="with --section: the rankers compared with random")
-    parser.add_argument("--baseline", help="with --section: also compare each ranking with the same ranker on this embedder (pixels)")
+    parser.add_argument("--baseline", help="with --section: instead, each ranking against the same ranker on this embedder (pixels)")
     args = parser.parse_args(argv)
     if args.section:
-        body = deciding_tables(args.out, args.embedder, args.rankers.split(","))
-        if args.baseline:
-            body += "\n\n" + baseline_table(args.out, args.embedder, args.baseline, args.rankers.split(","))
+        rankers = args.rankers.split(",")
+        body = (baseline_table(args.out, args.embedder, args.baseline, rankers) if args.baseline
+                else deciding_tables(args.out, args.embedder, rankers))
         rc = write_between(args.doc, f"<!-- {args.section}:start -->", f"<!-- {args.section}:end -->", body)
     else:
         rc = write_between(args.doc, START, END, results_markdown(args.out, args.doc.parent / "evaluation", args.doc.parent))
