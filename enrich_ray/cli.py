@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -333,6 +334,30 @@ def run_log_path(args: argparse.Namespace, cfg: Config) -> Path | None:
     return Path(tempfile.gettempdir()) / f"enrich-ray-{args.command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
 
 
+class _ResultsOnStdout:
+    """sys.stdout while a run logs: the main thread's writes (the result lines) reach stdout, any
+    other thread's the log.
+
+    Ray prints its workers' and raylet's lines to sys.stdout from its listener threads (a raylet
+    warning such as "8 PYTHON worker processes have been started" among them); on the console
+    they would break the promise that stdout holds the results and nothing else.
+    """
+
+    def __init__(self, stdout, log_file):
+        self.stdout, self.log_file = stdout, log_file
+
+    def write(self, text: str) -> int:
+        main = threading.current_thread() is threading.main_thread()
+        return (self.stdout if main else self.log_file).write(text)
+
+    def flush(self) -> None:
+        self.stdout.flush()
+        self.log_file.flush()
+
+    def __getattr__(self, name: str):  # isatty, fileno, encoding...: those of stdout
+        return getattr(self.stdout, name)
+
+
 @contextlib.contextmanager
 def _run_log(args: argparse.Namespace, cfg: Config, console: Console) -> Iterator[RunLog]:
     """While the command runs, send Ray's and the libraries' messages to run.log, not the console.
@@ -362,7 +387,10 @@ def _run_log(args: argparse.Namespace, cfg: Config, console: Console) -> Iterato
                                  errors="backslashreplace")
             stderr, console_stream = sys.stderr, console.setStream(terminal)
             os.dup2(file.fileno(), 2)
-            sys.stderr = file
+            sys.stderr, stdout, sys.stdout = file, sys.stdout, _ResultsOnStdout(sys.stdout, file)
+            # Ray holds back repeated worker lines and prints them at exit, on the main thread
+            # and after this log has closed; unheld, each reaches the log as it comes.
+            os.environ.setdefault("RAY_DEDUP_LOGS", "0")
             set_console(terminal, args.quiet)  # our own progress bars stay on the console
         run_log = RunLog(created)
         try:
@@ -378,7 +406,7 @@ def _run_log(args: argparse.Namespace, cfg: Config, console: Console) -> Iterato
             if redirect:
                 file.flush()
                 os.dup2(terminal.fileno(), 2)
-                sys.stderr = stderr
+                sys.stderr, sys.stdout = stderr, stdout
                 console.setStream(console_stream)
                 set_console(None, args.quiet)
                 terminal.close()

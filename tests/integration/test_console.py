@@ -121,3 +121,23 @@ def test_a_nightly_prints_a_line_per_stage_as_curate_does(demo, tmp_path):
     assert any(line.startswith("night 2026-11-20: 233 new images") for line in shown), shown
     assert not [line for line in lines if any(word in line for word in CHATTER)]
     assert "Started a local Ray instance" in (catalog / "run.log").read_text()
+
+
+def test_lines_printed_by_other_threads_go_to_the_log_and_results_to_stdout(tmp_path, capfd):
+    """Ray's listener threads print raylet warnings to sys.stdout; while a run logs they reach run.log."""
+    import argparse
+    import threading
+
+    from enrich_ray.cli import Console, _run_log
+    from enrich_ray.config import load_config
+
+    args = argparse.Namespace(command="curate", out=str(tmp_path / "run"), verbose=False, quiet=True)
+    console = Console(sys.stderr, verbose=False, quiet=True, plain=True)
+    with _run_log(args, load_config(), console):
+        listener = threading.Thread(target=print, args=("(raylet) WARNING: 8 PYTHON worker processes",))
+        listener.start()
+        listener.join()
+        print("images in: 3")
+    out, err = capfd.readouterr()
+    assert out == "images in: 3\n" and "raylet" not in err
+    assert "(raylet) WARNING: 8 PYTHON worker processes" in (tmp_path / "run" / "run.log").read_text()
