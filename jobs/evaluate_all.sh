@@ -7,7 +7,8 @@
 # RANKERS (default enrich,random), EMBEDDERS (default configs/evaluate.yaml's) and DATASETS (default
 # all three, in this order) choose a part, e.g.
 #   RANKERS=typiclust,random EMBEDDERS=vae DATASETS="busi breastmnist" jobs/evaluate_all.sh runs/evaluation/typiclust
-# and SET adds one more setting to every dataset, e.g. SET="evaluate.fractions=[0.0001,0.05,0.1]" (a one-frame seed set)
+# and SET adds settings to every dataset, separated by spaces, e.g. SET="evaluate.fractions=[0.0001,0.05,0.1]"
+# (a one-frame seed set) or SET="evaluate.replicates=10 evaluate.models_per_replicate=3" (more seed sets)
 set -u
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/evaluation/protocol30}
@@ -15,13 +16,15 @@ DATA=${DATA:-../shared/data}
 mkdir -p "$OUT"
 RANKERS="evaluate.rankers=[${RANKERS:-enrich,random}]"
 EMBEDDERS=${EMBEDDERS:+"evaluate.embedders=[$EMBEDDERS]"}
-SET=${SET:-}
+read -ra SET_WORDS <<< "${SET:-}"  # split on spaces, no globbing of a list's brackets
+SETTINGS=()
+for setting in "${SET_WORDS[@]}"; do SETTINGS+=(--set "$setting"); done
 DATASETS=${DATASETS:-pneumoniamnist breastmnist busi}
 run() {  # name, dataset, extra --set arguments...
   local name=$1 dataset=$2
   shift 2
   echo "$(date -u +%FT%TZ) start $name" >> "$OUT/jobs.log"
-  .venv/bin/enrich-ray evaluate --dataset "$dataset" --out "$OUT" --set "$RANKERS" ${EMBEDDERS:+--set "$EMBEDDERS"} ${SET:+--set "$SET"} "$@" > "$OUT/$name.log" 2>&1
+  .venv/bin/enrich-ray evaluate --dataset "$dataset" --out "$OUT" --set "$RANKERS" ${EMBEDDERS:+--set "$EMBEDDERS"} "${SETTINGS[@]}" "$@" > "$OUT/$name.log" 2>&1
   echo "$(date -u +%FT%TZ) end $name rc=$?" >> "$OUT/jobs.log"
 }
 for name in $DATASETS; do
