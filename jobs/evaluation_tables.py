@@ -4,7 +4,8 @@ and its plots copied to docs/evaluation/; or, with --section NAME, the run's dec
 between <!-- NAME:start --> and <!-- NAME:end -->: each ranker against random per dataset and
 fraction (Δ with its Welch 95% interval, Mann-Whitney p, the run's MDE), each fraction against the
 full set with the classifiers' mean steps and the share stopped early, the same Δ within each
-replicate (its own seed set and, under evaluate.vae_per_replicate, its own β-VAE), the full-set AUC
+replicate (its own seed set and, under evaluate.vae_per_replicate, its own β-VAE) and with the seed
+set as the unit (the replicates' mean over them, t-interval, signed-rank p), the full-set AUC
 and budget with the run's time, and the β-VAE of every replicate (embeddings.csv); or, with
 --section and --baseline, each ranker under the embedder against the same ranker under the baseline
 embedder (the raw-pixel one) and the baseline's rankings against random. Nothing is typed by hand.
@@ -88,11 +89,16 @@ def deciding_tables(out: Path, embedder: str, rankers: list[str]) -> str:
     vs_random = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     vs_full = ["| " + " | ".join(["dataset", "fraction"] + [f"{_shown(r)} Δ vs full [95% CI], p" for r in ["random", *rankers]]
                                  + ["steps (mean)", "stopped before the cap"]) + " |", "|" + "---|" * (len(rankers) + 5)]
+    by_seed_set = ["| " + " | ".join(["dataset", "fraction", "seed sets"] + [f"{_shown(r)} Δ [95% CI], p" for r in rankers]) + " |",
+                   "|" + "---|" * (len(rankers) + 3)]
     per_rep, budget_rows, vae_rows = [], [], []
     replicates: list[int] = []
     for run in runs:
         name = _shown(run.name)
         summary = pd.read_csv(run / "summary.csv")
+        if "p_by_seed_set" not in summary:
+            raise SystemExit(f"{run}/summary.csv has no comparison by seed set: rerun its enrich-ray evaluate, which "
+                             "finds every model done and writes the summary again")
         summary = summary[(summary["embedder"] == embedder) & ~summary["seed_set"]]
         result = json.loads((run / "summary.json").read_text())
         for size in sorted(summary["n_train"].unique()):
@@ -109,6 +115,9 @@ def deciding_tables(out: Path, embedder: str, rankers: list[str]) -> str:
                              f"{rnd['auc_sd']:.3f} | " + " | ".join(cells) + f" | {mde} |")
             full_cells = [_cell(at.loc[r, "diff_vs_full"], at.loc[r, "low_vs_full"], at.loc[r, "high_vs_full"],
                                 at.loc[r, "p_vs_full"], alpha) for r in ["random", *rankers]]
+            by_seed_set.append(f"| {name} | {rnd['fraction']:.1%} | {int(min(at.loc[r, 'seed_sets'] for r in rankers))} | "
+                               + " | ".join(_cell(*at.loc[r, ["diff_by_seed_set", "low_by_seed_set", "high_by_seed_set",
+                                                             "p_by_seed_set"]], alpha) for r in rankers) + " |")
             trained = at.loc[["random", *rankers]]
             vs_full.append(f"| {name} | {rnd['fraction']:.1%} | " + " | ".join(full_cells)
                            + f" | {trained['steps_mean'].mean():.0f} | {trained['stopped_early'].mean():.0%} |")
@@ -152,6 +161,10 @@ def deciding_tables(out: Path, embedder: str, rankers: list[str]) -> str:
         "Δ within each replicate r (mean AUC of a ranker's models minus random's, on the same seed set; under "
         "evaluate.vae_per_replicate each replicate ranks with its own β-VAE):",
         "\n".join(["| " + " | ".join(per_rep_head) + " |", "|" + "---|" * len(per_rep_head), *per_rep]),
+        "With the seed set as the unit (Δ: the mean over the replicates of the per-replicate Δ above, one-sample "
+        "t-interval; p: two-sided Wilcoxon signed-rank over the replicates, at least 2/2^seed sets; bold where p < "
+        f"{alpha}): the models of a point share their seed set's draw, which the tests over every model ignore.",
+        "\n".join(by_seed_set),
         "Full set, labeling budget (the smallest fraction from which every larger one shows no difference "
         "from the full set) and the run's time:",
         "\n".join(["| " + " | ".join(budget_head) + " |", "|" + "---|" * len(budget_head), *budget_rows]),

@@ -1,7 +1,8 @@
 """The statistics of the paper's Fig. 3: Mann-Whitney comparisons of test AUCs between rankers
 and against the full training set, the effect beside each p (difference in mean AUC with a Welch
-t-interval), the smallest difference the run could detect, and the smallest training fraction that
-matches the full set.
+t-interval), the smallest difference the run could detect, the smallest training fraction that
+matches the full set, and the comparison with the seed set as the unit (the AUCs of a point are
+clustered in their seed sets, which the tests over every model treat as independent).
 """
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from scipy.optimize import brentq
-from scipy.stats import mannwhitneyu, nct
+from scipy.stats import mannwhitneyu, nct, wilcoxon
 from scipy.stats import t as student_t
 
 # The paper's convention: ns p > 0.05, * p <= 0.05, ** <= 0.01, *** <= 0.001, **** <= 0.0001.
@@ -45,6 +46,24 @@ def mean_difference_ci(a: Sequence[float], b: Sequence[float], confidence: float
     df = (va + vb) ** 2 / (va**2 / (x.size - 1) + vb**2 / (y.size - 1))
     half = float(student_t.ppf(0.5 + confidence / 2, df)) * se
     return diff, diff - half, diff + half
+
+
+def seed_set_comparison(ranker_means: Sequence[float], random_means: Sequence[float],
+                        confidence: float = 0.95) -> tuple[float, float, float, float]:
+    """A ranker against random with the seed set as the unit: the replicates' differences of mean
+    AUC (paired: entry i of both is replicate i), their mean with a one-sample t-interval, and the
+    two-sided Wilcoxon signed-rank p (scipy; exact for small samples without ties or zeros):
+    (difference, low, high, p). Needs two replicates; with r of them p is at least 2 / 2**r."""
+    d = np.asarray(ranker_means, dtype=np.float64) - np.asarray(random_means, dtype=np.float64)
+    if d.ndim != 1 or d.size < 2:
+        raise ValueError(f"a comparison by seed set needs two or more paired replicates, got {d.size}")
+    if not np.isfinite(d).all():
+        raise ValueError("the replicates' mean AUCs contain NaN or infinite values")
+    diff = float(d.mean())
+    se = float(d.std(ddof=1) / np.sqrt(d.size))
+    half = float(student_t.ppf(0.5 + confidence / 2, d.size - 1)) * se
+    p = 1.0 if not d.any() else float(wilcoxon(d, alternative="two-sided").pvalue)
+    return diff, diff - half, diff + half, p
 
 
 def pooled_sd(a: Sequence[float], b: Sequence[float]) -> float:

@@ -7,8 +7,10 @@ scikit-image's faces and photographs embedded the same way. For each replicate a
 trained to convergence on the ranked subset (early stopping on the validation split, several model
 seeds) and scored by test AUC. Each ranker is compared with random at each fraction, each fraction
 with the full training set (two-sided Mann-Whitney U, the difference in mean AUC with a Welch 95%
-interval, the smallest difference the run could detect), and the smallest fraction that matches
-the full set gives the labeling time saved (Fig. 3). Plain numpy and torch: no Ray.
+interval, the smallest difference the run could detect), and each ranker with random once more
+with the seed set as the unit (the replicates' paired differences: t-interval, signed-rank p),
+since the models of a point share their seed set's draw; the smallest fraction that matches the
+full set gives the labeling time saved (Fig. 3). Plain numpy and torch: no Ray.
 
 By default every replicate trains its own β-VAE (evaluate.vae_per_replicate), so the 30 AUCs of a
 point span three trainings of the embedder as well as three seed sets and ten classifier seeds: on
@@ -50,7 +52,7 @@ from enrich_ray.evaluate.datasets import (LabeledImages, dataset_name, is_class_
                                           pack_class_folder, with_val_split)
 from enrich_ray.evaluate.plots import plot_auc_curves
 from enrich_ray.evaluate.stats import (mann_whitney_p, mean_difference_ci, minimum_detectable_difference, pooled_sd,
-                                       significance_mark, smallest_matching_fraction)
+                                       seed_set_comparison, significance_mark, smallest_matching_fraction)
 from enrich_ray.index.knn import knn_graph
 from enrich_ray.selection import rank
 from enrich_ray.selection.seeds import seed_rows
@@ -252,11 +254,23 @@ def _compare(a: np.ndarray, b: np.ndarray, alpha: float, power: float) -> dict:
     return out
 
 
+def _by_seed_set(cell: pd.DataFrame, base: pd.DataFrame) -> dict:
+    """A ranker's models against random's with the seed set as the unit (seed_set_comparison over
+    the replicates both hold); NaN where fewer than two replicates are paired."""
+    ranker_means, random_means = cell.groupby("replicate")["auc"].mean(), base.groupby("replicate")["auc"].mean()
+    paired = ranker_means.index.intersection(random_means.index)
+    if len(paired) < 2:
+        return {"diff": np.nan, "low": np.nan, "high": np.nan, "p": np.nan, "n": len(paired)}
+    diff, low, high, p = seed_set_comparison(ranker_means[paired], random_means[paired])
+    return {"diff": diff, "low": low, "high": high, "p": p, "n": len(paired)}
+
+
 def summarize(aucs: pd.DataFrame, ev: EvaluateConfig, n_train: int, seconds_per_image: float) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per (embedder, ranker, fraction): mean, sd; against random and against the full set the
     Mann-Whitney p, the difference in mean AUC with its Welch 95% interval and the smallest
-    detectable difference; and per (embedder, ranker): the smallest fraction matching the full set
-    and the labeling it saves. The smallest fraction in the table is the seed set."""
+    detectable difference; against random also the comparison by seed set; and per (embedder,
+    ranker): the smallest fraction matching the full set and the labeling it saves. The smallest
+    fraction in the table is the seed set."""
     full = aucs[aucs["ranker"] == "full"]["auc"].to_numpy()
     ranked = aucs[aucs["ranker"] != "full"]
     sizes = sorted(ranked["n_train"].unique())
@@ -268,10 +282,11 @@ def summarize(aucs: pd.DataFrame, ev: EvaluateConfig, n_train: int, seconds_per_
             fracs, p_full = [], []
             for size in sizes:
                 cell = part[(part["ranker"] == ranker) & (part["n_train"] == size)]
-                base = part[(part["ranker"] == "random") & (part["n_train"] == size)]["auc"].to_numpy()
-                values = cell["auc"].to_numpy()
+                base_cell = part[(part["ranker"] == "random") & (part["n_train"] == size)]
+                base, values = base_cell["auc"].to_numpy(), cell["auc"].to_numpy()
                 is_seed = size == sizes[0]
                 vs_random = None if ranker == "random" or is_seed else _compare(values, base, ev.alpha, ev.power)
+                by_seed_set = None if vs_random is None else _by_seed_set(cell, base_cell)
                 vs_full = _compare(values, full, ev.alpha, ev.power)
                 fraction = float(cell["fraction"].iloc[0])
                 fracs.append(fraction)
@@ -282,6 +297,8 @@ def summarize(aucs: pd.DataFrame, ev: EvaluateConfig, n_train: int, seconds_per_
                     "auc_sd": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
                     **{f"{k}_vs_random": (np.nan if vs_random is None else vs_random[k]) for k in ("diff", "low", "high", "p", "mde")},
                     "vs_random": "" if vs_random is None else significance_mark(vs_random["p"]),
+                    **{f"{k}_by_seed_set": (np.nan if by_seed_set is None else by_seed_set[k]) for k in ("diff", "low", "high", "p")},
+                    "seed_sets": 0 if by_seed_set is None else by_seed_set["n"],
                     **{f"{k}_vs_full": vs_full[k] for k in ("diff", "low", "high", "p", "mde")},
                     "matches_full": bool(vs_full["p"] > ev.alpha), "seed_set": is_seed,
                     "steps_mean": float(cell["steps"].mean()), "stopped_early": float((cell["steps"] < cell["step_cap"]).mean()),
@@ -647,6 +664,9 @@ def summary_markdown(result: dict, summary: pd.DataFrame, budget: pd.DataFrame, 
         "p vs random": [_p(p) for p in summary["p_vs_random"]],
         "mark": summary["vs_random"],
         "MDE vs random": ["" if np.isnan(v) else f"{v:.3f}" for v in summary["mde_vs_random"]],
+        "Δ vs random by seed set [95% CI]": [_effect(*v) for v in zip(summary["diff_by_seed_set"], summary["low_by_seed_set"],
+                                                                      summary["high_by_seed_set"])],
+        "p by seed set": [_p(p) for p in summary["p_by_seed_set"]],
         "Δ vs full [95% CI]": [_effect(*v) for v in zip(summary["diff_vs_full"], summary["low_vs_full"], summary["high_vs_full"])],
         "p vs full": [_p(p) for p in summary["p_vs_full"]],
         "matches full": ["yes" if m else "no" for m in summary["matches_full"]],
@@ -663,8 +683,10 @@ def summary_markdown(result: dict, summary: pd.DataFrame, budget: pd.DataFrame, 
         f"{result['sessions']} session(s) (`{SESSIONS_FILE}`).",
         f"{n} AUCs per point. Δ: difference in mean AUC (ranker minus random, or minus the full set) with a Welch 95% "
         "t-interval; p: two-sided Mann-Whitney U; MDE: the smallest difference a two-sided t-test at α = 0.05 detects "
-        "with power 0.8 at these n and the pooled sd (Mann-Whitney needs about 5% more). 'matches full' means only that "
-        "no difference from the full set was detected.",
+        "with power 0.8 at these n and the pooled sd (Mann-Whitney needs about 5% more). By seed set: the same Δ with "
+        f"the seed set as the unit ({result['config']['replicates']} paired replicate means: one-sample t-interval, two-sided "
+        "Wilcoxon signed-rank p, at least 2/2^replicates), since the models of a point share their seed set's draw. "
+        "'matches full' means only that no difference from the full set was detected.",
         "## Labeling budget (smallest fraction indistinguishable from the full set, and every larger one too)\n\n"
         + _markdown_table(budget),
         "## AUC per fraction\n\n" + _markdown_table(table),

@@ -20,7 +20,7 @@ from enrich_ray.evaluate.classifier import SmallResNet, TrainSettings, auc, bina
 from enrich_ray.evaluate.datasets import (is_class_folder, load_dataset, natural_images, pack_class_folder,
                                           stratified_share, with_val_split)
 from enrich_ray.evaluate.stats import (mann_whitney_p, mean_difference_ci, minimum_detectable_difference, pooled_sd,
-                                       significance_mark, smallest_matching_fraction)
+                                       seed_set_comparison, significance_mark, smallest_matching_fraction)
 from enrich_ray.pipelines.evaluate import check_evaluate_config, run_evaluation, subset_plan, subset_sizes, summarize
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -99,6 +99,37 @@ def test_welch_interval_matches_scipy():
         mean_difference_ci([0.9], [0.8, 0.7])
 
 
+def exact_signed_rank_p(d: np.ndarray) -> float:
+    """Reference two-sided exact p of Wilcoxon's signed-rank statistic without ties or zeros: every
+    sign pattern of the ranks is equally likely under no difference."""
+    ranks = np.argsort(np.argsort(np.abs(d))) + 1.0
+    observed = abs(ranks[d > 0].sum() - ranks.sum() / 2)
+    sums = [abs(sum(r for r, s in zip(ranks, signs) if s) - ranks.sum() / 2)
+            for signs in itertools.product([False, True], repeat=d.size)]
+    return float(np.mean([v >= observed - 1e-12 for v in sums]))
+
+
+def test_the_comparison_by_seed_set_matches_enumeration_and_scipy():
+    """The paired replicate means: the signed-rank p against an enumeration of every sign pattern,
+    the interval against scipy's one-sample t; three replicates all on one side give 2/8 at best."""
+    from scipy.stats import ttest_1samp
+
+    rng = np.random.default_rng(5)
+    for r in (3, 6, 10):
+        ranker, random = rng.normal(0.72, 0.04, r), rng.normal(0.70, 0.04, r)
+        diff, low, high, p = seed_set_comparison(ranker, random)
+        d = ranker - random
+        ci = ttest_1samp(d, 0.0).confidence_interval(0.95)
+        assert diff == pytest.approx(d.mean())
+        assert (low, high) == (pytest.approx(ci.low), pytest.approx(ci.high))
+        assert p == pytest.approx(exact_signed_rank_p(d))
+    assert seed_set_comparison([0.8, 0.9, 0.85], [0.7, 0.7, 0.7])[3] == pytest.approx(0.25)
+    assert seed_set_comparison([0.7] * 10, [0.6] * 10)[3] == pytest.approx(2 / 1024)  # ties all at one rank
+    assert seed_set_comparison([0.7, 0.7], [0.7, 0.7]) == (0.0, 0.0, 0.0, 1.0)
+    with pytest.raises(ValueError, match="two or more"):
+        seed_set_comparison([0.8], [0.7])
+
+
 def test_pooled_sd_by_hand():
     a, b = [1.0, 2.0, 3.0], [2.0, 6.0]
     assert pooled_sd(a, b) == pytest.approx(np.sqrt((2 * 1.0 + 1 * 8.0) / 3))
@@ -150,11 +181,13 @@ def test_summary_on_a_constructed_table():
     steps = {"steps": 60, "step_cap": 80}
     for i in range(6):
         noise = rng.normal(0, 0.002)
-        rows.append({"embedder": "none", "ranker": "full", "fraction": 1.0, "n_train": 1000, "auc": 0.95 + noise, **steps})
+        rows.append({"embedder": "none", "ranker": "full", "fraction": 1.0, "n_train": 1000, "auc": 0.95 + noise,
+                     "replicate": 0, **steps})
         for f, n, enrich, random in [(0.1, 100, 0.80, 0.80), (0.2, 200, 0.95, 0.85), (0.4, 400, 0.95, 0.90)]:
             rows.append({"embedder": "vae", "ranker": "enrich", "fraction": f, "n_train": n, "auc": enrich + rng.normal(0, 0.002),
-                         "steps": 80, "step_cap": 80})
-            rows.append({"embedder": "none", "ranker": "random", "fraction": f, "n_train": n, "auc": random + rng.normal(0, 0.002), **steps})
+                         "replicate": i % 3, "steps": 80, "step_cap": 80})
+            rows.append({"embedder": "none", "ranker": "random", "fraction": f, "n_train": n, "auc": random + rng.normal(0, 0.002),
+                         "replicate": i % 3, **steps})
     aucs = pd.DataFrame(rows)
     summary, budget = summarize(aucs, cfg, n_train=1000, seconds_per_image=3.0)
     enrich = summary[summary["ranker"] == "enrich"].set_index("fraction")
@@ -167,6 +200,12 @@ def test_summary_on_a_constructed_table():
     assert enrich.loc[0.2, "diff_vs_random"] == pytest.approx(diff) and diff == pytest.approx(0.10, abs=0.005)
     assert (enrich.loc[0.2, "low_vs_random"], enrich.loc[0.2, "high_vs_random"]) == (pytest.approx(low), pytest.approx(high))
     assert enrich.loc[0.2, "mde_vs_random"] == pytest.approx(minimum_detectable_difference(pooled_sd(a, b), 6, 6))
+    # by seed set: 3 replicates of 2 models, each replicate's mean 0.10 above random's: the best p of 3 pairs
+    reps = aucs[aucs["n_train"] == 200].groupby(["ranker", "replicate"])["auc"].mean()
+    assert enrich.loc[0.2, "seed_sets"] == 3 and enrich.loc[0.2, "p_by_seed_set"] == pytest.approx(0.25)
+    assert enrich.loc[0.2, "diff_by_seed_set"] == pytest.approx((reps["enrich"] - reps["random"]).mean())
+    assert 0 < enrich.loc[0.2, "low_by_seed_set"] < enrich.loc[0.2, "diff_by_seed_set"] < enrich.loc[0.2, "high_by_seed_set"]
+    assert enrich.loc[0.1, "seed_sets"] == 0 and np.isnan(enrich.loc[0.1, "p_by_seed_set"])  # the seed set: no comparison
     assert enrich["matches_full"].tolist() == [False, True, True]
     assert enrich["stopped_early"].tolist() == [0.0, 0.0, 0.0]
     assert summary[summary["ranker"] == "random"]["stopped_early"].tolist() == [1.0, 1.0, 1.0]
