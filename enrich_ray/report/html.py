@@ -783,8 +783,8 @@ GLOSSARY = [
      "(enrich_ray/report/plots.py, suggested_budget)."),
     ("ENRICH ranking", "Greedy farthest-first order: each next frame is the one least similar to every frame "
      "ranked before it, so the first frames span the archive."),
-    ("starting set", "The frames a ranking starts from: frames already labeled, or a few drawn at random "
-     "(selection.seed_count); also called the seed set."),
+    ("starting set", "The frames a ranking starts from: frames already labeled, or a random 2% of the frames "
+     "(selection.seed_fraction; selection.seed_count sets a number instead); also called the seed set."),
     ("exact duplicate", "Frames with identical decoded pixels, or one file stored at several paths."),
     ("near-duplicate", "A frame whose code and small thumbnail both match a group's representative closely "
      "(analysis.near_duplicate_threshold and near_duplicate_content_threshold)."),
