@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The evaluation of docs/evaluation.md: the paper's protocol (3 seed sets x 10 classifiers per point)
 # on PneumoniaMNIST, BreastMNIST and BUSI (a folder of class subfolders, packed by the job), one
-# after another, each with its own log. Rerunning the script resumes every dataset where its
-# aucs.csv stops. Usage (detached, one BLAS/torch thread):
+# after another, each with its own log (a rerun appends to it); jobs.log has each start and end with
+# the exit status. Rerunning the script resumes every dataset where its aucs.csv stops. Usage
+# (detached, one BLAS/torch thread):
 #   setsid nohup env OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 jobs/evaluate_all.sh [OUT] > /dev/null 2>&1 &
 # RANKERS (default enrich,random), EMBEDDERS (default configs/evaluate.yaml's) and DATASETS (default
 # all three, in this order) choose a part, e.g.
@@ -24,8 +25,9 @@ run() {  # name, dataset, extra --set arguments...
   local name=$1 dataset=$2
   shift 2
   echo "$(date -u +%FT%TZ) start $name" >> "$OUT/jobs.log"
-  .venv/bin/enrich-ray evaluate --dataset "$dataset" --out "$OUT" --set "$RANKERS" ${EMBEDDERS:+--set "$EMBEDDERS"} "${SETTINGS[@]}" "$@" > "$OUT/$name.log" 2>&1
-  echo "$(date -u +%FT%TZ) end $name rc=$?" >> "$OUT/jobs.log"
+  .venv/bin/enrich-ray evaluate --dataset "$dataset" --out "$OUT" --set "$RANKERS" ${EMBEDDERS:+--set "$EMBEDDERS"} "${SETTINGS[@]}" "$@" >> "$OUT/$name.log" 2>&1
+  local rc=$?  # before the date's command substitution, which sets $? to its own status
+  echo "$(date -u +%FT%TZ) end $name rc=$rc" >> "$OUT/jobs.log"
 }
 for name in $DATASETS; do
   case $name in

@@ -361,6 +361,17 @@ def _read_finished(path: Path) -> dict[tuple, dict]:
 
 
 ADDABLE = ("rankers", "embedders")  # evaluate settings a rerun may extend: their records have keys of their own
+# selection settings the evaluation sets itself (each replicate draws its seed set from evaluate.fractions[0]
+# and evaluate.seed), so a change of their defaults does not make a finished run another run
+SEED_SET_KEYS = ("seed_count", "seed_fraction", "seed_manifest", "random_seed")
+
+
+def _fixed_settings(settings: dict) -> dict:
+    """The settings a rerun must share: all but the addable ones and the seed-set keys the job overrides."""
+    fixed = {k: v for k, v in settings.items() if k not in ("evaluate", "selection")}
+    fixed["evaluate"] = {k: v for k, v in settings.get("evaluate", {}).items() if k not in ADDABLE}
+    fixed["selection"] = {k: v for k, v in settings.get("selection", {}).items() if k not in SEED_SET_KEYS}
+    return fixed
 
 
 def _check_same_run(run_dir: Path, settings: dict) -> None:
@@ -370,10 +381,7 @@ def _check_same_run(run_dir: Path, settings: dict) -> None:
     path = run_dir / RUN_FILE
     if path.exists():
         before = json.loads(path.read_text())
-        fixed = {k: v for k, v in settings.items() if k != "evaluate"}
-        fixed["evaluate"] = {k: v for k, v in settings["evaluate"].items() if k not in ADDABLE}
-        kept = {k: v for k, v in before.items() if k != "evaluate"}
-        kept["evaluate"] = {k: v for k, v in before.get("evaluate", {}).items() if k not in ADDABLE}
+        fixed, kept = _fixed_settings(settings), _fixed_settings(before)
         changed = sorted(k for k in set(kept) | set(fixed) if kept.get(k) != fixed.get(k))
         if changed:
             raise ConfigError(f"{run_dir} holds a run with other settings ({', '.join(changed)} differ): "
@@ -505,7 +513,8 @@ def run_evaluation(dataset: str, cfg: Config, out: str) -> dict:
         "dataset": dataset, "n_train": int(len(train)), "n_val": int(len(val)), "n_test": int(len(test)),
         "evaluate": {k: v for k, v in dataclasses.asdict(ev).items() if k != "threads"},
         "vae": dataclasses.asdict(cfg.vae), "embed": dataclasses.asdict(cfg.embed), "decode_size": cfg.decode.size,
-        "selection": dataclasses.asdict(cfg.selection), "index_k": cfg.index.k,
+        "selection": {k: v for k, v in dataclasses.asdict(cfg.selection).items() if k not in SEED_SET_KEYS},
+        "index_k": cfg.index.k,
     })
     log.info("%s: %d train, %d val, %d test images of %d px, classes %s", data.name, len(train), len(val), len(test),
              data.images.shape[1], data.classes)

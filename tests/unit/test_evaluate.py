@@ -464,7 +464,8 @@ def test_interrupted_run_resumes_to_the_same_aucs(tmp_path, embedder):
     settings into the same folder is refused. Under the β-VAE each replicate trains its own, and
     the two runs' trainings at the same seeds give identical embeddings."""
     npz = _planted_npz(tmp_path / "planted.npz")
-    cfg = load_config(None, TINY + (PER_REPLICATE_VAE if embedder == "vae" else []))
+    overrides = TINY + (PER_REPLICATE_VAE if embedder == "vae" else [])
+    cfg = load_config(None, overrides)
     reference = run_evaluation(str(npz), cfg, str(tmp_path / "a"))
     expected = (tmp_path / "a" / "planted" / "aucs.csv").read_text()
     # 2 replicates x 2 models x (full, seed set, 2 orders x 2 fractions) classifiers; 2 x 2 x (1 + 3 x 2 + 1) rows
@@ -498,6 +499,10 @@ def test_interrupted_run_resumes_to_the_same_aucs(tmp_path, embedder):
     path.write_text("dataset,repl")  # killed while writing the header
     run_evaluation(str(npz), cfg, str(tmp_path / "b"))
     assert path.read_text() == expected
+    # the job draws each replicate's seed set itself: other selection seed settings (a changed default) resume the run
+    moved = run_evaluation(str(npz), load_config(None, [*overrides, "selection.seed_count=7", "selection.random_seed=9"]),
+                           str(tmp_path / "b"))
+    assert moved["classifiers_trained_now"] == 0 and path.read_text() == expected
     with pytest.raises(ConfigError, match="other settings"):
         run_evaluation(str(npz), load_config(None, [*TINY, "evaluate.max_steps=40"]), str(tmp_path / "b"))
 
