@@ -456,9 +456,9 @@ def _embeddings(data: LabeledImages, train: np.ndarray, ev: EvaluateConfig, cfg:
                 nn[name] = similarity
             stats = redundancy_stats(similarity)
             facts.append({"embedder": name, "replicate": "all" if r is None else r,
-                              "vae_seed": run_cfg.vae.seed if name in VAE_EMBEDDERS and cfg.embed.model is None else None,
-                              **{k: v for k, v in fact.items() if k != "embedder"},
-                              **{f"nn_{k}": v for k, v in stats.items() if k.startswith("share_above") or k == "median"}})
+                          "vae_seed": run_cfg.vae.seed if name in VAE_EMBEDDERS and cfg.embed.model is None else None,
+                          **{k: v for k, v in fact.items() if k != "embedder"},
+                          **{f"nn_{k}": v for k, v in stats.items() if k.startswith("share_above") or k == "median"}})
             if natural_unit is not None:
                 nn[f"{NATURAL_PREFIX} · {name}"] = knn_graph(natural_unit, min(cfg.index.k, len(natural_unit) - 1), cfg.index).nn_similarity
             log.info("%s embedding%s: effective dimension %.1f, active units %s", name,
